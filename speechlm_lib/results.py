@@ -1,0 +1,66 @@
+"""Machine-readable results: every stage records its headline metrics here.
+
+``record("stage1_ctc", {"wer": 0.12, "cer": 0.04})`` merges into
+``runs/<profile>/results.json``::
+
+    {"profile": "cpu", "stages": {"stage1_ctc": {"metrics": {...}, "recorded_at": "...",
+                                                  "command": "...", "seconds": 301.2}}}
+
+The README's results table is generated from this file (`scripts/results_table.py`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .config import profile, runs_dir
+
+
+def results_path(profile_name: str | None = None) -> Path:
+    """``runs/<profile>/results.json`` (``$SPEECHLM_RESULTS`` overrides)."""
+    if os.environ.get("SPEECHLM_RESULTS"):
+        return Path(os.environ["SPEECHLM_RESULTS"])
+    return runs_dir() / (profile_name or profile()) / "results.json"
+
+
+def load(profile_name: str | None = None) -> dict:
+    """The results recorded so far (an empty skeleton when none)."""
+    p = results_path(profile_name)
+    if p.is_file():
+        return json.loads(p.read_text())
+    return {"profile": profile_name or profile(), "stages": {}}
+
+
+def record(stage: str, metrics: dict, command: str | None = None, seconds: float | None = None,
+           profile_name: str | None = None) -> Path:
+    """Merge `metrics` for `stage` into the results file (written atomically).
+
+    `command` says how to reproduce the figures; by default the environment's
+    ``$SPEECHLM_COMMAND`` (set by the tutorial runner) is used.
+    """
+    data = load(profile_name)
+    entry = data["stages"].setdefault(stage, {})
+    entry["metrics"] = {**entry.get("metrics", {}), **{k: _plain(v) for k, v in metrics.items()}}
+    entry["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    cmd = command or os.environ.get("SPEECHLM_COMMAND")
+    if cmd:
+        entry["command"] = cmd
+    if seconds is not None:
+        entry["seconds"] = round(float(seconds), 1)
+    p = results_path(profile_name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(p)
+    return p
+
+
+def _plain(v):
+    """Make numpy/torch scalars JSON-friendly; round floats to 4 decimals."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
