@@ -34,11 +34,12 @@ def load(profile_name: str | None = None) -> dict:
 
 
 def record(stage: str, metrics: dict, command: str | None = None, seconds: float | None = None,
-           profile_name: str | None = None) -> Path:
+           profile_name: str | None = None, **fields) -> Path:
     """Merge `metrics` for `stage` into the results file (written atomically).
 
     `command` says how to reproduce the figures; by default the environment's
-    ``$SPEECHLM_COMMAND`` (set by the tutorial runner) is used.
+    ``$SPEECHLM_COMMAND`` (set by the tutorial runner) is used. `seconds` and
+    any other keyword `fields` (e.g. ``notebook=``) are stored beside the metrics.
     """
     data = load(profile_name)
     entry = data["stages"].setdefault(stage, {})
@@ -49,6 +50,7 @@ def record(stage: str, metrics: dict, command: str | None = None, seconds: float
         entry["command"] = cmd
     if seconds is not None:
         entry["seconds"] = round(float(seconds), 1)
+    entry.update(fields)
     p = results_path(profile_name)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
@@ -59,6 +61,10 @@ def record(stage: str, metrics: dict, command: str | None = None, seconds: float
 
 def _plain(v):
     """Make numpy/torch scalars JSON-friendly; round floats to 4 decimals."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float):

@@ -1,0 +1,56 @@
+"""Make the README's results table from runs/<profile>/results.json.
+
+    python scripts/results_table.py            # print the table for the cpu profile
+    python scripts/results_table.py --write    # replace the table between the README's markers
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def table(results: dict) -> str:
+    rows = ["| stage | metric | value | seconds | command |", "|---|---|---|---|---|"]
+    for stage, entry in results["stages"].items():
+        cmd = f"`{entry['command']}`" if entry.get("command") else ""
+        secs = _fmt(entry.get("seconds", ""))
+        for k, v in entry.get("metrics", {}).items():
+            rows.append(f"| {stage} | {k} | {_fmt(v)} | {secs} | {cmd} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--write", action="store_true", help="rewrite README.md between the markers")
+    args = ap.parse_args()
+    path = ROOT / "runs" / args.profile / "results.json"
+    if not path.is_file():
+        print(f"{path}: no results yet; run the tutorial first", file=sys.stderr)
+        return 1
+    text = f"Profile `{args.profile}`, from `{path.relative_to(ROOT)}`:\n\n" + table(json.loads(path.read_text()))
+    if not args.write:
+        print(text)
+        return 0
+    readme = (ROOT / "README.md").read_text()
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    (ROOT / "README.md").write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Manifests: round trip, relative paths, bad lines skipped and named, results.json."""
+import json
+
+import pytest
+
+from speechlm_lib import results
+from speechlm_lib.records import Report, Utterance, read_manifest, write_manifest
+
+
+def test_round_trip_relative(tmp_path):
+    utts = [Utterance(id="a", audio=str(tmp_path / "audio" / "a.wav"), text="hi", keywords=["Zbig"], translation="hallo")]
+    p = write_manifest(tmp_path / "m.jsonl", utts, relative_to=tmp_path)
+    row = json.loads(p.read_text())
+    assert row["audio"] == "audio/a.wav"
+    back = read_manifest(p)
+    assert back == utts
+
+
+def test_bad_lines_are_skipped_and_named(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"audio": "a.wav", "text": "ok"}\nnot json\n{"text": "no audio"}\n\n{"audio": "b.wav", "text": "ok2"}\n')
+    report = Report()
+    utts = read_manifest(p, report)
+    assert [u.id for u in utts] == ["a", "b"]
+    assert report.kept == 2
+    assert [item.rsplit(":", 1)[1] for item, _ in report.skipped] == ["2", "3"]
+    assert "missing field(s) audio" in report.skipped[1][1]
+
+
+def test_missing_manifest_names_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl: manifest not found"):
+        read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_results_record_merges(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLM_RUNS", str(tmp_path))
+    monkeypatch.setenv("SPEECHLM_PROFILE", "smoke")
+    results.record("s1", {"wer": 0.123456}, command="make x")
+    results.record("s1", {"cer": 0.05}, seconds=3.21)
+    data = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert data["stages"]["s1"]["metrics"] == {"wer": 0.1235, "cer": 0.05}
+    assert data["stages"]["s1"]["command"] == "make x" and data["stages"]["s1"]["seconds"] == 3.2
