@@ -1,0 +1,17 @@
+"""speechlm_lib: give a large language model ears.
+
+One concern a module (import what you need; nothing heavy is imported here):
+
+* ``config``      -- the profile switch ($SPEECHLM_PROFILE) and paths
+* ``records``     -- the Utterance record and JSONL manifests
+* ``audio``       -- loading, validation, Whisper-style log-mel features
+* ``text``        -- the shared normalizer, WER and CER
+* ``tts``, ``textgen``, ``corpus`` -- the synthetic eSpeak NG corpus
+* ``realdata``    -- local manifests and `datasets` corpora
+* ``sources``, ``ct2`` -- model names to weights (hub, cache or packaged offline copies)
+* ``trainer``, ``batching`` -- the one generic accelerate trainer and duration bucketing
+* ``conformer``, ``vocab``, ``ctc`` -- stage 1: the CTC Conformer encoder
+* ``encoders``, ``projectors``, ``speechlm`` -- stage 2: the speech-LLM
+* ``results``, ``tutorial`` -- results.json and the headless notebook runner
+"""
+__version__ = "0.1.0"
