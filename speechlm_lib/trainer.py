@@ -21,6 +21,7 @@ counted in ``skipped_nonfinite``; a non-finite gradient norm skips the update.
 from __future__ import annotations
 
 import math
+import random
 import re
 import shutil
 import time
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
@@ -111,6 +113,21 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _rng_neutral_start(loader):
+    """Iterate `loader`, undoing the RNG draws its start makes (a resumed epoch's iterator
+    is created after the checkpoint's RNG snapshot; in the original run it came before)."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    it = iter(loader)
+    try:
+        first = next(it)
+    except StopIteration:
+        return
+    finally:
+        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+    yield first
+    yield from it
 
 
 class Trainer:
@@ -202,21 +219,24 @@ class Trainer:
         """One (possibly resumed, possibly partial) pass over the training data."""
         st = self.state
         self._set_epoch(st.epoch)
-        loader = self.train_loader
-        if st.batch_in_epoch:
-            loader = self.accelerator.skip_first_batches(self.train_loader, st.batch_in_epoch)
-        stopped_early = False
+        shard, loader = self.train_loader, self.train_loader
+        if st.batch_in_epoch:  # resumed mid-epoch: skip what was consumed, without touching the RNG
+            shard = self.accelerator.skip_first_batches(self.train_loader, st.batch_in_epoch)
+            loader = _rng_neutral_start(shard)
+        broke = finished = False
         try:
             for batch in loader:
+                st.batch_in_epoch += 1  # counted first: a checkpoint saved inside the update includes it
                 self._micro_step(batch)
-                st.batch_in_epoch += 1
                 if self.accelerator.sync_gradients and self._done():
-                    stopped_early = True
+                    broke, finished = True, self.accelerator.gradient_state.end_of_dataloader
                     break
+            else:
+                finished = True
         finally:
-            if stopped_early and hasattr(loader, "end"):
-                loader.end()  # tell accelerate's GradientState that this loader is closed
-        if not stopped_early:
+            if broke and hasattr(shard, "end"):
+                shard.end()  # tell accelerate's GradientState that this loader is closed
+        if finished:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
 
     def _set_epoch(self, epoch: int) -> None:

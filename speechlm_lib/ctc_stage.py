@@ -1,0 +1,125 @@
+"""Stage 1 end to end: build the data, train the CTC Conformer, score it, save it.
+
+The notebook (``notebooks/01_ctc_encoder.ipynb``), the script
+(``scripts/train_ctc.py``) and the benchmark (``benchmarks/bench_ctc.py``)
+all call these functions with ``CTCStageConfig.preset(profile)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from . import ctc
+from .config import runs_dir
+from .conformer import ConformerConfig, ConformerCTC
+from .ctc_data import CTCDataset, make_loader
+from .records import Report, read_manifest
+from .text import cer, wer
+from .trainer import TrainConfig, Trainer
+from .vocab import VOCABS
+
+
+@dataclass
+class CTCStageConfig:
+    """Everything stage 1 needs: encoder preset, vocabulary, batching, training, evaluation."""
+
+    profile: str = "cpu"  # corpus profile (data/synth/<profile>) and runs/<profile>/ folder
+    encoder: str = "base"  # ConformerConfig preset: tiny / base / large
+    encoder_overrides: dict = field(default_factory=dict)  # ConformerConfig fields to change (e.g. n_layers)
+    vocab: str = "char"  # vocabulary builder in speechlm_lib.vocab.VOCABS: char / sentencepiece
+    vocab_kwargs: dict = field(default_factory=dict)  # builder options (sentencepiece: vocab_size)
+    max_batch_seconds: float = 160.0  # padded audio seconds per batch (BucketBatchSampler)
+    batch_size: int | None = None  # optional cap on utterances per batch
+    train_utts: int | None = None  # use only the first N training utterances (None = all)
+    eval_utts: int | None = None  # score only the first N dev/test utterances (None = all)
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging, checkpoints
+    probe_strides: tuple[int, ...] = (1, 2, 4, 8)  # frame-stacking factors for the stride probe
+    probe_utts: int = 1000  # training utterances for each stride probe
+    probe_steps: int = 300  # optimizer steps for each stride probe
+
+    @classmethod
+    def preset(cls, name: str) -> "CTCStageConfig":
+        """'smoke' (CI, seconds), 'cpu' (the default, minutes on 2 cores) or 'gpu'."""
+        presets = {
+            "smoke": dict(encoder="tiny", max_batch_seconds=60.0, eval_utts=40, probe_utts=120, probe_steps=40,
+                          train=TrainConfig(max_steps=40, lr=2e-3, warmup_steps=5, log_every=5)),
+            "cpu": dict(encoder="base", max_batch_seconds=160.0,
+                        train=TrainConfig(max_steps=600, lr=2e-3, warmup_steps=60, log_every=20, eval_every=200)),
+            "gpu": dict(encoder="large", max_batch_seconds=600.0, probe_utts=5000, probe_steps=1000,
+                        train=TrainConfig(max_steps=20_000, lr=1e-3, warmup_steps=1000, log_every=50,
+                                          eval_every=1000, save_every=1000)),
+        }
+        if name not in presets:
+            raise KeyError(f"unknown CTC stage preset {name!r}; known: {', '.join(presets)}")
+        return cls(profile=name, **presets[name])
+
+    def output_dir(self) -> Path:
+        """``runs/<profile>/stage1_ctc`` (checkpoints + TensorBoard logs)."""
+        return runs_dir() / self.profile / "stage1_ctc"
+
+    def encoder_dir(self) -> Path:
+        """``runs/<profile>/stage1_encoder``: the saved encoder stage 2 loads."""
+        return runs_dir() / self.profile / "stage1_encoder"
+
+    def conformer_config(self, vocab_size: int) -> ConformerConfig:
+        return ConformerConfig.preset(self.encoder, **{**self.encoder_overrides, "vocab_size": vocab_size})
+
+
+def build_vocab(cfg: CTCStageConfig, train_texts: list[str]):
+    """The configured vocabulary (SentencePiece is trained on `train_texts`)."""
+    return VOCABS.build(cfg.vocab, texts=train_texts, **cfg.vocab_kwargs)
+
+
+def load_split(manifest: str | Path, vocab, limit: int | None = None, progress: bool = True) -> CTCDataset:
+    """A `CTCDataset` of a manifest (first `limit` utterances); bad rows are reported in ``ds.report``."""
+    rows = Report()
+    utts = read_manifest(manifest, rows)
+    ds = CTCDataset(utts[:limit] if limit else utts, vocab, progress=progress, desc=Path(manifest).stem)
+    ds.report.audio.skipped.extend(rows.skipped)  # malformed manifest lines count as unreadable items
+    return ds
+
+
+def load_data(cfg: CTCStageConfig, manifests: dict, progress: bool = True):
+    """(vocab, {'train','dev','test': CTCDataset}) for the stage's corpus manifests."""
+    train_utts = read_manifest(manifests["train"])[: cfg.train_utts or None]
+    vocab = build_vocab(cfg, [u.text for u in train_utts])
+    data = {"train": load_split(manifests["train"], vocab, cfg.train_utts, progress)}
+    for split in ("dev", "test"):
+        data[split] = load_split(manifests[split], vocab, cfg.eval_utts, progress)
+    return vocab, data
+
+
+@torch.no_grad()
+def transcribe(model: ConformerCTC, ds: CTCDataset, vocab, max_batch_seconds: float = 200.0) -> dict:
+    """Greedy-decode a dataset: {'ids', 'refs', 'hyps'} in dataset order."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = make_loader(ds, max_batch_seconds=max_batch_seconds, shuffle=False)
+    out = {"ids": [], "refs": [], "hyps": []}
+    for batch in loader:
+        o = model(batch["features"].to(device), batch["feature_lengths"].to(device))
+        out["hyps"] += [vocab.decode(ids) for ids in ctc.greedy_decode(o["logits"], o["lengths"])]
+        out["ids"] += batch["ids"]
+        out["refs"] += batch["texts"]
+    order = {uid: i for i, uid in enumerate(it.id for it in ds.items)}
+    perm = sorted(range(len(out["ids"])), key=lambda i: order[out["ids"][i]])
+    return {k: [v[i] for i in perm] for k, v in out.items()}
+
+
+def score(model: ConformerCTC, ds: CTCDataset, vocab) -> dict:
+    """WER and CER (speechlm_lib.text, after the shared normalizer) of greedy transcripts."""
+    t = transcribe(model, ds, vocab)
+    return {"wer": wer(t["refs"], t["hyps"]), "cer": cer(t["refs"], t["hyps"])}
+
+
+def train_encoder(cfg: CTCStageConfig, vocab, data: dict, callbacks=(), resume: bool = False):
+    """Train a fresh ConformerCTC on data['train'] (dev CER/WER at each evaluation); returns (model, result)."""
+    torch.manual_seed(cfg.train.seed)
+    model = ConformerCTC(cfg.conformer_config(len(vocab)), vocab=vocab)
+    loader = make_loader(data["train"], cfg.batch_size, cfg.max_batch_seconds, seed=cfg.train.seed)
+    tcfg = replace(cfg.train, output_dir=cfg.train.output_dir or str(cfg.output_dir()), resume=resume)
+    trainer = Trainer(tcfg, model, loader, evaluate=lambda m: score(m, data["dev"], vocab), callbacks=callbacks)
+    result = trainer.run()
+    return trainer.model, result

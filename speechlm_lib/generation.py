@@ -1,0 +1,162 @@
+"""Decoding for the speech-LLM: batched greedy / beam search with a KV cache.
+
+Hugging Face `generate` takes the spliced prompt as ``inputs_embeds``. In
+transformers 5 (`generation/utils.py`) a decoder-only model then
+
+* starts `input_ids` empty and returns **only the new tokens**;
+* uses the embeddings for the first (prefill) step only, and forces
+  ``use_cache=True`` so later steps feed one new token against the KV cache;
+* derives position ids from the attention mask (``cumsum - 1``), so prompts
+  must be **left**-padded (`SpeechLM.assemble(padding_side="left")`);
+* sizes the cache for ``prompt length + max_new_tokens``.
+
+Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))`` for
+the longest clip of the batch (`token_budget`), besides the end-of-turn /
+EOS stop ids. Digital silence (peak below `silence_peak`) gets an empty
+transcript without decoding; a zero-length waveform is an error naming it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .audio import SAMPLE_RATE, load_audio
+from .encoders import pad_last
+from .records import Utterance
+from .speechlm_data import pad_ids
+
+
+@dataclass
+class DecodeConfig:
+    """How transcripts are decoded."""
+
+    num_beams: int = 1  # 1 = greedy; >1 = beam search
+    tokens_per_second: float = 8.0  # `a` in the budget a * seconds + b (speech is ~3-4 tokens/s)
+    extra_tokens: int = 16  # `b` in the budget
+    max_new_tokens: int = 256  # hard cap on the budget
+    batch_size: int = 8  # utterances decoded together (sorted by duration)
+    silence_peak: float = 1e-4  # a clip whose peak |sample| is below this is silent -> ""
+
+
+def token_budget(seconds: float, cfg: DecodeConfig) -> int:
+    """Most new tokens allowed for a clip of `seconds` (always >= 1)."""
+    return max(1, min(cfg.max_new_tokens, math.ceil(cfg.tokens_per_second * seconds + cfg.extra_tokens)))
+
+
+@dataclass
+class Transcription:
+    """Texts (input order) and how long they took."""
+
+    texts: list[str]  # one transcript per input
+    token_ids: list[list[int]] = field(default_factory=list)  # generated ids (stop / pad ids removed)
+    seconds: float = 0.0  # wall time from waveforms to texts (features, encoder, projector, LLM)
+    audio_seconds: float = 0.0  # total duration of the inputs
+    truncated: int = 0  # transcripts that hit the token budget instead of an end token
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: compute seconds per second of audio (lower is faster)."""
+        return self.seconds / max(self.audio_seconds, 1e-9)
+
+
+@torch.no_grad()
+def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[list[int]], int]:
+    """Decode one collated batch (prompt ids + features or states, no targets).
+
+    Returns the new token ids per row (stop and pad ids removed) and the count of
+    rows that hit the token budget.
+    """
+    cfg = cfg or DecodeConfig()
+    audio, audio_lengths = model.audio_embeddings(batch.get("features"), batch.get("feature_lengths"),
+                                                  batch.get("states"), batch.get("state_lengths"))
+    embeds, mask, _, _ = model.assemble(audio, audio_lengths, batch["prefix_ids"], batch["prefix_lengths"],
+                                        batch["suffix_ids"], batch["suffix_lengths"], padding_side="left")
+    seconds = max(batch["meta"]["seconds"]) if "meta" in batch else float(audio_lengths.max()) / model.token_rate
+    budget = token_budget(seconds, cfg)
+    stops = model.prompts.stop_ids
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=budget,
+                             num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
+                             pad_token_id=model.prompts.pad_id, use_cache=True)
+    rows, truncated = [], 0
+    for row in out.tolist():
+        ended = next((i for i, t in enumerate(row) if t in stops), None)
+        truncated += ended is None
+        rows.append(row[:ended] if ended is not None else row)
+    return rows, truncated
+
+
+def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:
+    """An Utterance, a path, or a ``(name, wave)`` pair -> (name, wave ``(samples,)``)."""
+    if isinstance(item, Utterance):
+        return item.audio, load_audio(item.audio, max_seconds=max_seconds)
+    if isinstance(item, tuple):
+        name, wave = item
+        if wave.numel() == 0:
+            raise ValueError(f"{name}: zero-length audio")
+        if max_seconds is not None and wave.shape[-1] / SAMPLE_RATE > max_seconds:
+            raise ValueError(f"{name}: duration {wave.shape[-1] / SAMPLE_RATE:.1f} s is over the maximum "
+                             f"of {max_seconds:.0f} s (split it into shorter segments)")
+        return name, wave.float()
+    return str(item), load_audio(item, max_seconds=max_seconds)
+
+
+@torch.no_grad()
+def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction: str | None = None,
+               cache=None, progress: bool = True) -> Transcription:
+    """Transcribe utterances / paths / ``(name, wave)`` pairs with `model` (a `SpeechLM`).
+
+    Audio over the encoder's maximum raises an error naming the file. With a
+    `FeatureCache`, cached encoder states are used (and computed ones stored).
+    """
+    cfg = cfg or DecodeConfig()
+    model.eval()
+    enc, prompts = model.encoder, model.prompts
+    loaded = [_load(x, enc.max_seconds) for x in items]
+    prompt = prompts.prompt(instruction)
+    order = sorted(range(len(loaded)), key=lambda i: -loaded[i][1].shape[-1])
+    texts, ids = [""] * len(loaded), [[] for _ in loaded]
+    result = Transcription(texts=texts, token_ids=ids)
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(order), cfg.batch_size), desc="decode", disable=not progress):
+        idx = [i for i in order[start: start + cfg.batch_size]
+               if loaded[i][1].abs().max() >= cfg.silence_peak]  # silent clips stay ""
+        if not idx:
+            continue
+        batch = _batch(model, [loaded[i] for i in idx], prompt, cache)
+        rows, truncated = generate(model, batch, cfg)
+        result.truncated += truncated
+        for i, row in zip(idx, rows):
+            ids[i], texts[i] = row, prompts.decode(row)
+    result.seconds = time.perf_counter() - t0
+    result.audio_seconds = sum(w.shape[-1] for _, w in loaded) / SAMPLE_RATE
+    return result
+
+
+def _batch(model, named_waves: list, prompt, cache) -> dict:
+    """Collate waves into a generation batch (features, or cached states) on the model's device."""
+    enc = model.encoder
+    device = next(model.projector.parameters()).device
+    batch = {"meta": {"seconds": [w.shape[-1] / SAMPLE_RATE for _, w in named_waves]}}
+    cached = [_cached(cache, name, w) for name, w in named_waves] if cache is not None else None
+    if cached is not None and all(s is not None for s in cached):
+        states, lengths = pad_last([s.T for s in cached])
+        batch.update(states=states.transpose(1, 2).to(device), state_lengths=lengths.to(device))
+    else:
+        feats, lengths = enc.collate([enc.featurize(w) for _, w in named_waves])
+        batch.update(features=feats.to(device), feature_lengths=lengths.to(device))
+    n = len(named_waves)
+    for key, ids in (("prefix", prompt.prefix), ("suffix", prompt.suffix)):
+        padded, lengths = pad_ids([ids] * n, model.prompts.pad_id)
+        batch[f"{key}_ids"], batch[f"{key}_lengths"] = padded.to(device), lengths.to(device)
+    return batch
+
+
+def _cached(cache, name: str, wave: torch.Tensor):
+    """Cached states keyed like training keys them: by the file when `name` is one, else by the samples."""
+    from pathlib import Path
+
+    return cache.get(name) if Path(name).is_file() else cache.get(wave)

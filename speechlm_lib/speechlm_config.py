@@ -1,0 +1,103 @@
+"""Stage 2 configuration: which encoder / projector / LLM, the data, training and decoding.
+
+``Stage2Config.preset(config.profile())`` gives:
+
+* ``smoke`` -- the notebook in well under a minute: Whisper tiny.en + SmolLM2-135M-Instruct
+  (offline), a few dozen utterances, a handful of steps. Numbers are not meaningful.
+* ``cpu``   -- the real default on a 2-core CPU: same models, the whole synthetic corpus
+  with cached encoder states, a few hundred projector updates (~8 minutes).
+* ``gpu``   -- Whisper small + SmolLM2-360M-Instruct by hub id, bf16 through accelerate,
+  thousands of updates.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from .generation import DecodeConfig
+from .prompting import PromptConfig
+from .trainer import TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    """The speech-LLM's parts."""
+
+    encoder: str = "whisper"  # name in encoders.ENCODERS
+    encoder_source: str = "openai/whisper-tiny.en"  # hub id or directory of the encoder
+    llm: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  # hub id or directory of the causal LM
+    llm_dtype: str | None = None  # torch dtype name for the LLM ("bfloat16" on GPU); None = float32
+    projector: str = "linear"  # name in projectors.PROJECTORS
+    stride: int = 5  # encoder frames a token (Whisper: 50 frames/s / 5 = 10 tokens/s)
+    projector_kwargs: dict = field(default_factory=lambda: {"hidden": 1024})  # extra projector settings
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # instruction, system message, audio position
+    freeze_encoder: bool = True  # keep the speech encoder fixed
+    freeze_llm: bool = True  # keep the LLM fixed (only the projector trains)
+
+
+@dataclass
+class DataConfig:
+    """Which utterances and how they are batched."""
+
+    batch_size: int = 8  # utterances a training batch
+    max_batch_seconds: float | None = None  # also cap padded audio seconds a batch (None = no cap)
+    train_limit: int | None = None  # use at most this many training utterances (None = all)
+    dev_limit: int = 48  # dev utterances decoded at each evaluation (WER during training)
+    test_limit: int | None = None  # test utterances for the final WER (None = all)
+    use_cache: bool = True  # cache frozen-encoder states on disk (config.cache_dir()/features)
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class Stage2Config:
+    """Everything stage 2 needs; `preset(name)` for name in smoke / cpu / gpu."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # encoder, projector, LLM, prompt
+    data: DataConfig = field(default_factory=DataConfig)  # subsets and batching
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
+    corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
+
+    @classmethod
+    def preset(cls, name: str) -> "Stage2Config":
+        if name not in PRESETS:
+            raise KeyError(f"unknown stage-2 preset {name!r}; known: {', '.join(PRESETS)}")
+        return PRESETS[name]()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_model(self, **changes) -> "Stage2Config":
+        """A copy with some model fields changed (for encoder / stride comparisons)."""
+        return replace(self, model=replace(self.model, **changes))
+
+
+def _smoke() -> Stage2Config:
+    return Stage2Config(
+        data=DataConfig(batch_size=4, train_limit=32, dev_limit=4, test_limit=8),
+        train=TrainConfig(max_steps=6, lr=1e-3, warmup_steps=2, log_every=2, eval_every=3, log_with=None,
+                          progress=True),
+        decode=DecodeConfig(batch_size=8, max_new_tokens=48),
+    )
+
+
+def _cpu() -> Stage2Config:
+    return Stage2Config(
+        data=DataConfig(batch_size=8, dev_limit=32),
+        train=TrainConfig(max_steps=200, lr=1e-3, warmup_steps=20, log_every=5, eval_every=50, log_with=None,
+                          weight_decay=0.0),
+        decode=DecodeConfig(batch_size=8),
+    )
+
+
+def _gpu() -> Stage2Config:
+    return Stage2Config(
+        model=ModelConfig(encoder_source="openai/whisper-small", llm="HuggingFaceTB/SmolLM2-360M-Instruct",
+                          llm_dtype="bfloat16", projector_kwargs={"hidden": 2048}),
+        data=DataConfig(batch_size=16, dev_limit=200, num_workers=4),
+        train=TrainConfig(max_steps=3000, lr=1e-4, warmup_steps=200, log_every=20, eval_every=500,
+                          mixed_precision="bf16"),
+        decode=DecodeConfig(batch_size=32),
+    )
+
+
+PRESETS = {"smoke": _smoke, "cpu": _cpu, "gpu": _gpu}
