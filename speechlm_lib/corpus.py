@@ -57,7 +57,7 @@ class CorpusConfig:
     variants: tuple[str, ...] = VARIANTS  # voice variants (timbres) combined with every voice
     pitch_range: tuple[int, int] = (30, 70)  # per-speaker base pitch drawn from this range (eSpeak 0-99)
     rate_range: tuple[int, int] = (140, 185)  # per-speaker speaking rate in words/min
-    noise_snr_db: tuple[float | None, ...] | None = None  # per-utterance SNR choices (None entry = clean); None = all clean
+    noise_snr_db: tuple[float | None, ...] | None = None  # SNR choices per utterance (a None entry: clean); None: clean
     heldout_entities: bool = True  # dev/test names come from a pool never used in train text
     max_seconds: float = 12.0  # longer utterances are skipped (and reported)
     seed: int = 0  # everything derives from (seed, split, index)
@@ -321,12 +321,18 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path | None = None,
             pool.close()
             pool.join()
     report.seconds = time.time() - start
-    stamp = {"config": asdict(cfg), "synth_version": SYNTH_VERSION, "manifests": {k: p.name for k, p in manifests.items()},
-             "speakers": {k: [v.id for v in vs] for k, vs in plan.items()}, "build_seconds": round(report.seconds, 1),
-             "failed": len(report.failed.skipped)}
-    (out / "corpus.json").write_text(json.dumps(stamp, indent=1))
+    _write_stamp(out, cfg, plan, manifests, report)
     print(f"corpus {cfg.name} -> {out}\n{report}")
     return manifests
+
+
+def _write_stamp(out: Path, cfg: CorpusConfig, plan: dict, manifests: dict, report: BuildReport) -> None:
+    """``corpus.json``: what was built (`ensure_corpus` compares it with the wanted config)."""
+    stamp = {"config": asdict(cfg), "synth_version": SYNTH_VERSION, "textgen_version": textgen.VERSION,
+             "manifests": {k: p.name for k, p in manifests.items()},
+             "speakers": {k: [v.id for v in vs] for k, vs in plan.items()},
+             "build_seconds": round(report.seconds, 1), "failed": len(report.failed.skipped)}
+    (out / "corpus.json").write_text(json.dumps(stamp, indent=1))
 
 
 def ensure_corpus(profile_name: str | None = None, out_dir: str | Path | None = None) -> dict[str, Path]:
@@ -338,11 +344,20 @@ def ensure_corpus(profile_name: str | None = None, out_dir: str | Path | None = 
         stamp = json.loads(stamp_path.read_text())
         wanted = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k != "workers"}
         built = {k: v for k, v in stamp.get("config", {}).items() if k != "workers"}
-        same = built == wanted and stamp.get("synth_version") == SYNTH_VERSION and not stamp.get("failed")
+        versions = (stamp.get("synth_version"), stamp.get("textgen_version")) == (SYNTH_VERSION, textgen.VERSION)
+        same = built == wanted and versions and not stamp.get("failed")
         manifests = {k: out / name for k, name in stamp.get("manifests", {}).items()}
         if same and manifests and all(_complete(p) for p in manifests.values()):
             return manifests
     return build_corpus(cfg, out)
+
+
+def build_info(corpus_dir: str | Path) -> dict:
+    """The stamp of a finished build (``corpus.json``): config, speakers, manifests, build seconds."""
+    path = Path(corpus_dir) / "corpus.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no finished corpus build here")
+    return json.loads(path.read_text())
 
 
 def _complete(manifest: Path) -> bool:

@@ -19,6 +19,7 @@ no random numbers and a resumed run replays exactly.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import ctc
-from .audio import load_checked, log_mel
+from .audio import SAMPLE_RATE, load_checked, log_mel
 from .batching import BucketBatchSampler, padding_fraction
 from .conformer import subsampled_lengths
 from .records import Report, Utterance
@@ -62,21 +63,40 @@ class Item:
     duration: float  # seconds
 
 
+@contextmanager
+def one_thread():
+    """Run torch single-threaded inside the block (restoring the thread count after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class CTCDataset(Dataset):
     """Features + labels for a list of utterances (see the module docstring)."""
 
     def __init__(self, utts: Sequence[Utterance], vocab, n_mels: int = 80, max_seconds: float | None = 30.0,
-                 frames_of=subsampled_lengths, progress: bool = True, desc: str = "features"):
+                 frames_of=subsampled_lengths, progress: bool = True, desc: str = "features", chunk: int = 256):
         self.vocab, self.n_mels = vocab, n_mels
         self.report = DataReport()
         labels = encode_all(vocab, [u.text for u in utts], [u.id for u in utts], self.report.vocab)
         encodable = [(u, y) for u, y in zip(utts, labels) if y is not None]
-        by_id = {u.id: y for u, y in encodable}
-        loaded = load_checked([u for u, _ in encodable], max_seconds=max_seconds, report=self.report.audio)
-        items = [Item(u.id, u.text, log_mel(w, n_mels).half(), by_id[u.id], w.numel() / 16000.0)
-                 for u, w in tqdm(loaded, desc=desc, disable=not progress, leave=False)]
+        with one_thread():  # small per-clip ops: extra threads only add synchronisation cost
+            items = self._featurize(encodable, max_seconds, chunk, progress, desc)
         self.items = ctc.filter_feasible(items, lambda it: int(frames_of(it.features.shape[-1])),
                                          lambda it: it.labels, lambda it: it.id, self.report.infeasible)
+
+    def _featurize(self, encodable, max_seconds, chunk, progress, desc) -> list[Item]:
+        """Load audio (bad files skipped into ``report.audio``) and compute float16 log-mels, chunk by chunk."""
+        items = []
+        for start in tqdm(range(0, len(encodable), chunk), desc=desc, disable=not progress, leave=False):
+            part = encodable[start:start + chunk]  # chunks bound the waveform memory
+            labels = {u.id: y for u, y in part}
+            for u, w in load_checked([u for u, _ in part], max_seconds=max_seconds, report=self.report.audio):
+                items.append(Item(u.id, u.text, log_mel(w, self.n_mels).half(), labels[u.id], w.numel() / SAMPLE_RATE))
+        return items
 
     def __len__(self) -> int:
         return len(self.items)

@@ -105,7 +105,10 @@ class FeatureCache:
         return p
 
     def __contains__(self, audio) -> bool:
-        return self.path(self.key(audio)).is_file()
+        try:
+            return self.path(self.key(audio)).is_file()
+        except OSError:  # unreadable audio file: not cached (loading it will name the problem)
+            return False
 
     @torch.no_grad()
     def fill(self, utts: list[Utterance], encoder, batch_size: int = 8, report: Report | None = None,

@@ -10,9 +10,9 @@ transformers 5 (`generation/utils.py`) a decoder-only model then
   must be **left**-padded (`SpeechLM.assemble(padding_side="left")`);
 * sizes the cache for ``prompt length + max_new_tokens``.
 
-Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))`` for
-the longest clip of the batch (`token_budget`), besides the end-of-turn /
-EOS stop ids. Digital silence (peak below `silence_peak`) gets an empty
+Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
+(`token_budget`) for the longest clip of the batch, and each row is held to
+its own clip's budget, besides the end-of-turn / EOS stop ids. Digital silence (peak below `silence_peak`) gets an empty
 transcript without decoding; a zero-length waveform is an error naming it.
 """
 from __future__ import annotations
@@ -75,14 +75,18 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
                                                   batch.get("states"), batch.get("state_lengths"))
     embeds, mask, _, _ = model.assemble(audio, audio_lengths, batch["prefix_ids"], batch["prefix_lengths"],
                                         batch["suffix_ids"], batch["suffix_lengths"], padding_side="left")
-    seconds = max(batch["meta"]["seconds"]) if "meta" in batch else float(audio_lengths.max()) / model.token_rate
-    budget = token_budget(seconds, cfg)
+    if "meta" in batch:
+        seconds = list(batch["meta"]["seconds"])
+    else:
+        seconds = (audio_lengths.float() / model.token_rate).tolist()
+    budgets = [token_budget(s, cfg) for s in seconds]
     stops = model.prompts.stop_ids
-    out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=budget,
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
                              pad_token_id=model.prompts.pad_id, use_cache=True)
     rows, truncated = [], 0
-    for row in out.tolist():
+    for row, budget in zip(out.tolist(), budgets):
+        row = row[:budget]  # the batch ran to its longest clip's budget; hold each row to its own
         ended = next((i for i, t in enumerate(row) if t in stops), None)
         truncated += ended is None
         rows.append(row[:ended] if ended is not None else row)

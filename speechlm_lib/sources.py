@@ -119,7 +119,7 @@ def _from_hub(repo_id: str) -> tuple[str | None, str]:
     except (LocalEntryNotFoundError, OSError):
         pass  # not cached: ask the hub itself
     if offline_mode():
-        return None, "not in the HF cache, and HF_HUB_OFFLINE is set"
+        return None, "not in the HF cache, and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)"
     try:
         model_info(repo_id, timeout=HUB_TIMEOUT_S)
         return repo_id, ""

@@ -26,11 +26,14 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from faker import Faker
 from faker.providers.lorem.en_US import Provider as _EnglishLorem
+from faker.providers.address.en_US import Provider as _EnglishAddresses
 from faker.providers.person.en_US import Provider as _EnglishNames
 
+VERSION = 2  # bump when generated sentences or keywords change (corpora built earlier are then refreshed)
 DEFAULT_LOCALES = ("en_US", "en_GB", "de_DE", "pl_PL", "it_IT", "fr_FR", "nl_NL")
 
 # (English, German) pairs sharing slots. `first2`, `city2`, ... are second draws of the same kind.
@@ -153,6 +156,7 @@ MONTHS = dict(zip("January February March April May June July August September O
 NUMBERS = dict(zip("two three four five six seven eight nine ten eleven twelve fifteen twenty thirty fifty".split(),
                    "zwei drei vier fünf sechs sieben acht neun zehn elf zwölf fünfzehn zwanzig dreißig fünfzig".split()))
 HOURS = {k: NUMBERS[k] for k in "two three four five six seven eight nine ten eleven twelve".split()}
+FILLERS = {"day": DAYS, "month": MONTHS, "num": NUMBERS, "hour": HOURS}  # translated slot fillers
 KNOWN_CITIES = {"Munich": "München", "Cologne": "Köln", "Vienna": "Wien", "Warsaw": "Warschau", "Milan": "Mailand",
                 "Rome": "Rom", "Venice": "Venedig", "Naples": "Neapel", "Prague": "Prag", "Brussels": "Brüssel",
                 "Copenhagen": "Kopenhagen", "Lisbon": "Lissabon", "Zurich": "Zürich", "Geneva": "Genf",
@@ -164,7 +168,7 @@ _ONSETS = "b c d f g k l m n p r s t v z br cr dr fl gr kr pl st tr vr sk sl zv"
 _VOWELS = "a e i o u a e o ai ei ou".split()
 _CODAS = ["", "", "", "n", "r", "l", "x", "s", "m", "nt", "rk"]
 _PARTICLES = {"van", "der", "den", "de", "di", "da", "del", "della", "la", "le", "les", "sur", "von", "zu", "het",
-              "ter", "ten", "in", "on", "and", "of", "the", "lo"}
+              "ter", "ten", "in", "on", "and", "of", "the", "lo", "saint", "sainte", "san", "santa", "sankt"}
 _TRANSLIT = str.maketrans({"ł": "l", "Ł": "L", "ß": "ss", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "Ae", "œ": "oe",
                            "Œ": "Oe", "đ": "d", "Đ": "D", "ı": "i", "’": "'", "-": " "})
 _SLOT = re.compile(r"\{(\w+?)(\d?)\}")
@@ -175,7 +179,7 @@ def ascii_name(text: str) -> str:
     text = unicodedata.normalize("NFKD", text.translate(_TRANSLIT))
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = re.sub(r"[^A-Za-z' ]", " ", text)
-    return " ".join(text.split())
+    return " ".join(w.strip("'") for w in text.split() if w.strip("'"))  # keep only inner apostrophes
 
 
 def _frequent(names: dict, n: int = 100) -> set[str]:
@@ -185,13 +189,15 @@ def _frequent(names: dict, n: int = 100) -> set[str]:
 
 def common_words() -> frozenset[str]:
     """Lower-case common English words: Faker's English word list, frequent US first and last
-    names, template words, fillers, particles."""
+    names, English street suffixes and city prefixes, template words, fillers, particles."""
     words = {w.lower() for w in _EnglishLorem.word_list}
     for names in (_EnglishNames.first_names_male, _EnglishNames.first_names_female, _EnglishNames.last_names):
         words |= _frequent(names)
     for en, _ in TEMPLATES:
         words |= set(re.findall(r"[a-z']+", _SLOT.sub(" ", en).lower()))
-    for group in (DAYS, MONTHS, NUMBERS, KNOWN_CITIES, INDUSTRIES, MODELS, _PARTICLES):
+    groups = (DAYS, MONTHS, NUMBERS, KNOWN_CITIES, INDUSTRIES, MODELS, _PARTICLES,
+              _EnglishAddresses.street_suffixes, _EnglishAddresses.city_prefixes)
+    for group in groups:
         words |= {w.lower() for item in group for w in item.split()}
     return frozenset(words)
 
@@ -247,44 +253,18 @@ class SentenceGenerator:
         raise RuntimeError(f"could not draw a {kind} from holdout pool {self.holdout!r}")
 
     def _raw(self, rng: random.Random, kind: str) -> str:
+        """One entity value of `kind` (a key of `ENTITY_MAKERS`) from a random locale."""
+        if kind not in ENTITY_MAKERS:
+            raise KeyError(f"unknown entity slot {kind!r}")
         fake = self.fakers[rng.choice(self.locales)]
         fake.seed_instance(rng.getrandbits(32))
-        if kind == "person":
-            return ascii_name(f"{fake.first_name()} {fake.last_name()}")
-        if kind == "first":
-            return ascii_name(fake.first_name())
-        if kind == "surname":
-            return ascii_name(fake.last_name())
-        if kind == "city":
-            return ascii_name(fake.city())
-        if kind == "street":
-            name = ascii_name(fake.street_name())
-            return name[:1].upper() + name[1:]
-        if kind == "company":
-            return self._company(rng, fake)
-        if kind == "product":
-            return f"{coined_word(rng)} {rng.choice(MODELS)}" if rng.random() < 0.6 else coined_word(rng)
-        raise KeyError(f"unknown entity slot {kind!r}")
-
-    def _company(self, rng: random.Random, fake: Faker) -> str:
-        style = rng.random()
-        if style < 0.5:
-            return f"{ascii_name(fake.last_name())} {rng.choice(INDUSTRIES)}"
-        if style < 0.75:
-            return f"{ascii_name(fake.last_name())} and {ascii_name(fake.last_name())}"
-        return f"{coined_word(rng)} {rng.choice(INDUSTRIES)}"
+        return ENTITY_MAKERS[kind](rng, fake)
 
     def _fill(self, rng: random.Random, kind: str) -> tuple[str, str, bool]:
         """(English value, German value, is_entity) for one slot."""
-        if kind == "day":
-            return (*rng.choice(list(DAYS.items())), False)
-        if kind == "month":
-            return (*rng.choice(list(MONTHS.items())), False)
-        if kind == "num":
-            return (*rng.choice(list(NUMBERS.items())), False)
-        if kind == "hour":
-            return (*rng.choice(list(HOURS.items())), False)
-        if kind == "city" and rng.random() < 0.15:
+        if kind in FILLERS:
+            return (*rng.choice(list(FILLERS[kind].items())), False)
+        if kind == "city" and rng.random() < 0.15:  # now and then a well-known city with a German name
             return (*rng.choice(list(KNOWN_CITIES.items())), False)
         value = self._draw(rng, kind)
         return value, value, True
@@ -313,6 +293,53 @@ def coined_word(rng: random.Random) -> str:
     n = rng.choice((2, 2, 3))
     word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)) + rng.choice(_CODAS)
     return word.capitalize()
+
+
+def _company(rng: random.Random, fake: Faker) -> str:
+    """'Kowalski Logistics', 'Rossi and Moreau' or 'Velkora Optics'."""
+    style = rng.random()
+    if style < 0.5:
+        return f"{ascii_name(fake.last_name())} {rng.choice(INDUSTRIES)}"
+    if style < 0.75:
+        return f"{ascii_name(fake.last_name())} and {ascii_name(fake.last_name())}"
+    return f"{coined_word(rng)} {rng.choice(INDUSTRIES)}"
+
+
+@lru_cache(maxsize=None)
+def _sorted_cities(locale: str) -> tuple[str, ...]:
+    """A locale's city list in a fixed order (Faker's it_IT list comes from a set: its order changes
+    with every process's hash seed, which would make sentences differ between runs)."""
+    fake = Faker(locale)
+    for provider in fake.get_providers():
+        if type(provider).__module__.startswith("faker.providers.address") and hasattr(provider, "cities"):
+            return tuple(sorted(set(provider.cities)))
+    return ()
+
+
+def _city(rng: random.Random, fake: Faker) -> str:
+    cities = _sorted_cities(fake.locales[0])
+    return ascii_name(fake.random_element(cities) if cities else fake.city())
+
+
+def _street(rng: random.Random, fake: Faker) -> str:
+    name = ascii_name(fake.street_name())
+    return name[:1].upper() + name[1:]
+
+
+def _product(rng: random.Random, fake: Faker) -> str:
+    return f"{coined_word(rng)} {rng.choice(MODELS)}" if rng.random() < 0.6 else coined_word(rng)
+
+
+# Entity slot -> maker(rng, faker of a random locale) -> ASCII value.
+ENTITY_MAKERS = {
+    "person": lambda rng, fake: ascii_name(f"{fake.first_name()} {fake.last_name()}"),
+    "first": lambda rng, fake: ascii_name(fake.first_name()),
+    "surname": lambda rng, fake: ascii_name(fake.last_name()),
+    "city": _city,
+    "street": _street,
+    "company": _company,
+    "product": _product,
+}
 
 
 def generate(n: int, seed: int | str = 0, **kwargs) -> list[Sentence]:

@@ -55,7 +55,7 @@ def tiny_llm(hidden_size: int = 64, layers: int = 2, chat_template: bool = True,
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True,
+                      max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.5,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return LlamaForCausalLM(cfg).eval(), tok
 

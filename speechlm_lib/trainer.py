@@ -21,6 +21,7 @@ counted in ``skipped_nonfinite``; a non-finite gradient norm skips the update.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import shutil
@@ -98,6 +99,16 @@ def resolve_mixed_precision(name: str) -> str:
     return "no"
 
 
+def cpu_distributed() -> bool:
+    """True for a multi-process launch (torchrun / ``accelerate launch --multi_gpu``) without a GPU.
+
+    accelerate only picks DDP over gloo when told to run on CPU; this is how the
+    trainer tells it (pass the same to ``PartialState(cpu=...)`` if you create one first).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1 and not torch.cuda.is_available()
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest ``<output_dir>/checkpoints/step_N`` folder, or None."""
     root = Path(output_dir) / "checkpoints"
@@ -165,6 +176,7 @@ class Trainer:
         log_with = c.log_with if (c.log_with and c.output_dir) else None
         project = ProjectConfiguration(project_dir=c.output_dir) if c.output_dir else None
         return Accelerator(
+            cpu=cpu_distributed(),
             mixed_precision=resolve_mixed_precision(c.mixed_precision),
             gradient_accumulation_steps=c.grad_accum,
             log_with=log_with,

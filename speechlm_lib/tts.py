@@ -6,7 +6,7 @@ drive the C library directly:
 
     espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS)   # no audio device; samples come to a callback
     espeak_SetSynthCallback(collect)              # int16 chunks at 22050 Hz
-    espeak_SetVoiceByName("en-gb-x-rp+m5")        # voice file + variant
+    espeak_SetVoiceByName("gmw/en-gb-x-rp+m5")    # voice file + variant
     espeak_SetParameter(RATE / PITCH)             # words per minute, 0-99
     espeak_Synth(text) ; espeak_Synchronize()
 
@@ -16,14 +16,17 @@ windowed-sinc polyphase filter (numpy only, so workers need no torch).
 eSpeak keeps global state, so there is one engine per process (created lazily,
 recreated after a fork) and a lock serialises threads within a process.
 Parallel corpora use one worker *process* per core. Synthesis is exactly
-repeatable: each call starts from a freshly loaded library (see `_Engine`).
+repeatable: each call starts from a freshly loaded library (see `_Engine`);
+`_fast_data_home` keeps that cheap (about 3 ms a call).
 """
 from __future__ import annotations
 
 import _ctypes
 import ctypes
+import hashlib
 import importlib.util
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +34,8 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+
+from .config import cache_dir
 
 OUTPUT_RATE = 16_000  # Hz, equal to speechlm_lib.audio.SAMPLE_RATE (not imported: that pulls in torch)
 ESPEAK_RATE = 22_050  # Hz, eSpeak NG's native output rate
@@ -85,6 +90,42 @@ def espeak_paths() -> tuple[Path, Path]:
     return libs[0], data
 
 
+def _fast_data_home(data: Path) -> Path:
+    """A folder holding an ``espeak-ng-data`` that links to `data`, plus lower-case voice aliases.
+
+    eSpeak lower-cases voice names before looking for the file, so ``gmw/en-US``
+    is only found after scanning every voice file (~5 ms, on every fresh load).
+    With an alias ``lang/gmw/en-us`` it is opened directly. Built once in the
+    cache folder; falls back to the wheel's folder where links cannot be made.
+    """
+    key = hashlib.sha1(str(data).encode()).hexdigest()[:10]
+    home = cache_dir() / f"espeak-{key}"
+    if (home / "espeak-ng-data").is_dir():
+        return home
+    tmp = home.with_name(f"{home.name}.tmp{os.getpid()}")
+    try:
+        out = tmp / "espeak-ng-data"
+        out.mkdir(parents=True)
+        for entry in data.iterdir():
+            if entry.name != "lang":
+                (out / entry.name).symlink_to(entry)
+        for group in (data / "lang").iterdir():
+            target = out / "lang" / group.name
+            if group.is_file():
+                target.parent.mkdir(exist_ok=True)
+                target.symlink_to(group)
+                continue
+            target.mkdir(parents=True)
+            for f in group.iterdir():
+                (target / f.name).symlink_to(f)
+                if f.name.lower() != f.name:
+                    (target / f.name.lower()).symlink_to(f)
+        tmp.rename(home)
+    except OSError:  # no symlinks here, or another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return home if (home / "espeak-ng-data").is_dir() else data.parent
+
+
 class _EspeakVoice(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_void_p), ("identifier", ctypes.c_char_p),
                 ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
@@ -106,12 +147,13 @@ class _Engine:
 
     def __init__(self):
         self.lib_path, self.data_path = espeak_paths()
+        self.home = _fast_data_home(self.data_path)
         self.chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # keep a reference: the C side holds the pointer
         self._libc = ctypes.CDLL(None)
         lib = self._open()
         try:
-            self.voices = self._list_voices(lib)
+            self.voices, self.files = self._list_voices(lib)
         finally:
             self._close(lib)
 
@@ -122,7 +164,7 @@ class _Engine:
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path.parent).encode(), 0)
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.home).encode(), 0)
         if rate != ESPEAK_RATE:
             raise RuntimeError(f"{self.lib_path}: espeak_Initialize failed or returned rate {rate}")
         lib.espeak_SetSynthCallback(self._callback)
@@ -141,12 +183,16 @@ class _Engine:
         return 0  # 0 = continue synthesis
 
     @staticmethod
-    def _list_voices(lib: ctypes.CDLL) -> dict[str, list[str]]:
-        """{voice file name (lower case): [languages]} of every installed voice."""
-        out, arr, i = {}, lib.espeak_ListVoices(None), 0
+    def _list_voices(lib: ctypes.CDLL) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """{name: [languages]} and {name: voice file, e.g. 'gmw/en-us'} of every installed voice.
+
+        A voice's name is its file name in lower case ('en-us').
+        """
+        out, files, arr, i = {}, {}, lib.espeak_ListVoices(None), 0
         while arr[i]:
             v = arr[i].contents
             ident = v.identifier.decode().split("/")[-1].lower()
+            files[ident] = v.identifier.decode().lower()
             langs, ptr = [], v.languages  # entries: <priority byte><name>\0 ..., then a 0 byte
             while ctypes.string_at(ptr, 1) != b"\0":
                 name = ctypes.string_at(ptr + 1)
@@ -154,11 +200,12 @@ class _Engine:
                 ptr += len(name) + 2
             out[ident] = langs
             i += 1
-        return out
+        return out, files
 
     def synth(self, text: str, voice: Voice) -> np.ndarray:
         """int16 samples ``(samples,)`` at 22050 Hz; the same input always gives the same samples."""
-        spec = voice.name + (f"+{voice.variant}" if voice.variant else "")
+        fast = self.home != self.data_path.parent  # lower-case aliases exist: load the file directly
+        spec = (self.files[voice.name] if fast else voice.name) + (f"+{voice.variant}" if voice.variant else "")
         lib = self._open()
         try:
             if lib.espeak_SetVoiceByName(spec.encode()) != _EE_OK:

@@ -1,0 +1,122 @@
+"""Speech encoders: Whisper on unpadded input, HF AutoModel encoders, the stage-1 Conformer, the registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechlm_lib.encoders import ENCODERS, pad_last
+from speechlm_lib.tiny_models import save_tiny_wav2vec2, tiny_whisper
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    model = tiny_whisper()
+    return model, ENCODERS.build("whisper", source="tiny-random", model=model).eval()
+
+
+def _waves():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(16000 * 2, generator=g) * 0.1, torch.randn(16000 * 3 + 237, generator=g) * 0.1]
+
+
+def test_whisper_on_a_full_30s_input_matches_transformers(whisper):
+    model, enc = whisper
+    x = torch.randn(1, 80, 3000)
+    with torch.no_grad():
+        ref = model.get_encoder()(x).last_hidden_state
+        ours, n = enc(x, torch.tensor([3000]))
+    assert int(n) == 1500
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_whisper_featurize_pads_only_to_an_even_frame_count(whisper):
+    _, enc = whisper
+    a, b = (enc.featurize(w) for w in _waves())
+    assert a.shape == (80, 200)
+    assert b.shape == (80, 302)  # 301 frames (48237 // 160) + 1 -> even
+    assert enc.frame_rate == 50.0 and enc.dim == 32
+
+
+def test_whisper_encodes_a_clip_the_same_alone_or_in_a_batch(whisper):
+    _, enc = whisper
+    feats = [enc.featurize(w) for w in _waves()]
+    with torch.no_grad():
+        alone, n_alone = enc(*enc.collate(feats[:1]))
+        both, n_both = enc(*enc.collate(feats))
+    assert n_both.tolist() == [100, 151]
+    assert int(n_alone) == 100
+    torch.testing.assert_close(both[0, :100], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_whisper_rejects_odd_or_over_long_input(whisper):
+    _, enc = whisper
+    with pytest.raises(ValueError, match="even"):
+        enc(torch.zeros(1, 80, 11), torch.tensor([11]))
+    with pytest.raises(ValueError, match="over the whisper encoder's maximum of 30 s"):
+        enc.featurize(torch.zeros(16000 * 31))
+
+
+def test_settings_name_the_encoder_and_its_source(whisper):
+    _, enc = whisper
+    s = enc.settings()
+    assert s["encoder"] == "whisper" and s["name"] == "tiny-random" and s["n_mels"] == 80
+
+
+def test_pad_last_zero_pads_to_a_multiple():
+    out, n = pad_last([torch.ones(2, 3), torch.ones(2, 5)], multiple=4)
+    assert out.shape == (2, 2, 8) and n.tolist() == [3, 5]
+    assert out[0, :, 3:].abs().sum() == 0
+
+
+def test_wav2vec2_by_local_path(tmp_path):
+    path = save_tiny_wav2vec2(tmp_path / "w2v")
+    enc = ENCODERS.build("wav2vec2", source=str(path))
+    assert enc.dim == 32 and enc.frame_rate == 16000 / 80
+    items = [enc.featurize(w) for w in _waves()]
+    assert abs(float(items[0].mean())) < 1e-4 and abs(float(items[0].std()) - 1) < 1e-2  # normalised
+    with torch.no_grad():
+        states, n = enc(*enc.collate(items))
+    assert states.shape[0] == 2 and states.shape[2] == 32
+    assert n.tolist()[1] == states.shape[1] and n[0] < n[1]
+    assert abs(int(n[0]) - 2 * enc.frame_rate) <= 2  # ~frame_rate states a second
+    assert enc.settings()["fingerprint"] is not None
+
+
+def test_hubert_builder_loads_any_automodel_audio_encoder(tmp_path):
+    enc = ENCODERS.build("hubert", source=str(save_tiny_wav2vec2(tmp_path / "w2v")))
+    assert enc.name == "hubert" and enc.settings()["encoder"] == "hubert"
+
+
+def test_conformer_from_a_stage1_folder(tmp_path):
+    from speechlm_lib.conformer import ConformerCTC, ConformerConfig
+
+    ConformerCTC(ConformerConfig.preset("tiny")).save_pretrained(tmp_path / "stage1")
+    enc = ENCODERS.build("conformer", source=str(tmp_path / "stage1"))
+    assert enc.dim == 64 and enc.frame_rate == 25.0
+    feats = [enc.featurize(w) for w in _waves()]
+    with torch.no_grad():
+        states, n = enc(*enc.collate(feats))
+    assert states.shape[2] == 64 and n.tolist() == [50, 76]
+
+
+def test_conformer_settings_change_when_the_saved_weights_change(tmp_path):
+    from speechlm_lib.conformer import ConformerCTC, ConformerConfig
+
+    model = ConformerCTC(ConformerConfig.preset("tiny"))
+    model.save_pretrained(tmp_path / "stage1")
+    before = ENCODERS.build("conformer", source=str(tmp_path / "stage1")).settings()
+    torch.nn.init.zeros_(model.head.weight)
+    (tmp_path / "stage1" / "model.safetensors").unlink()
+    model.save_pretrained(tmp_path / "stage1")
+    after = ENCODERS.build("conformer", source=str(tmp_path / "stage1")).settings()
+    assert before["name"] == after["name"] and before["fingerprint"] != after["fingerprint"]
+
+
+def test_missing_conformer_folder_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="stage-1"):
+        ENCODERS.build("conformer", source=str(tmp_path / "nothing"))
+
+
+def test_unknown_encoder_names_the_known_ones():
+    with pytest.raises(KeyError, match="whisper"):
+        ENCODERS.build("mfcc")

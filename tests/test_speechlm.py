@@ -1,0 +1,278 @@
+"""The speech-LLM with tiny random models: prompts, loss masking, padding, freezing, save/load, decoding."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechlm_lib.encoders import ENCODERS
+from speechlm_lib.generation import DecodeConfig, token_budget, transcribe
+from speechlm_lib.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig
+from speechlm_lib.records import Report, Utterance
+from speechlm_lib.speechlm import IGNORE, SpeechLM
+from speechlm_lib.speechlm_data import Collate, SpeechLMDataset
+from speechlm_lib.tiny_models import save_tiny_llm, save_tiny_wav2vec2, tiny_llm, tiny_whisper
+
+TEXTS = ["hello world", "the quick brown fox jumps", "you are tiny"]
+
+
+def _model(chat=True, **kw):
+    llm, tok = tiny_llm(chat_template=chat)
+    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
+    return SpeechLM(enc, llm, tok, projector_kwargs={"hidden": 32}, **kw)
+
+
+def _utts(tmp_path, n=3):
+    out = []
+    for i in range(n):
+        sec = 1.0 + 0.4 * i
+        wave = np.random.RandomState(i).randn(int(16000 * sec)).astype("float32") * 0.1
+        sf.write(str(tmp_path / f"u{i}.wav"), wave, 16000)
+        out.append(Utterance(id=f"u{i}", audio=str(tmp_path / f"u{i}.wav"), text=TEXTS[i % 3], duration=sec))
+    return out
+
+
+def _batch(model, utts):
+    ds = SpeechLMDataset(utts, model.encoder, model.prompts)
+    return Collate(model.encoder, model.prompts.pad_id)([ds[i] for i in range(len(ds))])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+# -- prompts ------------------------------------------------------------------------------
+def test_chat_prompt_puts_the_audio_in_the_user_turn(model):
+    p = model.prompts
+    prefix, suffix = (model.tokenizer.decode(x) for x in (p.prompt().prefix, p.prompt().suffix))
+    assert prefix.endswith("<|im_start|>user\n")
+    assert suffix == " Transcribe the audio.<|im_end|>\n<|im_start|>assistant\n"
+    assert model.tokenizer.convert_ids_to_tokens(p.end_id) == "<|im_end|>"
+
+
+def test_instruction_is_a_parameter():
+    llm, tok = tiny_llm()
+    p = PromptBuilder(tok, PromptConfig(system="Be brief."))
+    suffix = tok.decode(p.prompt("Keywords: Zbigniew. Transcribe the audio.").suffix)
+    assert "Keywords: Zbigniew." in suffix
+    assert "Be brief." in tok.decode(p.prompt().prefix)
+    assert "Transcribe" in tok.decode(PromptBuilder(tok, PromptConfig(audio_first=False)).prompt().prefix)
+
+
+def test_plain_format_without_a_chat_template():
+    _, tok = tiny_llm(chat_template=False)
+    p = PromptBuilder(tok)
+    assert not p.chat
+    assert p.render() == f"<audio> Transcribe the audio.\n{PLAIN_ANSWER_CUE}"
+    assert p.target("hi")[-1] == tok.eos_token_id
+
+
+# -- loss masking and padding -----------------------------------------------------------
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_labels_cover_only_the_target_and_its_end_token(model, tmp_path, side):
+    batch = _batch(model, _utts(tmp_path))
+    audio, n = model.audio_embeddings(batch["features"], batch["feature_lengths"])
+    _, mask, pos, labels = model.assemble(audio, n, batch["prefix_ids"], batch["prefix_lengths"],
+                                          batch["suffix_ids"], batch["suffix_lengths"], batch["target_ids"],
+                                          batch["target_lengths"], padding_side=side)
+    for i, text in enumerate(batch["meta"]["text"]):
+        row = labels[i][labels[i] != IGNORE].tolist()
+        assert row == model.prompts.target(text)
+        assert row[-1] == model.prompts.end_id
+        assert model.prompts.decode(row) == text
+        assert int(mask[i].sum()) == int(n[i] + batch["prefix_lengths"][i] + batch["suffix_lengths"][i]
+                                         + batch["target_lengths"][i])
+        assert pos[i][mask[i].bool()].tolist() == list(range(int(mask[i].sum())))
+
+
+def test_target_labels_sit_where_the_target_embeddings_are(model, tmp_path):
+    batch = _batch(model, _utts(tmp_path))
+    audio, n = model.audio_embeddings(batch["features"], batch["feature_lengths"])
+    embeds, _, _, labels = model.assemble(audio, n, batch["prefix_ids"], batch["prefix_lengths"],
+                                          batch["suffix_ids"], batch["suffix_lengths"], batch["target_ids"],
+                                          batch["target_lengths"])
+    table = model.llm.get_input_embeddings()
+    keep = labels[0] != IGNORE
+    torch.testing.assert_close(embeds[0][keep], table(labels[0][keep]))
+
+
+def test_loss_equals_the_lm_loss_on_the_same_labels(model, tmp_path):
+    batch = _batch(model, _utts(tmp_path))
+    with torch.no_grad():
+        ours = model(**batch)["loss"]
+        audio, n = model.audio_embeddings(batch["features"], batch["feature_lengths"])
+        embeds, mask, pos, labels = model.assemble(audio, n, batch["prefix_ids"], batch["prefix_lengths"],
+                                                   batch["suffix_ids"], batch["suffix_lengths"],
+                                                   batch["target_ids"], batch["target_lengths"])
+        ref = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, labels=labels).loss
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_left_and_right_padding_give_the_same_next_token_logits(model, tmp_path):
+    batch = _batch(model, _utts(tmp_path))
+    audio, n = model.audio_embeddings(batch["features"], batch["feature_lengths"])
+    args = (audio, n, batch["prefix_ids"], batch["prefix_lengths"], batch["suffix_ids"], batch["suffix_lengths"])
+    last = []
+    with torch.no_grad():
+        for side in ("left", "right"):
+            embeds, mask, pos, _ = model.assemble(*args, padding_side=side)
+            logits = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits
+            idx = mask.sum(1) - 1 if side == "right" else torch.full_like(n, mask.shape[1] - 1)
+            last.append(logits[torch.arange(len(n)), idx])
+    torch.testing.assert_close(last[0], last[1], atol=1e-4, rtol=1e-4)
+
+
+# -- what trains ----------------------------------------------------------------------------
+def test_only_the_projector_trains_by_default(model, tmp_path):
+    counts = model.parameter_counts()
+    assert counts["encoder"]["trainable"] == 0 and counts["llm"]["trainable"] == 0
+    assert counts["projector"]["trainable"] == counts["projector"]["total"] > 0
+    assert counts["all"]["trainable"] == counts["projector"]["total"]
+    model.zero_grad()
+    model(**_batch(model, _utts(tmp_path)))["loss"].backward()
+    assert all(p.grad is not None for p in model.projector.parameters())
+    assert all(p.grad is None for p in model.llm.parameters())
+    assert all(p.grad is None for p in model.encoder.parameters())
+    model.zero_grad()
+
+
+def test_freeze_flags_unfreeze_parts():
+    m = _model(freeze_llm=False)
+    counts = m.parameter_counts()
+    assert counts["llm"]["trainable"] == counts["llm"]["total"] and counts["encoder"]["trainable"] == 0
+    m.train()
+    assert m.llm.training and not m.encoder.training
+
+
+def test_training_the_projector_lowers_the_loss(tmp_path):
+    from speechlm_lib.trainer import TrainConfig, Trainer
+
+    m = _model()
+    batch = _batch(m, _utts(tmp_path, 2))
+    with torch.no_grad():
+        before = float(m(**batch)["loss"])
+    cfg = TrainConfig(max_steps=30, lr=1e-2, warmup_steps=0, log_every=10, log_with=None, progress=False)
+    Trainer(cfg, m, [batch]).run()
+    with torch.no_grad():
+        after = float(m(**batch)["loss"])
+    assert after < 0.7 * before
+
+
+# -- data ---------------------------------------------------------------------------------
+def test_dataset_skips_too_long_and_empty_utterances(model, tmp_path):
+    utts = _utts(tmp_path, 2)
+    long = Utterance(id="long", audio=utts[0].audio, text="x", duration=45.0)
+    empty = Utterance(id="empty", audio=utts[0].audio, text="  ", duration=1.0)
+    report = Report()
+    ds = SpeechLMDataset(utts + [long, empty], model.encoder, model.prompts, report=report)
+    assert len(ds) == 2 and report.kept == 2
+    assert {item for item, _ in report.skipped} == {"long", "empty"}
+    assert "over the encoder's maximum" in dict(report.skipped)["long"]
+
+
+def test_instruction_and_target_functions_reach_the_items(model, tmp_path):
+    utts = _utts(tmp_path, 1)
+    ds = SpeechLMDataset(utts, model.encoder, model.prompts, instruction_fn=lambda u: "Translate.",
+                         target_fn=lambda u: "hallo welt")
+    item = ds[0]
+    assert "Translate." in model.tokenizer.decode(item["suffix"])
+    assert item["target"] == model.prompts.target("hallo welt")
+
+
+# -- decoding -------------------------------------------------------------------------------
+def test_decoding_ends_within_the_token_budget(model, tmp_path):
+    utts = _utts(tmp_path)
+    cfg = DecodeConfig(tokens_per_second=3.0, extra_tokens=2, batch_size=2)
+    out = transcribe(model, utts, cfg, progress=False)
+    assert len(out.texts) == 3
+    for u, ids in zip(utts, out.token_ids):
+        assert 0 < len(ids) <= token_budget(u.duration, cfg)
+    assert out.audio_seconds == pytest.approx(sum(u.duration for u in utts), abs=0.01)
+    assert out.seconds > 0 and out.rtf > 0
+
+
+def test_batched_greedy_equals_one_at_a_time(model, tmp_path):
+    utts = _utts(tmp_path)
+    cfg = DecodeConfig(tokens_per_second=4.0, extra_tokens=4)
+    batched = transcribe(model, utts, DecodeConfig(**{**cfg.__dict__, "batch_size": 3}), progress=False)
+    single = transcribe(model, utts, DecodeConfig(**{**cfg.__dict__, "batch_size": 1}), progress=False)
+    assert batched.token_ids == single.token_ids
+
+
+def test_beam_search_runs_within_the_budget(model, tmp_path):
+    utts = _utts(tmp_path, 2)
+    cfg = DecodeConfig(num_beams=3, tokens_per_second=3.0, extra_tokens=2)
+    out = transcribe(model, utts, cfg, progress=False)
+    assert all(len(ids) <= token_budget(u.duration, cfg) for u, ids in zip(utts, out.token_ids))
+
+
+def test_silent_audio_gives_an_empty_transcript(model):
+    out = transcribe(model, [("silence", torch.zeros(16000))], progress=False)
+    assert out.texts == [""]
+
+
+def test_empty_audio_is_an_error_naming_it(model, tmp_path):
+    with pytest.raises(ValueError, match="nothing.wav: zero-length"):
+        transcribe(model, [("nothing.wav", torch.zeros(0))], progress=False)
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, dtype="float32"), 16000)
+    with pytest.raises(ValueError, match="empty.wav"):
+        transcribe(model, [str(tmp_path / "empty.wav")], progress=False)
+
+
+def test_audio_over_the_maximum_is_an_error_naming_the_file(model, tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(str(path), np.zeros(16000 * 31, dtype="float32"), 16000)
+    with pytest.raises(ValueError, match=r"long.wav: duration 31.0 s is over the maximum of 30"):
+        transcribe(model, [Utterance(id="l", audio=str(path), text="x", duration=31.0)], progress=False)
+
+
+# -- save / load ----------------------------------------------------------------------------
+LOAD_SCRIPT = """
+import json, sys, torch
+from speechlm_lib.speechlm import SpeechLM
+from speechlm_lib.speechlm_data import SpeechLMDataset, Collate
+from speechlm_lib.records import Utterance
+m = SpeechLM.from_pretrained(sys.argv[1])
+utts = [Utterance(**u) for u in json.loads(sys.argv[2])]
+ds = SpeechLMDataset(utts, m.encoder, m.prompts)
+with torch.no_grad():
+    loss = m(**Collate(m.encoder, m.prompts.pad_id)([ds[i] for i in range(len(ds))]))["loss"]
+print(json.dumps({"loss": float(loss), "counts": m.parameter_counts()["projector"]}))
+"""
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path):
+    llm, tok = tiny_llm()
+    llm_dir = save_tiny_llm(tmp_path / "llm")
+    enc = ENCODERS.build("wav2vec2", source=str(save_tiny_wav2vec2(tmp_path / "w2v")))
+    from speechlm_lib.speechlm import load_llm
+
+    llm, tok = load_llm(str(llm_dir))
+    m = SpeechLM(enc, llm, tok, projector="transformer", stride=4, projector_kwargs={"d_model": 32, "layers": 1},
+                 prompt=PromptConfig(instruction="Write it down."), llm_source=str(llm_dir))
+    torch.nn.init.normal_(m.projector.out.weight)  # not the initial weights
+    utts = _utts(tmp_path, 2)
+    with torch.no_grad():
+        loss = float(m(**_batch(m, utts))["loss"])
+    m.save_pretrained(tmp_path / "saved")
+    cfg = json.loads((tmp_path / "saved" / "speechlm.json").read_text())
+    assert cfg["llm"]["source"] == str(llm_dir) and cfg["encoder"]["encoder"] == "wav2vec2"
+    assert (tmp_path / "saved" / "trainable.safetensors").stat().st_size < 2_000_000  # no frozen weights inside
+    rows = json.dumps([u.__dict__ for u in utts])
+    run = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "saved"), rows],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["loss"] == pytest.approx(loss, abs=1e-4)
+    assert got["counts"]["trainable"] == m.parameter_counts()["projector"]["trainable"]
+
+
+def test_loading_a_folder_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="speechlm.json"):
+        SpeechLM.from_pretrained(tmp_path)
