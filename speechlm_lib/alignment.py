@@ -12,6 +12,8 @@ The notebook and the benchmark call these; each is a few lines on top of
 """
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -109,19 +111,72 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
                     cache: FeatureCache | None = None, output_dir: str | Path | None = None) -> dict:
     """Train the trainable parts (the projector by default) with the shared `Trainer`.
 
-    Returns the trainer's result dict (history, evals, final, seconds) plus
-    ``"samples_per_second"``; the trained model is saved to `output_dir` if given.
+    Returns the trainer's result dict (history, eval, final, seconds) plus
+    ``train_seconds`` / ``eval_seconds`` (time spent training vs scoring dev WER) and
+    ``samples_per_second`` (training only); the model is saved to `output_dir` if given.
     """
     loader = make_loader(train_ds, batch_size=cfg.data.batch_size, max_batch_seconds=cfg.data.max_batch_seconds,
                          seed=cfg.train.seed, num_workers=cfg.data.num_workers)
-    evaluate = None
+    evaluate, eval_seconds = None, [0.0]
     if dev:
         dev_ds = SpeechLMDataset(dev, model.encoder, model.prompts, cache=cache)
-        evaluate = make_evaluator(dev, cfg, cache=cache, dev_dataset=dev_ds)
+        scorer = make_evaluator(dev, cfg, cache=cache, dev_dataset=dev_ds)
+
+        def evaluate(m):  # timed, so training throughput excludes evaluation
+            t = time.perf_counter()
+            out = scorer(m)
+            eval_seconds[0] += time.perf_counter() - t
+            return out
+
     trainer = Trainer(cfg.train, model, loader, evaluate=evaluate, callbacks=callbacks)
     result = trainer.run()
-    steps = result["final"]["step"]
-    result["samples_per_second"] = steps * cfg.data.batch_size * cfg.train.grad_accum / max(result["seconds"], 1e-9)
+    result["eval_seconds"] = eval_seconds[0]
+    result["train_seconds"] = result["seconds"] - eval_seconds[0]
+    samples = result["final"]["step"] * cfg.data.batch_size * cfg.train.grad_accum
+    result["samples_per_second"] = samples / max(result["train_seconds"], 1e-9)
     if output_dir is not None:
         trainer.model.save_pretrained(output_dir)
     return result
+
+
+def emergence(evals: list[dict], key: str = "wer") -> dict:
+    """Where the dev metric fell most between two checkpoints (SLAM-ASR's "capability emergence").
+
+    Returns ``{"first", "last", "best", "largest_drop", "drop_at_step"}``; a large drop
+    between late checkpoints after a long plateau is emergence, a steady slope is not.
+    """
+    points = [(e["step"], e[key]) for e in evals if key in e]
+    if len(points) < 2:
+        return {"first": points[0][1] if points else None, "last": points[-1][1] if points else None,
+                "best": min((v for _, v in points), default=None), "largest_drop": 0.0, "drop_at_step": None}
+    drops = [(a[1] - b[1], b[0]) for a, b in zip(points, points[1:])]
+    drop, at = max(drops)
+    return {"first": points[0][1], "last": points[-1][1], "best": min(v for _, v in points),
+            "largest_drop": drop, "drop_at_step": at}
+
+
+def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list[Utterance]], llm, tokenizer,
+            whisper=None, progress: bool = False) -> list[dict]:
+    """Small runs that differ only in model fields (`variants`: name -> ModelConfig changes).
+
+    Each trains ``cfg.compare_steps`` updates on cached states (one cache per encoder
+    setting) and reports dev WER, final loss, audio tokens a second and seconds a step.
+    The LLM (and a loaded Whisper, if given) is shared between runs.
+    """
+    rows = []
+    for name, changes in variants.items():
+        run_cfg = cfg.with_model(**changes)
+        run_cfg.train = replace(cfg.train, max_steps=cfg.compare_steps, eval_every=0, progress=progress,
+                                warmup_steps=min(cfg.train.warmup_steps, cfg.compare_steps // 4))
+        encoder = None
+        if run_cfg.model.encoder == "whisper" and whisper is not None:
+            encoder = ENCODERS.build("whisper", source=run_cfg.model.encoder_source, model=whisper)
+        torch.manual_seed(run_cfg.train.seed)
+        model = build_speechlm(run_cfg.model, encoder=encoder, llm=llm, tokenizer=tokenizer)
+        cache = make_cache(model)
+        train_ds = make_dataset(model, splits["train"], run_cfg, cache=cache, progress=progress)
+        dev = cache.fill(splits["dev"], model.encoder, progress=False)
+        result = train_projector(run_cfg, model, train_ds, dev=dev, cache=cache)
+        rows.append({"run": name, "dev_wer": result["final"].get("wer"), "train_loss": result["final"]["train_loss"],
+                     "tokens_per_second": model.token_rate, "seconds_per_step": result["train_seconds"] / max(1, result["final"]["step"]), "trainable": model.parameter_counts()["all"]["trainable"]})
+    return rows

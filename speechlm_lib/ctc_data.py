@@ -61,6 +61,7 @@ class Item:
     features: torch.Tensor  # (n_mels, frames) float16
     labels: list[int]
     duration: float  # seconds
+    audio: str = ""  # the audio file (for players and error messages)
 
 
 @contextmanager
@@ -95,7 +96,8 @@ class CTCDataset(Dataset):
             part = encodable[start:start + chunk]  # chunks bound the waveform memory
             labels = {u.id: y for u, y in part}
             for u, w in load_checked([u for u, _ in part], max_seconds=max_seconds, report=self.report.audio):
-                items.append(Item(u.id, u.text, log_mel(w, self.n_mels).half(), labels[u.id], w.numel() / SAMPLE_RATE))
+                items.append(Item(u.id, u.text, log_mel(w, self.n_mels).half(), labels[u.id], w.numel() / SAMPLE_RATE,
+                                  u.audio))
         return items
 
     def __len__(self) -> int:

@@ -119,6 +119,15 @@ class PromptBuilder:
                 return int(tid)
         return int(self.end_id)
 
+    def explain(self, text: str, n_audio: int, instruction: str | None = None) -> list[tuple[str, str, bool]]:
+        """The sequence the LLM sees for one example, as (segment, text, in the loss) rows."""
+        p, target = self.prompt(instruction), self.target(text)
+        return [("prefix", self.tokenizer.decode(p.prefix), False),
+                ("audio", f"[{n_audio} projected audio embeddings]", False),
+                ("suffix", self.tokenizer.decode(p.suffix), False),
+                ("target", self.tokenizer.decode(target[:-1]), True),
+                ("end", self.tokenizer.decode(target[-1:]), True)]
+
     # -- helpers --------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []

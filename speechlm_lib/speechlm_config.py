@@ -56,6 +56,7 @@ class Stage2Config:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
+    compare_steps: int = 60  # updates of each small comparison run (encoders, stacking rates)
 
     @classmethod
     def preset(cls, name: str) -> "Stage2Config":
@@ -77,6 +78,7 @@ def _smoke() -> Stage2Config:
         train=TrainConfig(max_steps=6, lr=1e-3, warmup_steps=2, log_every=2, eval_every=3, log_with=None,
                           progress=True),
         decode=DecodeConfig(batch_size=8, max_new_tokens=48),
+        compare_steps=2,
     )
 
 
@@ -97,6 +99,7 @@ def _gpu() -> Stage2Config:
         train=TrainConfig(max_steps=3000, lr=1e-4, warmup_steps=200, log_every=20, eval_every=500,
                           mixed_precision="bf16"),
         decode=DecodeConfig(batch_size=32),
+        compare_steps=500,
     )
 
 

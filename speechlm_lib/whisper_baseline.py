@@ -24,12 +24,15 @@ from .encoders import WhisperSpeechEncoder
 
 @torch.no_grad()
 def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool = True, batch_size: int = 8,
-                       num_beams: int = 1, progress: bool = False) -> tuple[list[str], float]:
+                       num_beams: int = 1, max_new_tokens: int | None = None,
+                       progress: bool = False) -> tuple[list[str], float]:
     """Transcribe ``(samples,)`` 16 kHz waves with a `WhisperForConditionalGeneration`.
 
     Returns (texts, seconds). Unpadded decoding runs one clip at a time (Whisper's
     decoder has no cross-attention mask, so batch padding would be attended).
+    `max_new_tokens` caps each transcript (None: Whisper's own limit, 448 tokens).
     """
+    limit = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     model.eval()
     texts, t0 = [], time.perf_counter()
     step = batch_size if padded else 1
@@ -38,10 +41,11 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
         chunk = [w.numpy() for w in waves[i: i + step]]
         if padded:
             feats = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
-            ids = model.generate(input_features=feats.to(model.dtype), num_beams=num_beams)
+            ids = model.generate(input_features=feats.to(model.dtype), num_beams=num_beams, **limit)
         else:
             inputs, lengths = encoder.collate([encoder.featurize(torch.from_numpy(chunk[0]))])
             states, _ = encoder(inputs, lengths)
-            ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams)
+            ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams,
+                                 **limit)
         texts += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
     return texts, time.perf_counter() - t0

