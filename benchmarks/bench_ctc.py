@@ -8,7 +8,8 @@ Reports training throughput (utterances/s and audio seconds/s, over wall time an
 over this process's CPU time), peak resident memory (ru_maxrss), the padding
 fraction of the duration-bucketed batches, the 1-minute load average seen at the
 start and end (other jobs sharing the CPU make wall times pessimistic), and test
-WER/CER; records them as stage "stage1_ctc_bench" in runs/<profile>/results.json.
+WER/CER (train_seconds includes the trainer's dev evaluations); records them
+as stage "stage1_ctc_bench" in runs/<profile>/results.json.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import sys
 import time
 from dataclasses import replace
 
+import torch
+
 from speechlm_lib import corpus, results
 from speechlm_lib.ctc_data import loader_padding_fraction, make_loader
 from speechlm_lib.ctc_stage import CTCStageConfig, load_data, score, train_encoder
@@ -28,8 +31,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu")
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's steps")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice; "
+                   "1 is much faster when other jobs share the cores)")
     p.add_argument("--no-record", action="store_true", help="print only; do not write results.json")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = CTCStageConfig.preset(args.profile)
     if args.max_steps:
         cfg = replace(cfg, train=replace(cfg.train, max_steps=args.max_steps))
@@ -52,7 +59,7 @@ def main(argv=None) -> dict:
                "audio_seconds_per_cpu_second": n_seconds / train_cpu, "epochs": n_utts / len(data["train"]),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "padding_fraction": padding, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0],
-               "torch_threads": __import__("torch").get_num_threads(), **data["train"].report.counts()}
+               "torch_threads": torch.get_num_threads(), **data["train"].report.counts()}
     for k, v in metrics.items():
         print(f"{k:>30}: {v:.4g}" if isinstance(v, float) else f"{k:>30}: {v}")
     if not args.no_record:

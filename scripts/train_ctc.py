@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import replace
 
+import torch
 from accelerate import PartialState
 
 from speechlm_lib import config, corpus, results
@@ -55,6 +56,8 @@ def stage_config(args: argparse.Namespace) -> CTCStageConfig:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = stage_config(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     state = PartialState(cpu=cpu_distributed())
     with state.main_process_first():  # one process builds the corpus, the others then read it
         manifests = corpus.ensure_corpus(cfg.profile)

@@ -33,13 +33,13 @@ from .trainer import Callback, Trainer
 def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None) -> SpeechLM:
     """A `SpeechLM` from a `ModelConfig`; pass already loaded parts to share them between runs."""
     if encoder is None:
-        encoder = ENCODERS.build(cfg.encoder, source=cfg.encoder_source)
+        encoder = ENCODERS.build(cfg.encoder, source=cfg.encoder_source, **cfg.encoder_options)
     if llm is None:
         dtype = getattr(torch, cfg.llm_dtype) if cfg.llm_dtype else None
         llm, tokenizer = load_llm(cfg.llm, dtype=dtype)
     return SpeechLM(encoder, llm, tokenizer, projector=cfg.projector, stride=cfg.stride,
                     projector_kwargs=cfg.projector_kwargs, prompt=cfg.prompt, freeze_encoder=cfg.freeze_encoder,
-                    freeze_llm=cfg.freeze_llm, llm_source=cfg.llm)
+                    freeze_llm=cfg.freeze_llm, llm_source=cfg.llm, ctc_weight=cfg.ctc_weight)
 
 
 def load_splits(cfg: Stage2Config, report: Report | None = None) -> dict[str, list[Utterance]]:
@@ -82,13 +82,13 @@ def evaluate_wer(model: SpeechLM, utts: list[Utterance], decode: DecodeConfig | 
 
 @torch.no_grad()
 def dev_loss(model: SpeechLM, dataset: SpeechLMDataset, batch_size: int = 8) -> float:
-    """Mean teacher-forced answer-token loss over `dataset`."""
+    """Mean teacher-forced answer-token loss of the LLM over `dataset` (no auxiliary losses)."""
     device = next(model.projector.parameters()).device
     total, count = 0.0, 0
     for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         out = model(**batch)
-        total += float(out["loss"]) * out["n_tokens"]
+        total += float(out.get("lm_loss", out["loss"])) * out["n_tokens"]  # the LLM's loss only
         count += out["n_tokens"]
     return total / max(1, count)
 
@@ -159,22 +159,23 @@ def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list
             whisper=None, progress: bool = False) -> list[dict]:
     """Small runs that differ only in model fields (`variants`: name -> ModelConfig changes).
 
-    Each trains ``cfg.compare_steps`` updates on cached states (one cache per encoder
-    setting) and reports dev WER, final loss, audio tokens a second and seconds a step.
-    The LLM (and a loaded Whisper, if given) is shared between runs.
+    Each trains ``cfg.compare_steps`` updates (on the first ``steps x batch`` training
+    utterances, cached; one cache per encoder setting) and reports dev WER, final loss,
+    audio tokens a second and seconds a step. The LLM (and a loaded Whisper) is shared.
     """
-    rows = []
+    rows, n_train = [], cfg.compare_steps * cfg.data.batch_size
     for name, changes in variants.items():
         run_cfg = cfg.with_model(**changes)
         run_cfg.train = replace(cfg.train, max_steps=cfg.compare_steps, eval_every=0, progress=progress,
                                 warmup_steps=min(cfg.train.warmup_steps, cfg.compare_steps // 4))
         encoder = None
         if run_cfg.model.encoder == "whisper" and whisper is not None:
-            encoder = ENCODERS.build("whisper", source=run_cfg.model.encoder_source, model=whisper)
+            encoder = ENCODERS.build("whisper", source=run_cfg.model.encoder_source, model=whisper,
+                                     **run_cfg.model.encoder_options)
         torch.manual_seed(run_cfg.train.seed)
         model = build_speechlm(run_cfg.model, encoder=encoder, llm=llm, tokenizer=tokenizer)
         cache = make_cache(model)
-        train_ds = make_dataset(model, splits["train"], run_cfg, cache=cache, progress=progress)
+        train_ds = make_dataset(model, splits["train"][:n_train], run_cfg, cache=cache, progress=progress)
         dev = cache.fill(splits["dev"], model.encoder, progress=False)
         result = train_projector(run_cfg, model, train_ds, dev=dev, cache=cache)
         rows.append({"run": name, "dev_wer": result["final"].get("wer"), "train_loss": result["final"]["train_loss"],

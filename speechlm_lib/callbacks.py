@@ -101,7 +101,11 @@ class LivePlot(Callback):
             ax.plot(*zip(*pts), "o-", label=f"eval {k}")
         ax.set_xlabel("optimizer step")
         if self.logy and self.train and min(v for _, v in self.train) > 0:
+            from matplotlib.ticker import FormatStrFormatter
+
             ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FormatStrFormatter("%.3g"))
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right")
         fig.tight_layout()

@@ -1,7 +1,7 @@
 """A Conformer speech encoder with a CTC head (stage 1 of the recipe).
 
     log-mel (batch, n_mels, frames)               100 frames/s
-      -> SpecAugment (training only)
+      -> per-utterance mean/variance normalization, SpecAugment (training only)
       -> ConvSubsampling: 2 x Conv2d(3x3, stride 2) -> (batch, frames/4, d_model)   25 frames/s
       -> torchaudio Conformer layers (padding masked) -> (batch, frames/4, d_model)   <- `encode`
       -> Linear CTC head -> logits (batch, frames/4, vocab)                            <- `forward`
@@ -49,13 +49,20 @@ class ConformerConfig:
     freq_width: int = 15  # SpecAugment: widest frequency mask (mel bins)
     time_masks: int = 2  # SpecAugment: time masks per utterance
     time_width: int = 40  # SpecAugment: widest time mask (input frames, 10 ms each)
+    feature_norm: str = "utterance"  # 'utterance': per-utterance mean/variance normalization of each mel bin; 'none'
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ConformerConfig":
-        """'tiny' (smoke / CI), 'base' (CPU default), 'large' (GPU); or profile names smoke/cpu/gpu."""
-        name = {"smoke": "tiny", "cpu": "base", "gpu": "large"}.get(name, name)
+        """'tiny' (smoke / CI), 'small' (the 6-minute CPU run), 'base' (~4 M, longer CPU runs), 'large' (GPU).
+
+        Profile names map to the encoder each stage-1 profile trains: smoke -> tiny, cpu -> small, gpu -> large.
+        """
+        name = {"smoke": "tiny", "cpu": "small", "gpu": "large"}.get(name, name)
+        light_aug = dict(dropout=0.05, freq_masks=1, freq_width=10, time_masks=1, time_width=20)
         presets = {
             "tiny": dict(d_model=64, n_heads=2, ffn_dim=128, n_layers=2, conv_kernel=15, subsample_channels=32),
+            "small": dict(d_model=96, n_heads=4, ffn_dim=384, n_layers=4, conv_kernel=15, subsample_channels=64,
+                          **light_aug),
             "base": dict(d_model=144, n_heads=4, ffn_dim=576, n_layers=8, conv_kernel=15, subsample_channels=64),
             "large": dict(d_model=256, n_heads=4, ffn_dim=1024, n_layers=16, conv_kernel=31,
                           subsample_channels=256),
@@ -158,8 +165,21 @@ class ConformerCTC(nn.Module):
         """Encoder frames for `feature_lengths` input frames (int or tensor)."""
         return subsampled_lengths(feature_lengths)
 
+    def normalize(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-utterance mean/variance normalization of each mel bin over its valid frames (padding -> 0)."""
+        if self.config.feature_norm == "none":
+            return features
+        mask = frame_mask(lengths, features.shape[-1]).unsqueeze(1).to(features.dtype)  # (batch, 1, frames)
+        n = mask.sum(-1, keepdim=True).clamp(min=1)
+        mean = (features * mask).sum(-1, keepdim=True) / n
+        var = (((features - mean) * mask) ** 2).sum(-1, keepdim=True) / n
+        return (features - mean) / (var + 1e-5).sqrt() * mask
+
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(batch, n_mels, frames)`` + ``(batch,)`` -> states ``(batch, frames/4, d_model)``, lengths ``(batch,)``."""
+        return self._encode(self.normalize(features, feature_lengths), feature_lengths)
+
+    def _encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = self.subsample(features, feature_lengths)
         pad = ~frame_mask(lengths, x.shape[1])  # (batch, frames') True on padding
         x = x.transpose(0, 1)  # torchaudio layers work on (frames, batch, dim)
@@ -175,9 +195,10 @@ class ConformerCTC(nn.Module):
         The loss is PyTorch's CTC loss (mean over the batch of per-token losses) with
         ``zero_infinity=True`` as a last guard (infeasible utterances are filtered before).
         """
+        features = self.normalize(features, feature_lengths)
         if self.training:
             features = self.spec_augment(features)
-        x, lengths = self.encode(features, feature_lengths)
+        x, lengths = self._encode(features, feature_lengths)
         logits = self.head(self.dropout(x))
         out = {"logits": logits, "lengths": lengths}
         if labels is not None:

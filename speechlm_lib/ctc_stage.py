@@ -26,11 +26,11 @@ class CTCStageConfig:
     """Everything stage 1 needs: encoder preset, vocabulary, batching, training, evaluation."""
 
     profile: str = "cpu"  # corpus profile (data/synth/<profile>) and runs/<profile>/ folder
-    encoder: str = "base"  # ConformerConfig preset: tiny / base / large
+    encoder: str = "small"  # ConformerConfig preset: tiny / small / base / large
     encoder_overrides: dict = field(default_factory=dict)  # ConformerConfig fields to change (e.g. n_layers)
     vocab: str = "char"  # vocabulary builder in speechlm_lib.vocab.VOCABS: char / sentencepiece
     vocab_kwargs: dict = field(default_factory=dict)  # builder options (sentencepiece: vocab_size)
-    max_batch_seconds: float = 160.0  # padded audio seconds per batch (BucketBatchSampler)
+    max_batch_seconds: float = 60.0  # padded audio seconds per batch (BucketBatchSampler)
     batch_size: int | None = None  # optional cap on utterances per batch
     train_utts: int | None = None  # use only the first N training utterances (None = all)
     eval_utts: int | None = None  # score only the first N dev/test utterances (None = all)
@@ -38,15 +38,18 @@ class CTCStageConfig:
     probe_strides: tuple[int, ...] = (1, 2, 4, 8)  # frame-stacking factors for the stride probe
     probe_utts: int = 1000  # training utterances for each stride probe
     probe_steps: int = 300  # optimizer steps for each stride probe
+    threads: int | None = None  # torch CPU threads to use (None = torch's default; tiny models run faster on 1)
 
     @classmethod
     def preset(cls, name: str) -> "CTCStageConfig":
         """'smoke' (CI, seconds), 'cpu' (the default, minutes on 2 cores) or 'gpu'."""
         presets = {
             "smoke": dict(encoder="tiny", max_batch_seconds=60.0, eval_utts=40, probe_utts=120, probe_steps=40,
+                          threads=1,
                           train=TrainConfig(max_steps=30, lr=2e-3, warmup_steps=5, log_every=5)),
-            "cpu": dict(encoder="base", max_batch_seconds=160.0,
-                        train=TrainConfig(max_steps=600, lr=2e-3, warmup_steps=60, log_every=20, eval_every=200)),
+            "cpu": dict(encoder="small", max_batch_seconds=60.0,
+                        train=TrainConfig(max_steps=1000, lr=4e-3, warmup_steps=50, min_lr_ratio=0.05,
+                                          log_every=25, eval_every=500, save_every=500)),
             "gpu": dict(encoder="large", max_batch_seconds=600.0, probe_utts=5000, probe_steps=1000,
                         train=TrainConfig(max_steps=20_000, lr=1e-3, warmup_steps=1000, log_every=50,
                                           eval_every=1000, save_every=1000)),

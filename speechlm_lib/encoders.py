@@ -5,7 +5,8 @@ Every encoder is an ``nn.Module`` with
 * ``dim``          -- size of an output frame;
 * ``frame_rate``   -- output frames per second of audio;
 * ``max_seconds``  -- the longest input it takes (None: no limit);
-* ``settings()``   -- a JSON dict naming it fully (hub id / path + options): the
+* ``settings()``   -- a JSON dict naming it fully (``encoder`` registry name, ``name`` =
+                      hub id / path, ``options`` = builder keywords, derived facts): the
                       feature-cache key and what `SpeechLM.save_pretrained` writes;
 * ``featurize(wave)``      -- ``(samples,)`` at 16 kHz -> its input for one utterance,
                               time on the last axis;
@@ -83,14 +84,21 @@ class SpeechEncoder(nn.Module):
 
 # -- Whisper ------------------------------------------------------------------
 class WhisperSpeechEncoder(SpeechEncoder):
-    """Whisper's encoder on unpadded, variable-length log-mel input."""
+    """Whisper's encoder on unpadded, variable-length log-mel input.
+
+    ``pad_to_30s=True`` is the stock behaviour, for comparison: every clip is padded
+    to 3000 mel frames with Whisper's silence value (the clip's floor, max - 2 in
+    scaled log-mel units), all 1500 positions are encoded, and only the clip's own
+    ``ceil(frames / 2)`` states are returned -- same shapes, 30-s context, ~7x the cost.
+    """
 
     name = "whisper"
 
-    def __init__(self, encoder, reference: str):
+    def __init__(self, encoder, reference: str, pad_to_30s: bool = False):
         super().__init__()
         self.encoder = encoder  # a transformers WhisperEncoder
         self.reference = reference
+        self.pad_to_30s = pad_to_30s
         cfg = encoder.config
         self.n_mels = cfg.num_mel_bins
         self.dim = cfg.d_model
@@ -99,7 +107,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     def settings(self) -> dict:
         return {"encoder": self.name, "name": self.reference, "n_mels": self.n_mels, "convention": "unpadded-v1",
-                "fingerprint": dir_fingerprint(self.reference)}
+                "options": {"pad_to_30s": self.pad_to_30s}, "fingerprint": dir_fingerprint(self.reference)}
 
     def featurize(self, wave: torch.Tensor) -> torch.Tensor:
         """``(samples,)`` -> log-mel ``(n_mels, frames)``, frames rounded up to even with zeros."""
@@ -116,27 +124,43 @@ class WhisperSpeechEncoder(SpeechEncoder):
         if inputs.shape[-1] % 2 or inputs.shape[-1] > 2 * enc.config.max_source_positions:
             raise ValueError(f"whisper encoder needs an even number of mel frames <= "
                              f"{2 * enc.config.max_source_positions}, got {inputs.shape[-1]}")
+        lengths = torch.div(input_lengths.to(inputs.device) + 1, 2, rounding_mode="floor")
+        frames = inputs.shape[-1] // 2
+        if self.pad_to_30s:
+            inputs = _pad_with_silence(inputs, input_lengths.to(inputs.device), 2 * enc.config.max_source_positions)
+            lengths = torch.full_like(lengths, enc.config.max_source_positions)  # every position is "real"
         x = nn.functional.gelu(enc.conv1(inputs.to(enc.conv1.weight.dtype)))
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)  # (batch, frames, dim)
-        lengths = torch.div(input_lengths.to(x.device) + 1, 2, rounding_mode="floor")
         x = x + enc.embed_positions.weight[: x.shape[1]]
         keep = frame_mask(lengths, x.shape[1])
         bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
         bias = bias[:, None, None, :]  # (batch, 1, 1, frames): padded keys masked out
         for layer in enc.layers:
             x = layer(x, bias)
+        if self.pad_to_30s:
+            x, lengths = x[:, :frames], torch.div(input_lengths.to(x.device) + 1, 2, rounding_mode="floor")
         return enc.layer_norm(x), lengths
 
 
+def _pad_with_silence(mel: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """Pad ``(batch, n_mels, t)`` log-mel to `frames` with each clip's silence floor (its max - 2)."""
+    valid = frame_mask(lengths, mel.shape[-1]).unsqueeze(1)  # (batch, 1, t)
+    floor = mel.masked_fill(~valid, -1e9).amax(dim=(1, 2), keepdim=True) - 2.0  # log10 floor = peak - 8
+    out = floor.expand(-1, mel.shape[1], frames).clone()
+    out[..., : mel.shape[-1]] = torch.where(valid, mel, floor)
+    return out
+
+
 @ENCODERS.register("whisper")
-def build_whisper(source: str = "openai/whisper-tiny.en", model=None) -> WhisperSpeechEncoder:
+def build_whisper(source: str = "openai/whisper-tiny.en", model=None,
+                  pad_to_30s: bool = False) -> WhisperSpeechEncoder:
     """Whisper's encoder by hub id / dir (`sources.load_whisper`, float32), or from a loaded `model`."""
     if model is None:
         from .sources import load_whisper
 
         model = load_whisper(source)[0]
     encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
-    return WhisperSpeechEncoder(encoder, reference=source)
+    return WhisperSpeechEncoder(encoder, reference=source, pad_to_30s=pad_to_30s)
 
 
 # -- stage-1 Conformer -----------------------------------------------------------

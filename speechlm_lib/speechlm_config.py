@@ -24,6 +24,7 @@ class ModelConfig:
 
     encoder: str = "whisper"  # name in encoders.ENCODERS
     encoder_source: str = "openai/whisper-tiny.en"  # hub id or directory of the encoder
+    encoder_options: dict = field(default_factory=dict)  # extra encoder builder keywords (whisper: pad_to_30s)
     llm: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  # hub id or directory of the causal LM
     llm_dtype: str | None = None  # torch dtype name for the LLM ("bfloat16" on GPU); None = float32
     projector: str = "linear"  # name in projectors.PROJECTORS
@@ -32,6 +33,7 @@ class ModelConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)  # instruction, system message, audio position
     freeze_encoder: bool = True  # keep the speech encoder fixed
     freeze_llm: bool = True  # keep the LLM fixed (only the projector trains)
+    ctc_weight: float = 0.0  # weight of the auxiliary embedding-CTC loss (SpeechLM.embedding_ctc); 0 = plain SLAM-ASR
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Stage2Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
     compare_steps: int = 60  # updates of each small comparison run (encoders, stacking rates)
+    compare_strides: tuple[int, ...] = (2, 5, 10)  # stacking rates k compared in those runs
 
     @classmethod
     def preset(cls, name: str) -> "Stage2Config":
@@ -77,8 +80,9 @@ def _smoke() -> Stage2Config:
         data=DataConfig(batch_size=4, train_limit=32, dev_limit=4, test_limit=8),
         train=TrainConfig(max_steps=6, lr=1e-3, warmup_steps=2, log_every=2, eval_every=3, log_with=None,
                           progress=True),
-        decode=DecodeConfig(batch_size=8, max_new_tokens=48),
+        decode=DecodeConfig(batch_size=8, max_new_tokens=24),
         compare_steps=2,
+        compare_strides=(5, 10),
     )
 
 

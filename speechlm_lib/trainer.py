@@ -53,12 +53,12 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warm-up from 0 to `lr` over this many updates, then cosine decay
     grad_accum: int = 1  # micro-batches accumulated into one optimizer update
     clip_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping; the norm is still logged)
-    mixed_precision: str = "auto"  # 'auto': bf16 on a GPU that supports it else fp16 on GPU, 'no' on CPU; or 'no'/'bf16'/'fp16'
+    mixed_precision: str = "auto"  # 'auto': bf16 on a GPU with bf16, else fp16 on GPU, 'no' on CPU; or no/bf16/fp16
     log_every: int = 10  # average and log training metrics every this many updates
     eval_every: int = 0  # call `evaluate(model)` every this many updates (0 = only at the end)
     save_every: int = 0  # save a checkpoint every this many updates and at the end (0 = never)
     output_dir: str | None = None  # checkpoints + tensorboard logs go here (None = nothing written)
-    resume: bool = False  # resume from the latest checkpoint in output_dir (exact: model, optimizer, scheduler, data order, RNG)
+    resume: bool = False  # continue from output_dir's latest checkpoint (model, optimizer, scheduler, data order, RNG)
     seed: int = 0  # seeds python/numpy/torch RNGs (dropout, plain shuffled loaders)
     log_with: str | None = "tensorboard"  # an accelerate tracker name, or None (needs output_dir)
     max_epochs: int | None = None  # also stop after this many passes over the data (None = max_steps only)
@@ -356,7 +356,7 @@ class Trainer:
         """Save the full training state to ``<output_dir>/checkpoints/step_N`` (all processes call this)."""
         if not self.config.output_dir:
             raise ValueError("save_checkpoint needs TrainConfig.output_dir")
-        path = Path(self.config.output_dir) / "checkpoints" / f"step_{self.state.step:07d}"
+        path = Path(self.config.output_dir) / "checkpoints" / self._ckpt_name()
         self.accelerator.save_state(str(path))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process and self.config.keep_checkpoints:
@@ -390,9 +390,9 @@ class Trainer:
         last_eval = self.state.evals[-1] if self.state.evals else None
         final = dict(last_eval) if last_eval and last_eval["step"] == self.state.step else self._evaluate()
         final.pop("step", None)
-        if self.config.save_every and self.config.output_dir:
-            if latest_checkpoint(self.config.output_dir) != self._ckpt_path():
-                self.save_checkpoint()
+        last = latest_checkpoint(self.config.output_dir) if self.config.output_dir else None
+        if self.config.save_every and self.config.output_dir and (last is None or last.name != self._ckpt_name()):
+            self.save_checkpoint()
         if self._bar is not None:
             self._bar.close()
         self.accelerator.end_training()
@@ -403,8 +403,8 @@ class Trainer:
         return {"history": self.state.history, "eval": self.state.evals, "final": final,
                 "skipped_nonfinite": self.state.skipped_nonfinite, "seconds": round(time.time() - self._t0, 2)}
 
-    def _ckpt_path(self) -> Path:
-        return Path(self.config.output_dir) / "checkpoints" / f"step_{self.state.step:07d}"
+    def _ckpt_name(self) -> str:
+        return f"step_{self.state.step:07d}"
 
     def _callbacks(self, hook: str, *args) -> None:
         if not self.accelerator.is_main_process:

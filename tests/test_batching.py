@@ -13,7 +13,8 @@ def flat(batches):
     return sorted(i for b in batches for i in b)
 
 
-@pytest.mark.parametrize("kw", [dict(batch_size=16), dict(max_batch_seconds=60.0), dict(batch_size=8, max_batch_seconds=40.0)])
+@pytest.mark.parametrize("kw", [dict(batch_size=16), dict(max_batch_seconds=60.0),
+                                dict(batch_size=8, max_batch_seconds=40.0)])
 def test_every_item_exactly_once_and_within_limits(kw):
     s = BucketBatchSampler(LENGTHS, seed=1, **kw)
     batches = list(s)

@@ -5,7 +5,7 @@ from conftest import write_tone
 
 from speechlm_lib import ctc
 from speechlm_lib.conformer import ConformerConfig, ConformerCTC, stack_frames, subsampled_lengths
-from speechlm_lib.ctc_data import CTCDataset, collate, make_loader
+from speechlm_lib.ctc_data import CTCDataset, collate, make_loader, one_thread
 from speechlm_lib.records import Report, Utterance
 from speechlm_lib.vocab import VOCABS, CharVocab, OutOfVocabulary, encode_all, vocab_from_dict
 
@@ -87,9 +87,11 @@ def test_shapes_lengths_and_padding_invariance(tiny):
 
 
 def test_presets_and_sizes():
-    n = {p: ConformerCTC(ConformerConfig.preset(p)).num_parameters() for p in ("tiny", "base")}
-    assert n["tiny"] < 500_000 and 2_000_000 < n["base"] < 6_000_000
+    n = {p: ConformerCTC(ConformerConfig.preset(p)).num_parameters() for p in ("tiny", "small", "base")}
+    assert n["tiny"] < 500_000 < n["small"] < 2_000_000 < n["base"] < 6_000_000
     assert ConformerConfig.preset("smoke") == ConformerConfig.preset("tiny")
+    assert ConformerConfig.preset("cpu") == ConformerConfig.preset("small")
+    assert ConformerConfig.preset("base", n_layers=2).n_layers == 2
     with pytest.raises(KeyError):
         ConformerConfig.preset("huge")
 
@@ -146,13 +148,15 @@ def test_dataset_skips_and_counts_bad_items(tmp_path):
 
 def test_tiny_model_learns_a_fixed_mapping():
     torch.manual_seed(0)
-    model = ConformerCTC(ConformerConfig.preset("tiny", dropout=0.0, freq_masks=0, time_masks=0))
-    feats, lengths = torch.randn(4, 80, 120), torch.tensor([120, 120, 100, 80])
+    model = ConformerCTC(ConformerConfig.preset("tiny", n_mels=16, n_layers=1, dropout=0.0, freq_masks=0,
+                                                time_masks=0))
+    feats, lengths = torch.randn(4, 16, 120), torch.tensor([120, 120, 100, 80])
     labels, llen = torch.randint(1, 29, (4, 6)), torch.tensor([6, 6, 5, 4])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
-    for _ in range(60):
-        loss = model(feats, lengths, labels, llen)["loss"]
-        opt.zero_grad(), loss.backward(), opt.step()
-        losses.append(loss.item())
+    with one_thread():  # tiny ops: one thread is faster, and immune to a busy machine
+        for _ in range(50):
+            loss = model(feats, lengths, labels, llen)["loss"]
+            opt.zero_grad(), loss.backward(), opt.step()
+            losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]

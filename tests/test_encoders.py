@@ -48,6 +48,24 @@ def test_whisper_encodes_a_clip_the_same_alone_or_in_a_batch(whisper):
     torch.testing.assert_close(both[0, :100], alone[0], atol=1e-5, rtol=1e-5)
 
 
+def test_pad_to_30s_option_is_the_stock_encoder_on_silence_padded_input(whisper):
+    from speechlm_lib.encoders import _pad_with_silence
+
+    model, _ = whisper
+    padded = ENCODERS.build("whisper", source="tiny-random", model=model, pad_to_30s=True).eval()
+    feats = [padded.featurize(w) for w in _waves()]
+    inputs, lengths = padded.collate(feats)
+    with torch.no_grad():
+        ours, n = padded(inputs, lengths)
+        stock = model.get_encoder()(_pad_with_silence(inputs, lengths, 3000)).last_hidden_state
+    assert n.tolist() == [100, 151] and ours.shape[1] == 151
+    torch.testing.assert_close(ours[1], stock[1, :151], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[0, :100], stock[0, :100], atol=1e-5, rtol=1e-5)
+    full = _pad_with_silence(inputs, lengths, 3000)
+    assert torch.allclose(full[0, :, 200:], feats[0].max() - 2.0)  # Whisper's silence floor
+    assert padded.settings() != ENCODERS.build("whisper", source="tiny-random", model=model).settings()
+
+
 def test_whisper_rejects_odd_or_over_long_input(whisper):
     _, enc = whisper
     with pytest.raises(ValueError, match="even"):
