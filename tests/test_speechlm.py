@@ -311,3 +311,13 @@ def test_real_models_prompt_loss_and_bounded_decoding(clip):
     cfg = DecodeConfig(tokens_per_second=4.0, extra_tokens=4)
     res = transcribe(m, [utt], cfg, progress=False)
     assert len(res.token_ids[0]) <= token_budget(2.6, cfg)
+
+
+def test_emergence_finds_the_largest_drop_between_checkpoints():
+    from speechlm_lib.alignment import emergence
+
+    evals = [{"step": 50, "wer": 1.0}, {"step": 100, "wer": 0.98}, {"step": 150, "wer": 0.4}, {"step": 200, "wer": 0.3}]
+    em = emergence(evals)
+    assert em["drop_at_step"] == 150 and em["largest_drop"] == pytest.approx(0.58)
+    assert em["first"] == 1.0 and em["last"] == 0.3 and em["best"] == 0.3
+    assert emergence([{"step": 5, "wer": 0.9}])["largest_drop"] == 0.0
