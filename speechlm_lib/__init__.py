@@ -10,8 +10,11 @@ One concern a module (import what you need; nothing heavy is imported here):
 * ``realdata``    -- local manifests and `datasets` corpora
 * ``sources``, ``ct2`` -- model names to weights (hub, cache or packaged offline copies)
 * ``trainer``, ``batching`` -- the one generic accelerate trainer and duration bucketing
-* ``conformer``, ``vocab``, ``ctc`` -- stage 1: the CTC Conformer encoder
-* ``encoders``, ``projectors``, ``speechlm`` -- stage 2: the speech-LLM
+* ``callbacks``   -- trainer callbacks (printing, live loss plots in notebooks)
+* ``conformer``, ``vocab``, ``ctc``, ``ctc_data``, ``ctc_stage`` -- stage 1: the CTC Conformer encoder
+* ``encoders``, ``projectors``, ``prompting``, ``speechlm``, ``speechlm_data``, ``feature_cache``,
+  ``generation``, ``speechlm_config``, ``alignment``, ``whisper_baseline`` -- stage 2: the speech-LLM
+* ``tiny_models`` -- tiny random models for fast tests
 * ``results``, ``tutorial`` -- results.json and the headless notebook runner
 """
 __version__ = "0.1.0"

@@ -39,7 +39,7 @@ def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None) -> 
         llm, tokenizer = load_llm(cfg.llm, dtype=dtype)
     return SpeechLM(encoder, llm, tokenizer, projector=cfg.projector, stride=cfg.stride,
                     projector_kwargs=cfg.projector_kwargs, prompt=cfg.prompt, freeze_encoder=cfg.freeze_encoder,
-                    freeze_llm=cfg.freeze_llm, llm_source=cfg.llm, ctc_weight=cfg.ctc_weight)
+                    freeze_llm=cfg.freeze_llm, llm_source=cfg.llm)
 
 
 def load_splits(cfg: Stage2Config, report: Report | None = None) -> dict[str, list[Utterance]]:
@@ -61,8 +61,9 @@ def make_dataset(model: SpeechLM, utts: list[Utterance], cfg: Stage2Config, cach
     """A dataset over `utts`; with ``cfg.data.use_cache`` the cache is filled first (batched)."""
     report = report if report is not None else Report()
     if cfg.data.use_cache:
-        cache = cache or make_cache(model)
-        utts = cache.fill(utts, model.encoder, batch_size=16, report=report, progress=progress)
+        cache, filled = cache or make_cache(model), Report()
+        utts = cache.fill(utts, model.encoder, batch_size=16, report=filled, progress=progress)
+        report.skipped += filled.skipped  # unreadable audio; the dataset counts what it keeps
     return SpeechLMDataset(utts, model.encoder, model.prompts, cache=cache if cfg.data.use_cache else None,
                            report=report, **kw)
 
@@ -82,13 +83,13 @@ def evaluate_wer(model: SpeechLM, utts: list[Utterance], decode: DecodeConfig | 
 
 @torch.no_grad()
 def dev_loss(model: SpeechLM, dataset: SpeechLMDataset, batch_size: int = 8) -> float:
-    """Mean teacher-forced answer-token loss of the LLM over `dataset` (no auxiliary losses)."""
+    """Mean teacher-forced answer-token loss over `dataset`."""
     device = next(model.projector.parameters()).device
     total, count = 0.0, 0
     for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         out = model(**batch)
-        total += float(out.get("lm_loss", out["loss"])) * out["n_tokens"]  # the LLM's loss only
+        total += float(out["loss"]) * out["n_tokens"]
         count += out["n_tokens"]
     return total / max(1, count)
 

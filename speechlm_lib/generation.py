@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -114,7 +115,7 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
     """Transcribe utterances / paths / ``(name, wave)`` pairs with `model` (a `SpeechLM`).
 
     Audio over the encoder's maximum raises an error naming the file. With a
-    `FeatureCache`, cached encoder states are used (and computed ones stored).
+    `FeatureCache`, a batch whose clips are all cached skips the encoder.
     """
     cfg = cfg or DecodeConfig()
     model.eval()
@@ -161,6 +162,4 @@ def _batch(model, named_waves: list, prompt, cache) -> dict:
 
 def _cached(cache, name: str, wave: torch.Tensor):
     """Cached states keyed like training keys them: by the file when `name` is one, else by the samples."""
-    from pathlib import Path
-
     return cache.get(name) if Path(name).is_file() else cache.get(wave)

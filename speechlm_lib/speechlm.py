@@ -57,23 +57,18 @@ class SpeechLM(nn.Module):
         prompt: `PromptConfig` (instruction, system message, audio position).
         freeze_encoder, freeze_llm: keep those weights fixed (default: only the projector trains).
         llm_source: how to reload the LLM (hub id or dir); written by `save_pretrained`.
-        ctc_weight: weight of the optional `embedding_ctc` auxiliary loss (0 = plain SLAM-ASR).
     """
 
     def __init__(self, encoder, llm, tokenizer, projector: str = "linear", stride: int = 5,
                  projector_kwargs: dict | None = None, prompt: PromptConfig | None = None,
-                 freeze_encoder: bool = True, freeze_llm: bool = True, llm_source: str | None = None,
-                 ctc_weight: float = 0.0):
+                 freeze_encoder: bool = True, freeze_llm: bool = True, llm_source: str | None = None):
         super().__init__()
-        self.ctc_weight = ctc_weight
         self.encoder, self.llm, self.tokenizer = encoder, llm, tokenizer
         self.llm_source = llm_source or getattr(llm, "name_or_path", None)
         llm_dim = llm.get_input_embeddings().embedding_dim
         self.projector = PROJECTORS.build(projector, in_dim=encoder.dim, out_dim=llm_dim, stride=stride,
                                           **(projector_kwargs or {}))
         self.projector_name = projector
-        # a learned CTC blank for the optional embedding-CTC loss (trains with the projector)
-        self.ctc_blank = nn.Parameter(torch.zeros(llm_dim)) if ctc_weight > 0 else None
         self.prompts = PromptBuilder(tokenizer, prompt)
         self.freeze_encoder, self.freeze_llm = freeze_encoder, freeze_llm
         self.encoder.requires_grad_(not freeze_encoder)
@@ -151,28 +146,9 @@ class SpeechLM(nn.Module):
         keep = next_labels != IGNORE  # position t predicts token t + 1
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).float()
         gold = next_labels[keep]
-        lm_loss = nn.functional.cross_entropy(logits, gold)
-        out = {"loss": lm_loss, "lm_loss": lm_loss.detach(), "n_tokens": int(keep.sum()),
-               "accuracy": (logits.argmax(-1) == gold).float().mean().detach()}
-        if self.ctc_weight > 0:
-            ctc = self.embedding_ctc(audio, audio_lengths, target_ids, target_lengths)
-            out.update(loss=lm_loss + self.ctc_weight * ctc, ctc_loss=ctc.detach())
-        return out
-
-    def embedding_ctc(self, audio, audio_lengths, target_ids, target_lengths) -> torch.Tensor:
-        """Optional auxiliary loss: CTC from the audio tokens onto the transcript's token ids.
-
-        Each audio token ``(batch, tokens, llm_dim)`` is scored against the LLM's own
-        (frozen) input-embedding table plus a learned blank vector,
-        ``logits = audio @ [E; blank].T``; the target is the answer without its end token. It pulls
-        audio tokens towards the embeddings of the words spoken -- a direct alignment
-        signal that needs no LLM pass, used to shorten SLAM-ASR's long plateau on tiny
-        budgets (``ctc_weight`` 0 = the plain recipe).
-        """
-        table = torch.cat([self.llm.get_input_embeddings().weight, self.ctc_blank[None]]).float()
-        log_probs = (audio.float() @ table.T).log_softmax(-1).transpose(0, 1)  # (tokens, batch, vocab + 1)
-        return nn.functional.ctc_loss(log_probs, target_ids, audio_lengths, target_lengths - 1,
-                                      blank=table.shape[0] - 1, zero_infinity=True)
+        loss = nn.functional.cross_entropy(logits, gold)
+        accuracy = (logits.argmax(-1) == gold).float().mean().detach()
+        return {"loss": loss, "n_tokens": int(keep.sum()), "accuracy": accuracy}
 
     # -- bookkeeping --------------------------------------------------------------------
     def parameter_counts(self) -> dict:
@@ -182,8 +158,8 @@ class SpeechLM(nn.Module):
             params = list(getattr(self, part).parameters())
             out[part] = {"total": sum(p.numel() for p in params),
                          "trainable": sum(p.numel() for p in params if p.requires_grad)}
-        total = sum(p.numel() for p in self.parameters())  # parts + the optional CTC blank
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(v["total"] for v in out.values())
+        trainable = sum(v["trainable"] for v in out.values())
         out["all"] = {"total": total, "trainable": trainable, "trainable_share": trainable / max(1, total)}
         return out
 
@@ -194,14 +170,14 @@ class SpeechLM(nn.Module):
             settings.pop(k)
         return {"encoder": self.encoder.settings(), "llm": {"source": self.llm_source},
                 "projector": {"name": self.projector_name, "stride": self.projector.stride, "kwargs": settings},
-                "prompt": asdict(self.prompts.config), "ctc_weight": self.ctc_weight,
+                "prompt": asdict(self.prompts.config),
                 "freeze_encoder": self.freeze_encoder, "freeze_llm": self.freeze_llm}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``speechlm.json`` + ``trainable.safetensors`` (projector + any unfrozen part)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        names = {"projector", "ctc_blank"} | ({"encoder"} if not self.freeze_encoder else set()) | (
+        names = {"projector"} | ({"encoder"} if not self.freeze_encoder else set()) | (
             {"llm"} if not self.freeze_llm else set())
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()
                  if k.split(".", 1)[0] in names}
@@ -225,7 +201,7 @@ class SpeechLM(nn.Module):
         model = cls(encoder, llm, tokenizer, projector=cfg["projector"]["name"], stride=cfg["projector"]["stride"],
                     projector_kwargs=cfg["projector"]["kwargs"], prompt=PromptConfig(**cfg["prompt"]),
                     freeze_encoder=cfg["freeze_encoder"], freeze_llm=cfg["freeze_llm"],
-                    llm_source=cfg["llm"]["source"], ctc_weight=cfg.get("ctc_weight", 0.0))
+                    llm_source=cfg["llm"]["source"])
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         lost = [k for k in missing if k.startswith("projector.")]

@@ -164,18 +164,6 @@ def test_training_the_projector_lowers_the_loss(tmp_path):
     assert after < 0.7 * before
 
 
-def test_embedding_ctc_adds_a_loss_and_a_trainable_blank(tmp_path):
-    m = _model(ctc_weight=0.5)
-    batch = _batch(m, _utts(tmp_path, 2))
-    out = m(**batch)
-    assert torch.isfinite(out["ctc_loss"]) and out["ctc_loss"] > 0
-    torch.testing.assert_close(out["loss"].detach(), out["lm_loss"] + 0.5 * out["ctc_loss"])
-    out["loss"].backward()
-    assert m.ctc_blank.grad is not None and m.ctc_blank.grad.abs().sum() > 0
-    assert m.parameter_counts()["all"]["trainable"] == m.projector.num_parameters() + m.ctc_blank.numel()
-    assert "ctc_loss" not in _model()(**batch)  # off by default
-
-
 # -- data ---------------------------------------------------------------------------------
 def test_dataset_skips_too_long_and_empty_utterances(model, tmp_path):
     utts = _utts(tmp_path, 2)
