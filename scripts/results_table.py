@@ -23,12 +23,11 @@ def _fmt(v) -> str:
 
 
 def table(results: dict) -> str:
-    rows = ["| stage | metric | value | seconds | command |", "|---|---|---|---|---|"]
+    rows = ["| stage | metrics | seconds | command |", "|---|---|---|---|"]
     for stage, entry in results["stages"].items():
         cmd = f"`{entry['command']}`" if entry.get("command") else ""
-        secs = _fmt(entry.get("seconds", ""))
-        for k, v in entry.get("metrics", {}).items():
-            rows.append(f"| {stage} | {k} | {_fmt(v)} | {secs} | {cmd} |")
+        metrics = "; ".join(f"{k} {_fmt(v)}" for k, v in entry.get("metrics", {}).items())
+        rows.append(f"| {stage} | {metrics} | {_fmt(entry.get('seconds', ''))} | {cmd} |")
     return "\n".join(rows)
 
 
