@@ -9,10 +9,10 @@ One concern a module (import what you need; nothing heavy is imported here):
 * ``tts``, ``textgen``, ``corpus`` -- the synthetic eSpeak NG corpus
 * ``realdata``    -- local manifests and `datasets` corpora
 * ``sources``, ``ct2`` -- model names to weights (hub, cache or packaged offline copies)
-* ``trainer``, ``batching`` -- the one generic accelerate trainer and duration bucketing
+* ``trainer``, ``train_utils``, ``batching`` -- the one generic accelerate trainer, its helpers, bucketing
 * ``callbacks``   -- trainer callbacks (printing, live loss plots in notebooks)
 * ``conformer``, ``vocab``, ``ctc``, ``ctc_data``, ``ctc_stage`` -- stage 1: the CTC Conformer encoder
-* ``encoders``, ``projectors``, ``prompting``, ``speechlm``, ``speechlm_data``, ``feature_cache``,
+* ``encoders``, ``projectors``, ``ctc_projector``, ``prompting``, ``speechlm``, ``speechlm_data``, ``feature_cache``,
   ``generation``, ``speechlm_config``, ``alignment``, ``whisper_baseline`` -- stage 2: the speech-LLM
 * ``tiny_models`` -- tiny random models for fast tests
 * ``results``, ``tutorial`` -- results.json and the headless notebook runner

@@ -4,9 +4,11 @@ The notebook and the benchmark call these; each is a few lines on top of
 `SpeechLM`, `SpeechLMDataset`, `FeatureCache`, `Trainer` and `transcribe`::
 
     cfg = Stage2Config.preset(profile())
-    model = build_speechlm(cfg.model)
     splits = load_splits(cfg)
+    model = build_speechlm(cfg.model, texts=[u.text for u in splits["train"]])
     train_ds = make_dataset(model, splits["train"], cfg)
+    if cfg.pretrain:  # the "ctc" projector: cheap CTC pre-alignment first
+        pretrain_ctc(cfg, model, train_ds)
     result = train_projector(cfg, model, train_ds, dev=splits["dev"])
     scores = evaluate_wer(model, splits["test"], cfg.decode)
 """
@@ -19,9 +21,12 @@ from typing import Sequence
 
 import torch
 
+from .ctc_projector import CTCAlignment, ctc_vocabulary
 from .encoders import ENCODERS
 from .feature_cache import FeatureCache
 from .generation import DecodeConfig, transcribe
+from .projectors import PROJECTORS
+from .prompting import PromptBuilder
 from .records import Report, Utterance, read_manifest
 from .speechlm import SpeechLM, load_llm
 from .speechlm_config import ModelConfig, Stage2Config
@@ -30,15 +35,25 @@ from .text import cer, wer
 from .trainer import Callback, Trainer
 
 
-def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None) -> SpeechLM:
-    """A `SpeechLM` from a `ModelConfig`; pass already loaded parts to share them between runs."""
+def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None,
+                   texts: Sequence[str] | None = None) -> SpeechLM:
+    """A `SpeechLM` from a `ModelConfig`; pass already loaded parts to share them between runs.
+
+    A projector that emits LLM tokens (``ctc``) gets its ``vocab_ids`` from `texts`
+    (the training transcripts) unless `cfg.projector_kwargs` already lists them.
+    """
     if encoder is None:
         encoder = ENCODERS.build(cfg.encoder, source=cfg.encoder_source, **cfg.encoder_options)
     if llm is None:
         dtype = getattr(torch, cfg.llm_dtype) if cfg.llm_dtype else None
         llm, tokenizer = load_llm(cfg.llm, dtype=dtype)
+    kwargs = dict(cfg.projector_kwargs)
+    if getattr(PROJECTORS.get(cfg.projector), "needs_vocabulary", False) and "vocab_ids" not in kwargs:
+        if not texts:
+            raise ValueError(f"projector {cfg.projector!r} needs the training texts (texts=...) for its vocabulary")
+        kwargs["vocab_ids"] = ctc_vocabulary(PromptBuilder(tokenizer, cfg.prompt), texts)
     return SpeechLM(encoder, llm, tokenizer, projector=cfg.projector, stride=cfg.stride,
-                    projector_kwargs=cfg.projector_kwargs, prompt=cfg.prompt, freeze_encoder=cfg.freeze_encoder,
+                    projector_kwargs=kwargs, prompt=cfg.prompt, freeze_encoder=cfg.freeze_encoder,
                     freeze_llm=cfg.freeze_llm, llm_source=cfg.llm)
 
 
@@ -140,6 +155,37 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
     return result
 
 
+def pretrain_ctc(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDataset,
+                 dev_ds: SpeechLMDataset | None = None, callbacks: Sequence[Callback] = ()) -> dict:
+    """CTC pre-alignment of a ``ctc`` projector (`ctc_projector`): no LLM runs, so an update
+    is cheap. ``cfg.pretrain`` sets the steps, ``cfg.data.pretrain_batch_size`` the batch;
+    at evaluations, the dev WER of the projector's own best path. Returns the trainer's result."""
+    objective = CTCAlignment(model)
+    loader = make_loader(train_ds, batch_size=cfg.data.pretrain_batch_size, seed=cfg.train.seed,
+                         num_workers=cfg.data.num_workers)
+    evaluate = (lambda m: {"wer": ctc_wer(m, dev_ds)["wer"]}) if dev_ds is not None else None
+    return Trainer(cfg.pretrain, objective, loader, evaluate=evaluate, callbacks=callbacks).run()
+
+
+@torch.no_grad()
+def ctc_wer(objective: CTCAlignment, dataset: SpeechLMDataset, batch_size: int = 32) -> dict:
+    """The ``ctc`` projector alone as a recogniser: best-path transcripts of `dataset` and their WER.
+
+    Returns ``{"wer", "cer", "refs", "hyps"}``.
+    """
+    device = objective.lookup.device
+    refs, hyps = [], []
+    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
+        if "states" in batch:
+            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
+        else:
+            states, lengths = objective.speechlm.encode(batch["features"].to(device),
+                                                        batch["feature_lengths"].to(device))
+        hyps += [objective.speechlm.prompts.decode(ids) for ids in objective.greedy(states, lengths)]
+        refs += batch["meta"]["text"]
+    return {"wer": wer(refs, hyps), "cer": cer(refs, hyps), "refs": refs, "hyps": hyps}
+
+
 def emergence(evals: list[dict], key: str = "wer") -> dict:
     """Where the dev metric fell most between two checkpoints (SLAM-ASR's "capability emergence").
 
@@ -174,11 +220,15 @@ def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list
             encoder = ENCODERS.build("whisper", source=run_cfg.model.encoder_source, model=whisper,
                                      **run_cfg.model.encoder_options)
         torch.manual_seed(run_cfg.train.seed)
-        model = build_speechlm(run_cfg.model, encoder=encoder, llm=llm, tokenizer=tokenizer)
+        model = build_speechlm(run_cfg.model, encoder=encoder, llm=llm, tokenizer=tokenizer,
+                               texts=[u.text for u in splits["train"]])
         cache = make_cache(model)
         train_ds = make_dataset(model, splits["train"][:n_train], run_cfg, cache=cache, progress=progress)
         dev = cache.fill(splits["dev"], model.encoder, progress=False)
         result = train_projector(run_cfg, model, train_ds, dev=dev, cache=cache)
-        rows.append({"run": name, "dev_wer": result["final"].get("wer"), "train_loss": result["final"]["train_loss"],
-                     "tokens_per_second": model.token_rate, "seconds_per_step": result["train_seconds"] / max(1, result["final"]["step"]), "trainable": model.parameter_counts()["all"]["trainable"]})
+        final = result["final"]
+        rows.append({"run": name, "dev_wer": final.get("wer"), "train_loss": final["train_loss"],
+                     "tokens_per_second": model.token_rate,
+                     "seconds_per_step": result["train_seconds"] / max(1, final["step"]),
+                     "trainable": model.parameter_counts()["all"]["trainable"]})
     return rows

@@ -41,6 +41,7 @@ class DecodeConfig:
     max_new_tokens: int = 256  # hard cap on the budget
     batch_size: int = 8  # utterances decoded together (sorted by duration)
     silence_peak: float = 1e-4  # a clip whose peak |sample| is below this is silent -> ""
+    stop_at_newline: bool = True  # a newline also ends a transcript (answers are one line)
 
 
 def token_budget(seconds: float, cfg: DecodeConfig) -> int:
@@ -81,7 +82,9 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     else:
         seconds = (audio_lengths.float() / model.token_rate).tolist()
     budgets = [token_budget(s, cfg) for s in seconds]
-    stops = model.prompts.stop_ids
+    stops = list(model.prompts.stop_ids)
+    if cfg.stop_at_newline and model.prompts.newline_id is not None:
+        stops.append(model.prompts.newline_id)
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
                              pad_token_id=model.prompts.pad_id, use_cache=True)

@@ -12,6 +12,8 @@ utterance projects the same alone or in a batch). Built by name::
 * ``qformer``     -- learned queries cross-attend to each window of `stride` frames
                      (`queries` tokens a window), window-level Q-Former as in SALMONN.
 * ``transformer`` -- stack `stride` frames, then a small Transformer (SALM / SLM style adapter).
+* ``ctc``         -- CTC posteriors over LLM tokens -> their embeddings, blanks dropped
+                     (`ctc_projector`; pre-aligned cheaply with a CTC loss).
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ class Projector(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def bind(self, llm) -> None:
+        """Called by `SpeechLM` with the LLM once both exist (the ``ctc`` projector copies embeddings)."""
 
 
 @PROJECTORS.register("linear")
@@ -154,3 +159,6 @@ class TransformerProjector(Projector):
         h = h + self.pos_conv(h.transpose(1, 2)).transpose(1, 2)
         h = self.blocks(h, src_key_padding_mask=~valid)
         return self.out(h), lengths
+
+
+from . import ctc_projector  # noqa: E402,F401  (registers "ctc")

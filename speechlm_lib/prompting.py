@@ -112,6 +112,12 @@ class PromptBuilder:
         return ids
 
     @property
+    def newline_id(self) -> int | None:
+        """The id of a lone newline if it is one token (transcripts are one line), else None."""
+        ids = self._encode("\n")
+        return int(ids[0]) if len(ids) == 1 else None
+
+    @property
     def pad_id(self) -> int:
         """The id used to pad token rows (pad, else EOS, else the end id)."""
         for tid in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):

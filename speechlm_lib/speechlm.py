@@ -68,11 +68,14 @@ class SpeechLM(nn.Module):
         llm_dim = llm.get_input_embeddings().embedding_dim
         self.projector = PROJECTORS.build(projector, in_dim=encoder.dim, out_dim=llm_dim, stride=stride,
                                           **(projector_kwargs or {}))
+        self.projector.bind(llm)
         self.projector_name = projector
         self.prompts = PromptBuilder(tokenizer, prompt)
         self.freeze_encoder, self.freeze_llm = freeze_encoder, freeze_llm
         self.encoder.requires_grad_(not freeze_encoder)
         self.llm.requires_grad_(not freeze_llm)
+        self.use_prefix_cache = True  # reuse a prompt prefix shared by a batch as a key/value cache
+        self._prefix_kv: dict = {}  # (prefix ids, device, dtype, weights' version) -> layers' (keys, values)
 
     # -- the pieces -------------------------------------------------------------------
     @property
@@ -135,13 +138,20 @@ class SpeechLM(nn.Module):
         """Teacher-forced loss on the answer tokens. Returns ``{"loss", "n_tokens", "accuracy"}``.
 
         Only the positions that predict a target token go through the LM head (the
-        prompt's logits are never computed). `meta` (ids, texts) is ignored.
+        prompt's logits are never computed). When every row shares the prefix and the
+        LLM is frozen, the prefix runs once and is reused as a key/value cache
+        (`prefix_cache`). `meta` (ids, texts) is ignored.
         """
         audio, audio_lengths = self.audio_embeddings(features, feature_lengths, states, state_lengths)
+        shared = self.shared_prefix(prefix_ids, prefix_lengths)
+        if shared is not None:  # the prefix is a cache; rows start at the audio
+            prefix_ids, prefix_lengths = prefix_ids[:, :0], torch.zeros_like(prefix_lengths)
         embeds, mask, pos, labels = self.assemble(audio, audio_lengths, prefix_ids, prefix_lengths, suffix_ids,
                                                   suffix_lengths, target_ids, target_lengths, padding_side="right")
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                                        use_cache=False).last_hidden_state
+        kw = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+        if shared is not None:
+            kw.update(self.prefix_cache(shared, mask))
+        hidden = self.llm.get_decoder()(**kw).last_hidden_state
         next_labels = labels[:, 1:]
         keep = next_labels != IGNORE  # position t predicts token t + 1
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -149,6 +159,45 @@ class SpeechLM(nn.Module):
         loss = nn.functional.cross_entropy(logits, gold)
         accuracy = (logits.argmax(-1) == gold).float().mean().detach()
         return {"loss": loss, "n_tokens": int(keep.sum()), "accuracy": accuracy}
+
+    # -- the shared prompt prefix as a key/value cache ------------------------------------
+    def shared_prefix(self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor) -> tuple[int, ...] | None:
+        """The prefix ids if every row has the same one and caching it is exact, else None.
+
+        Exact when the LLM has no trainable weights (the prefix's keys/values then never
+        change); a trainable LLM (LoRA, unfrozen) or per-row prompts take the full path.
+        """
+        n = int(prefix_lengths[0])
+        if not self.use_prefix_cache or n == 0 or bool((prefix_lengths != n).any()):
+            return None
+        if bool((prefix_ids[:, :n] != prefix_ids[:1, :n]).any()):
+            return None
+        if any(p.requires_grad for p in self.llm.parameters()):
+            return None
+        return tuple(prefix_ids[0, :n].tolist())
+
+    def _llm_version(self) -> int:
+        """Changes whenever an LLM weight is modified in place (a stale prefix cache is rebuilt)."""
+        return sum(p._version for p in self.llm.parameters())
+
+    def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor) -> dict:
+        """LLM keywords that put the prefix `ids` before every row: ``past_key_values`` (the
+        prefix's keys/values, computed once per device and dtype), the attention mask over
+        prefix + rows ``(batch, len(ids) + seq)`` and position ids shifted past the prefix."""
+        from transformers import DynamicCache
+
+        weight = self.llm.get_input_embeddings().weight
+        key = (ids, weight.device, weight.dtype, self._llm_version())
+        if key not in self._prefix_kv:
+            with torch.no_grad():
+                out = self.llm.get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
+            self._prefix_kv = {key: [(layer.keys, layer.values) for layer in out.past_key_values.layers]}
+        b, n = mask.shape[0], len(ids)
+        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+                                             for k, v in self._prefix_kv[key]], config=self.llm.config)
+        full_mask = torch.cat([mask.new_ones((b, n)), mask], dim=1)
+        return {"past_key_values": cache, "attention_mask": full_mask,
+                "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + n, "use_cache": True}
 
     # -- bookkeeping --------------------------------------------------------------------
     def parameter_counts(self) -> dict:

@@ -4,9 +4,11 @@
 
 * ``smoke`` -- the notebook in well under a minute: Whisper tiny.en + SmolLM2-135M-Instruct
   (offline), a few dozen utterances, a handful of steps. Numbers are not meaningful.
-* ``cpu``   -- the real default on a 2-core CPU: same models, 1600 training utterances
-  (one epoch of 200 updates of 8, ~2.3 s each: ~8 minutes) with cached encoder states,
-  200 test utterances.
+* ``cpu``   -- the real default on a 2-core CPU: same models, the ``ctc`` projector
+  (`ctc_projector`): 300 cheap CTC pre-alignment updates of 32 (~3.5 min), then LLM-loss
+  updates of 8 through the frozen LLM; cached encoder states; 200 test utterances.
+  Plain SLAM-ASR (``linear``, LLM loss only) needs thousands of updates to align --
+  hours on this CPU -- so it appears in the notebook's comparison runs.
 * ``gpu``   -- Whisper small + SmolLM2-360M-Instruct by hub id, bf16 through accelerate,
   thousands of updates.
 """
@@ -31,8 +33,10 @@ class ModelConfig:
     projector: str = "linear"  # name in projectors.PROJECTORS
     stride: int = 5  # encoder frames a token (Whisper: 50 frames/s / 5 = 10 tokens/s)
     projector_kwargs: dict = field(default_factory=lambda: {"hidden": 1024})  # extra projector settings
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(system="You are a speech recognizer."))
-    # ^ instruction, system message (short: SmolLM2's default one costs 16 more tokens a step), audio position
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(system="You are a speech recognizer.",
+                                                                      audio_first=False))
+    # ^ instruction, system message (short: SmolLM2's default one costs 16 more tokens), audio position:
+    #   after the instruction, so the prompt before the audio is shared and runs once (`prefix_cache`)
     freeze_encoder: bool = True  # keep the speech encoder fixed
     freeze_llm: bool = True  # keep the LLM fixed (only the projector trains)
 
@@ -42,6 +46,7 @@ class DataConfig:
     """Which utterances and how they are batched."""
 
     batch_size: int = 8  # utterances a training batch
+    pretrain_batch_size: int = 32  # utterances a batch of CTC pre-alignment (no LLM runs: larger is cheap)
     max_batch_seconds: float | None = None  # also cap padded audio seconds a batch (None = no cap)
     train_limit: int | None = None  # use at most this many training utterances (None = all)
     dev_limit: int = 48  # dev utterances decoded at each evaluation (WER during training)
@@ -57,6 +62,7 @@ class Stage2Config:
     model: ModelConfig = field(default_factory=ModelConfig)  # encoder, projector, LLM, prompt
     data: DataConfig = field(default_factory=DataConfig)  # subsets and batching
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging
+    pretrain: TrainConfig | None = None  # CTC pre-alignment of a "ctc" projector first (None = none)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
     compare_steps: int = 60  # updates of each small comparison run (encoders, stacking rates)
@@ -78,28 +84,38 @@ class Stage2Config:
 
 def _smoke() -> Stage2Config:
     return Stage2Config(
-        data=DataConfig(batch_size=4, train_limit=32, dev_limit=4, test_limit=8),
-        train=TrainConfig(max_steps=6, lr=5e-3, warmup_steps=2, log_every=2, eval_every=3, log_with=None,
+        model=ModelConfig(projector="ctc"),
+        data=DataConfig(batch_size=4, pretrain_batch_size=8, train_limit=32, dev_limit=2, test_limit=8),
+        pretrain=TrainConfig(max_steps=4, lr=2e-3, warmup_steps=1, log_every=1, eval_every=2, log_with=None,
+                             progress=True),
+        train=TrainConfig(max_steps=2, lr=5e-4, warmup_steps=1, log_every=1, eval_every=2, log_with=None,
                           progress=True),
-        decode=DecodeConfig(batch_size=8, max_new_tokens=24),
+        decode=DecodeConfig(batch_size=8, max_new_tokens=16),
         compare_steps=2,
-        compare_strides=(5, 10),
+        compare_strides=(5,),
     )
 
 
 def _cpu() -> Stage2Config:
     return Stage2Config(
-        data=DataConfig(batch_size=8, train_limit=1600, dev_limit=32, test_limit=200),
-        train=TrainConfig(max_steps=200, lr=5e-3, warmup_steps=20, log_every=5, eval_every=50, log_with=None,
+        model=ModelConfig(projector="ctc"),
+        data=DataConfig(batch_size=8, pretrain_batch_size=32, train_limit=6000, dev_limit=32, test_limit=200),
+        pretrain=TrainConfig(max_steps=300, lr=2e-3, warmup_steps=15, log_every=10, eval_every=100,
+                             log_with=None),
+        train=TrainConfig(max_steps=60, lr=3e-4, warmup_steps=6, log_every=5, eval_every=30, log_with=None,
                           weight_decay=0.0),
         decode=DecodeConfig(batch_size=8),
+        compare_steps=60,
+        compare_strides=(5, 10),
     )
 
 
 def _gpu() -> Stage2Config:
     return Stage2Config(
         model=ModelConfig(encoder_source="openai/whisper-small", llm="HuggingFaceTB/SmolLM2-360M-Instruct",
-                          llm_dtype="bfloat16", projector_kwargs={"hidden": 2048}),
+                          llm_dtype="bfloat16", projector="ctc", projector_kwargs={"hidden": 2048}),
+        pretrain=TrainConfig(max_steps=2000, lr=2e-3, warmup_steps=100, log_every=50, eval_every=500,
+                             mixed_precision="bf16"),
         data=DataConfig(batch_size=16, dev_limit=200, num_workers=4),
         train=TrainConfig(max_steps=3000, lr=1e-4, warmup_steps=200, log_every=20, eval_every=500,
                           mixed_precision="bf16"),

@@ -21,9 +21,7 @@ counted in ``skipped_nonfinite``; a non-finite gradient norm skips the update.
 from __future__ import annotations
 
 import math
-import os
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,9 +37,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .callbacks import Callback, LivePlot, PrintLogger  # noqa: F401  (re-exported)
-
-CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
-
+from .train_utils import (CHECKPOINT_RE, cosine_with_warmup, cpu_distributed,  # noqa: F401  (re-exported)
+                          latest_checkpoint, resolve_mixed_precision)
 
 @dataclass
 class TrainConfig:
@@ -86,44 +83,6 @@ class TrainState:
     def load_state_dict(self, d: dict) -> None:
         for k, v in d.items():
             setattr(self, k, v)
-
-
-def resolve_mixed_precision(name: str) -> str:
-    """'auto' -> 'bf16' / 'fp16' on a GPU, 'no' on CPU; other names pass through."""
-    if name not in ("auto", "no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be auto/no/bf16/fp16, got {name!r}")
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def cpu_distributed() -> bool:
-    """True for a multi-process launch (torchrun / ``accelerate launch --multi_gpu``) without a GPU.
-
-    accelerate only picks DDP over gloo when told to run on CPU; this is how the
-    trainer tells it (pass the same to ``PartialState(cpu=...)`` if you create one first).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return world > 1 and not torch.cuda.is_available()
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``<output_dir>/checkpoints/step_N`` folder, or None."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
-
-
-def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up to 1 over `warmup` steps, then cosine down to `min_ratio` at `total`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _rng_neutral_start(loader):

@@ -114,6 +114,50 @@ def test_loss_equals_the_lm_loss_on_the_same_labels(model, tmp_path):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+def _loss_and_grad(model, batch, cached: bool):
+    model.use_prefix_cache = cached
+    model.projector.zero_grad()
+    loss = model(**batch)["loss"]
+    loss.backward()
+    model.use_prefix_cache = True
+    return loss.detach(), [p.grad.clone() for p in model.projector.parameters()]
+
+
+def test_the_prefix_cache_gives_the_same_loss_and_gradients(model, tmp_path):
+    batch = _batch(model, _utts(tmp_path))
+    assert model.shared_prefix(batch["prefix_ids"], batch["prefix_lengths"]) is not None  # the cache is used
+    (l1, g1), (l2, g2) = _loss_and_grad(model, batch, True), _loss_and_grad(model, batch, False)
+    torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_prefix_cache_is_skipped_or_rebuilt_when_it_would_be_stale(model, tmp_path):
+    batch = _batch(model, _utts(tmp_path))
+    ids, lengths = batch["prefix_ids"].clone(), batch["prefix_lengths"]
+    ids[1, 0] += 1  # rows with different prompts (per-row instructions) take the full path
+    assert model.shared_prefix(ids, lengths) is None
+    weight = model.llm.get_input_embeddings().weight
+    weight.requires_grad_(True)  # a trainable LLM (LoRA, unfrozen) changes the prefix's keys/values
+    try:
+        assert model.shared_prefix(batch["prefix_ids"], lengths) is None
+    finally:
+        weight.requires_grad_(False)
+    before = model(**batch)["loss"].detach()
+    with torch.no_grad():
+        model.llm.get_decoder().layers[0].mlp.down_proj.weight.mul_(1.5)  # an in-place edit of the LLM
+    try:
+        model.use_prefix_cache = False
+        full = model(**batch)["loss"].detach()
+        model.use_prefix_cache = True
+        torch.testing.assert_close(model(**batch)["loss"].detach(), full, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(before, full)
+    finally:
+        with torch.no_grad():
+            model.llm.get_decoder().layers[0].mlp.down_proj.weight.div_(1.5)
+        model.use_prefix_cache = True
+
+
 def test_left_and_right_padding_give_the_same_next_token_logits(model, tmp_path):
     batch = _batch(model, _utts(tmp_path))
     audio, n = model.audio_embeddings(batch["features"], batch["feature_lengths"])
@@ -195,6 +239,26 @@ def test_decoding_ends_within_the_token_budget(model, tmp_path):
         assert 0 < len(ids) <= token_budget(u.duration, cfg)
     assert out.audio_seconds == pytest.approx(sum(u.duration for u in utts), abs=0.01)
     assert out.seconds > 0 and out.rtf > 0
+
+
+def test_a_newline_ends_the_transcript_unless_told_otherwise(model, tmp_path, monkeypatch):
+    nl, word = model.prompts.newline_id, model.prompts.target("hello")[0]
+    assert nl is not None
+    stops = []
+
+    def fake(**kw):  # the LLM "writes" word word \n word word ... up to the budget
+        stops.append(list(kw["eos_token_id"]))
+        row = [word, word, nl] + [word] * max(0, kw["max_new_tokens"] - 3)
+        return torch.tensor([row[: kw["max_new_tokens"]]] * kw["inputs_embeds"].shape[0])
+
+    monkeypatch.setattr(model.llm, "generate", fake)
+    utts = _utts(tmp_path)
+    out = transcribe(model, utts, DecodeConfig(), progress=False)
+    assert all(ids == [word, word] for ids in out.token_ids) and out.truncated == 0
+    assert nl in stops[-1]  # generation itself stops there too
+    out = transcribe(model, utts, DecodeConfig(stop_at_newline=False), progress=False)
+    assert all(nl in ids for ids in out.token_ids) and out.truncated == len(utts)
+    assert nl not in stops[-1]
 
 
 def test_batched_greedy_equals_one_at_a_time(model, tmp_path):

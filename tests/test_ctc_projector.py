@@ -1,0 +1,140 @@
+"""The ``ctc`` projector: soft tokens are the LLM's own embeddings, blanks are dropped,
+CTC pre-alignment learns, and a SpeechLM with it saves and reloads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechlm_lib.alignment import build_speechlm
+from speechlm_lib.ctc_projector import CTCAlignment, CTCProjector, _compress, ctc_vocabulary
+from speechlm_lib.encoders import ENCODERS
+from speechlm_lib.projectors import PROJECTORS
+from speechlm_lib.prompting import PromptBuilder
+from speechlm_lib.speechlm import SpeechLM
+from speechlm_lib.speechlm_config import ModelConfig
+from speechlm_lib.tiny_models import tiny_llm, tiny_whisper
+
+TEXTS = ["hello world", "the quick brown fox", "you are tiny"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    llm, tok = tiny_llm()
+    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
+    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs={"hidden": 32, "dropout": 0.0})
+    return build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=TEXTS)
+
+
+def test_vocabulary_is_the_answer_tokens_without_the_end_token(model):
+    prompts = model.prompts
+    vocab = ctc_vocabulary(prompts, TEXTS)
+    want = {t for text in TEXTS for t in prompts.target(text)}
+    assert set(vocab) == want - {prompts.end_id}
+    assert model.projector.vocab.tolist() == vocab
+
+
+def test_the_projector_needs_a_vocabulary():
+    with pytest.raises(ValueError, match="vocab_ids"):
+        PROJECTORS.build("ctc", in_dim=4, out_dim=8, stride=2)
+    llm, tok = tiny_llm()
+    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
+    with pytest.raises(ValueError, match="training texts"):
+        build_speechlm(ModelConfig(projector="ctc"), encoder=enc, llm=llm, tokenizer=tok)
+
+
+def test_compress_drops_blanks_and_averages_runs():
+    soft = torch.arange(9, dtype=torch.float).unsqueeze(1).repeat(1, 2)
+    best = torch.tensor([0, 3, 3, 0, 5, 5, 5, 0, 3])
+    out = _compress(soft, best, torch.zeros(9))
+    assert out[:, 0].tolist() == [1.5, 5.0, 8.0]  # frames (1, 2), (4, 5, 6), (8,)
+    blank_p = torch.tensor([0.9, 0.2, 0.8])
+    assert _compress(soft[:3], torch.zeros(3, dtype=torch.long), blank_p)[:, 0].tolist() == [1.0]
+
+
+def test_a_confident_label_gives_exactly_that_tokens_llm_embedding(model):
+    proj = model.projector
+    k = 2  # class k is LLM token vocab[k - 1]
+    with torch.no_grad():
+        last = proj.classify
+        saved = (last.weight.clone(), last.bias.clone())
+        last.weight.zero_()
+        last.bias.fill_(-50.0)
+        last.bias[k] = 50.0
+        try:
+            x, n = torch.randn(2, 10, proj.in_dim), torch.tensor([10, 6])
+            y, m = proj(x, n)
+        finally:
+            last.weight.copy_(saved[0])
+            last.bias.copy_(saved[1])
+    table = model.llm.get_input_embeddings().weight
+    assert m.tolist() == [1, 1]  # every frame says token k: one run, one soft token
+    torch.testing.assert_close(y[0, 0], table[proj.vocab[k - 1]], atol=1e-5, rtol=1e-5)
+
+
+def test_a_row_projects_the_same_alone_or_in_a_batch(model):
+    proj = model.projector.eval()
+    x, n = torch.randn(3, 12, proj.in_dim), torch.tensor([12, 7, 3])
+    y, m = proj(x, n)
+    for i in range(3):
+        alone, k = proj(x[i: i + 1, : n[i]], n[i: i + 1])
+        assert int(k[0]) == int(m[i])
+        torch.testing.assert_close(alone[0, : k[0]], y[i, : m[i]], atol=1e-5, rtol=1e-5)
+
+
+def test_labels_map_llm_ids_to_classes_and_leave_out_the_rest(model):
+    objective = CTCAlignment(model)
+    vocab = model.projector.vocab.tolist()
+    outside = next(i for i in range(len(model.prompts.tokenizer)) if i not in vocab)
+    ids = torch.tensor([[vocab[3], outside, vocab[0], model.prompts.end_id], [vocab[1], 0, 0, 0]])
+    labels, lengths = objective.labels(ids, torch.tensor([4, 1]))
+    assert labels.tolist() == [4, 1, 2] and lengths.tolist() == [2, 1]
+
+
+def test_pre_alignment_learns_the_labels_without_running_the_llm(model):
+    torch.manual_seed(0)
+    objective = CTCAlignment(model)
+    states = torch.randn(3, 40, model.encoder.dim)
+    targets = [model.prompts.target(t) for t in TEXTS]
+    ids = torch.zeros(3, max(map(len, targets)), dtype=torch.long)
+    for i, t in enumerate(targets):
+        ids[i, : len(t)] = torch.tensor(t)
+    batch = {"states": states, "state_lengths": torch.tensor([40, 30, 24]), "target_ids": ids,
+             "target_lengths": torch.tensor([len(t) for t in targets])}
+    llm_calls = []
+    hook = model.llm.register_forward_hook(lambda *a: llm_calls.append(1))
+    opt = torch.optim.Adam(model.projector.parameters(), lr=3e-3)
+    first = float(objective(**batch)["loss"].detach())
+    for _ in range(150):
+        loss = objective(**batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hook.remove()
+    assert not llm_calls
+    assert float(loss.detach()) < 0.2 * first
+    want = [t[:-1] for t in targets]  # the end-of-turn token is not a CTC label
+    assert objective.greedy(states, batch["state_lengths"]) == want
+
+
+def test_save_and_load_keep_the_vocabulary_and_weights(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    again = SpeechLM.from_pretrained(tmp_path / "m", encoder=model.encoder, llm=model.llm,
+                                     tokenizer=model.prompts.tokenizer)
+    assert isinstance(again.projector, CTCProjector)
+    assert again.projector.vocab.tolist() == model.projector.vocab.tolist()
+    for (k, a), b in zip(model.projector.state_dict().items(), again.projector.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert isinstance(PromptBuilder(model.prompts.tokenizer).prompt().prefix, list)
+
+
+def test_the_llm_loss_reaches_every_projector_weight(model):
+    proj = model.projector
+    prompt, target = model.prompts.prompt(), model.prompts.target(TEXTS[0])
+    batch = {"states": torch.randn(2, 30, proj.in_dim), "state_lengths": torch.tensor([30, 22]),
+             "prefix_ids": torch.tensor([prompt.prefix] * 2), "prefix_lengths": torch.tensor([len(prompt.prefix)] * 2),
+             "suffix_ids": torch.tensor([prompt.suffix] * 2), "suffix_lengths": torch.tensor([len(prompt.suffix)] * 2),
+             "target_ids": torch.tensor([target] * 2), "target_lengths": torch.tensor([len(target)] * 2)}
+    model.zero_grad()
+    model(**batch)["loss"].backward()
+    for name, p in proj.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
