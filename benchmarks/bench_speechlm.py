@@ -14,7 +14,8 @@ Targets on the project's 2-core CPU (profile 'cpu'):
 
 Also decodes the same test set with the complete Whisper tiny.en model (30-s padded
 input, its own decoder) for a side-by-side WER. Everything is recorded with
-``results.record("stage2_speechlm_bench", ...)``; timings depend on what else runs.
+``results.record("stage2_speechlm_bench", ...)`` (``--record-as`` names another entry, e.g. a
+longer run); timings depend on what else runs.
 """
 from __future__ import annotations
 
@@ -46,12 +47,14 @@ def peak_rss_mb() -> float:
 
 
 def samples_per_second(model, dataset, cfg: Stage2Config, steps: int) -> float:
-    """Training throughput over `steps` updates (projector restored afterwards)."""
+    """Training throughput over `steps` updates, after one untimed warm-up update (the same
+    batches for every variant; the projector is restored afterwards)."""
     saved = copy.deepcopy(model.projector.state_dict())
-    loader = make_loader(dataset, batch_size=cfg.data.batch_size, seed=1)
-    tc = TrainConfig(max_steps=steps, lr=cfg.train.lr, warmup_steps=0, log_every=0, log_with=None, progress=False)
-    out = Trainer(tc, model, loader).run()
-    model.projector.load_state_dict(saved)
+    for n in (1, steps):
+        loader = make_loader(dataset, batch_size=cfg.data.batch_size, seed=1)
+        tc = TrainConfig(max_steps=n, lr=cfg.train.lr, warmup_steps=0, log_every=0, log_with=None, progress=False)
+        out = Trainer(tc, model, loader).run()
+        model.projector.load_state_dict(saved)
     return steps * cfg.data.batch_size / out["seconds"]
 
 
@@ -155,14 +158,21 @@ def bench_whisper(whisper, processor, test, metrics: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
-    ap.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
-    ap.add_argument("--throughput-steps", type=int, default=4, help="updates per cache / no-cache timing")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's LLM-loss training steps")
+    ap.add_argument("--record-as", default="stage2_speechlm_bench", help="stage name in results.json")
+    ap.add_argument("--throughput-steps", type=int, default=8, help="updates per cache / no-cache timing")
+    ap.add_argument("--throughput-only", action="store_true", help="only the cache / no-cache timings")
     ap.add_argument("--rtf-utts", type=int, default=24, help="test utterances for the RTF timings")
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics here as JSON")
     args = ap.parse_args()
     metrics: dict = {}
     cfg, whisper, processor, model, splits = setup(args, metrics)
     cache, cached_ds, dev = bench_cache(cfg, model, splits, metrics, args.throughput_steps)
+    if args.throughput_only:
+        results.record(args.record_as, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+                       command=" ".join([Path(sys.executable).name] + sys.argv), seconds=0.0,
+                       profile_name=args.profile)
+        return
     bench_pretrain(cfg, model, cached_ds, splits["test"], cache, metrics)
     bench_train(cfg, model, cached_ds, dev, cache, metrics)
     scores = bench_decode(cfg, model, splits["test"], metrics, args.rtf_utts)
@@ -178,7 +188,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(metrics, indent=2))
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    results.record("stage2_speechlm_bench", flat, command=" ".join([Path(sys.executable).name] + sys.argv),
+    results.record(args.record_as, flat, command=" ".join([Path(sys.executable).name] + sys.argv),
                    seconds=metrics["train_seconds"], profile_name=args.profile)
 
 
