@@ -155,6 +155,13 @@ def bench_whisper(whisper, processor, test, metrics: dict) -> None:
     print(f"Whisper (complete) WER {metrics['whisper_test_wer']:.3f}, RTF {metrics['whisper_rtf']:.3f}")
 
 
+def record(args, metrics: dict, seconds: float) -> None:
+    """Scalar metrics into results.json under ``--record-as``, with the command line."""
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    results.record(args.record_as, flat, command=" ".join([Path(sys.executable).name] + sys.argv),
+                   seconds=seconds, profile_name=args.profile)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
@@ -169,10 +176,7 @@ def main() -> None:
     cfg, whisper, processor, model, splits = setup(args, metrics)
     cache, cached_ds, dev = bench_cache(cfg, model, splits, metrics, args.throughput_steps)
     if args.throughput_only:
-        results.record(args.record_as, {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-                       command=" ".join([Path(sys.executable).name] + sys.argv), seconds=0.0,
-                       profile_name=args.profile)
-        return
+        return record(args, metrics, seconds=0.0)
     bench_pretrain(cfg, model, cached_ds, splits["test"], cache, metrics)
     bench_train(cfg, model, cached_ds, dev, cache, metrics)
     scores = bench_decode(cfg, model, splits["test"], metrics, args.rtf_utts)
@@ -187,9 +191,7 @@ def main() -> None:
     print(f"peak RSS {metrics['peak_rss_mb']:.0f} MB; targets {json.dumps(metrics['targets_met'])}")
     if args.out:
         args.out.write_text(json.dumps(metrics, indent=2))
-    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    results.record(args.record_as, flat, command=" ".join([Path(sys.executable).name] + sys.argv),
-                   seconds=metrics["train_seconds"], profile_name=args.profile)
+    record(args, metrics, seconds=metrics["train_seconds"])
 
 
 if __name__ == "__main__":

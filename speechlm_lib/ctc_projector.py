@@ -58,8 +58,9 @@ class CTCProjector(Projector):
         self.compress = compress
         self.hidden = nn.Sequential(nn.Linear(in_dim * stride, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.classify = nn.Linear(hidden, len(vocab_ids) + 1)
-        self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long))
-        self.register_buffer("table", torch.zeros(len(vocab_ids), out_dim))  # their LLM embeddings (`bind`)
+        # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
+        self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("table", torch.zeros(len(vocab_ids), out_dim), persistent=False)
 
     def bind(self, llm) -> None:
         """Copy the LLM's input embeddings of `vocab_ids` into ``table (V, llm_dim)``."""

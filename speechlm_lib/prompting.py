@@ -27,6 +27,7 @@ passing a different instruction; nothing else changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 AUDIO_PLACEHOLDER = "<audio>"  # marks where the audio embeddings are spliced in
 PLAIN_ANSWER_CUE = "Transcript:"  # the plain format's answer cue (no chat template)
@@ -111,7 +112,7 @@ class PromptBuilder:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    @property
+    @cached_property
     def newline_id(self) -> int | None:
         """The id of a lone newline if it is one token (transcripts are one line), else None."""
         ids = self._encode("\n")

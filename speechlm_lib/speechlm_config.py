@@ -5,7 +5,7 @@
 * ``smoke`` -- the notebook in well under a minute: Whisper tiny.en + SmolLM2-135M-Instruct
   (offline), a few dozen utterances, a handful of steps. Numbers are not meaningful.
 * ``cpu``   -- the real default on a 2-core CPU: same models, the ``ctc`` projector
-  (`ctc_projector`): 300 cheap CTC pre-alignment updates of 32 (~3.5 min), then LLM-loss
+  (`ctc_projector`): 300 cheap CTC pre-alignment updates of 32 (~2 min), then LLM-loss
   updates of 8 through the frozen LLM; cached encoder states; 200 test utterances.
   Plain SLAM-ASR (``linear``, LLM loss only) needs thousands of updates to align --
   hours on this CPU -- so it appears in the notebook's comparison runs.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from speechlm_lib.alignment import build_speechlm
 from speechlm_lib.ctc_projector import CTCAlignment, CTCProjector, _compress, ctc_vocabulary
 from speechlm_lib.encoders import ENCODERS
 from speechlm_lib.projectors import PROJECTORS
-from speechlm_lib.prompting import PromptBuilder
 from speechlm_lib.speechlm import SpeechLM
 from speechlm_lib.speechlm_config import ModelConfig
 from speechlm_lib.tiny_models import tiny_llm, tiny_whisper
@@ -124,7 +124,10 @@ def test_save_and_load_keep_the_vocabulary_and_weights(model, tmp_path):
     assert again.projector.vocab.tolist() == model.projector.vocab.tolist()
     for (k, a), b in zip(model.projector.state_dict().items(), again.projector.state_dict().values()):
         assert torch.equal(a, b), k
-    assert isinstance(PromptBuilder(model.prompts.tokenizer).prompt().prefix, list)
+    saved = load_file(str(tmp_path / "m" / "trainable.safetensors"))
+    assert not any(k.endswith((".table", ".vocab")) for k in saved)  # the LLM's embeddings by reference
+    table = model.llm.get_input_embeddings().weight[again.projector.vocab]
+    torch.testing.assert_close(again.projector.table, table)
 
 
 def test_the_llm_loss_reaches_every_projector_weight(model):
