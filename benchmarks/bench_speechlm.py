@@ -37,7 +37,7 @@ from speechlm_lib.records import Report
 from speechlm_lib.sources import load_whisper
 from speechlm_lib.speechlm_config import Stage2Config
 from speechlm_lib.speechlm_data import SpeechLMDataset, make_loader
-from speechlm_lib.text import wer
+from speechlm_lib.text import normalize, wer
 from speechlm_lib.trainer import Trainer, TrainConfig
 from speechlm_lib.whisper_baseline import whisper_transcribe
 
@@ -68,9 +68,12 @@ def setup(args, metrics: dict):
     cfg = Stage2Config.preset(args.profile)
     if args.steps:
         cfg.train.max_steps = args.steps
+    if args.soft_tokens:
+        cfg.model.projector_kwargs = {**cfg.model.projector_kwargs, "hard": False}
     cfg.corpus_profile = args.profile
     metrics.update(profile=args.profile, steps=cfg.train.max_steps, batch_size=cfg.data.batch_size,
-                   stride=cfg.model.stride, projector=cfg.model.projector)
+                   stride=cfg.model.stride, projector=cfg.model.projector,
+                   hard_tokens=bool(cfg.model.projector_kwargs.get("hard")), prompt_examples=cfg.model.prompt_examples)
     splits = load_splits(cfg)
     t = time.time()
     whisper, processor = load_whisper(cfg.model.encoder_source)
@@ -103,11 +106,12 @@ def bench_cache(cfg, model, splits, metrics: dict, steps: int):
     return cache, cached_ds, dev
 
 
-def bench_pretrain(cfg, model, cached_ds, test, cache, metrics: dict) -> None:
-    """CTC pre-alignment of a ``ctc`` projector (if the preset has one); the projector alone on test."""
+def bench_pretrain(cfg, model, cached_ds, test, cache, metrics: dict) -> dict:
+    """CTC pre-alignment of a ``ctc`` projector (if the preset has one); on test, the projector alone
+    and the frozen LLM reading its tokens. Returns the projector's own transcripts by utterance id."""
     if not cfg.pretrain:
         metrics["pretrain_seconds"] = 0.0
-        return
+        return {}
     result = pretrain_ctc(cfg, model, cached_ds)
     test_ds = SpeechLMDataset(cache.fill(test, model.encoder, progress=False), model.encoder, model.prompts,
                               cache=cache)
@@ -115,8 +119,12 @@ def bench_pretrain(cfg, model, cached_ds, test, cache, metrics: dict) -> None:
     metrics.update(pretrain_steps=result["final"]["step"], pretrain_seconds=result["seconds"],
                    pretrain_batch_size=cfg.data.pretrain_batch_size, ctc_projector_test_wer=scores["wer"],
                    ctc_projector_test_cer=scores["cer"])
-    print(f"CTC pre-alignment: {result['final']['step']} updates in {result['seconds']:.0f} s; the projector "
-          f"alone on test: WER {scores['wer']:.3f} CER {scores['cer']:.3f}")
+    zero = evaluate_wer(model, test, cfg.decode, cache=cache)  # the frozen LLM reads the pre-aligned tokens
+    metrics.update(llm_zero_shot_test_wer=zero["wer"], llm_zero_shot_test_cer=zero["cer"])
+    print(f"CTC pre-alignment: {result['final']['step']} updates in {result['seconds']:.0f} s; on test, the "
+          f"projector alone: WER {scores['wer']:.3f} CER {scores['cer']:.3f}; through the frozen LLM before any "
+          f"LLM-loss update: WER {zero['wer']:.3f} CER {zero['cer']:.3f}")
+    return dict(zip(scores["ids"], scores["hyps"]))
 
 
 def bench_train(cfg, model, cached_ds, dev, cache, metrics: dict) -> None:
@@ -146,13 +154,30 @@ def bench_decode(cfg, model, test, metrics: dict, rtf_utts: int) -> dict:
     return scores
 
 
-def bench_whisper(whisper, processor, test, metrics: dict) -> None:
+def bench_whisper(whisper, processor, test, metrics: dict) -> list[str]:
     """The complete Whisper model (30-s padded input, its own decoder) on the same test set."""
     waves = [load_audio(u.audio) for u in test]
     hyps, seconds = whisper_transcribe(whisper, processor, waves, padded=True, batch_size=8, progress=True)
     metrics["whisper_test_wer"] = wer([u.text for u in test], hyps)
     metrics["whisper_rtf"] = seconds / sum(u.duration for u in test)
     print(f"Whisper (complete) WER {metrics['whisper_test_wer']:.3f}, RTF {metrics['whisper_rtf']:.3f}")
+    return hyps
+
+
+def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
+    """WER of each system (name -> hypotheses in test order) on the test utterances whose words
+    all occur in the training transcripts, and on the rest (unseen names, mostly)."""
+    seen = {w for u in train for w in normalize(u.text).split()}
+    known = [all(w in seen for w in normalize(u.text).split()) for u in test]
+    metrics["test_utterances_seen_words"] = sum(known)
+    for name, hyps in systems.items():
+        for tag, want in (("seen_words", True), ("unseen_words", False)):
+            pick = [i for i, k in enumerate(known) if k == want]
+            if pick:
+                metrics[f"{name}_wer_{tag}"] = wer([test[i].text for i in pick], [hyps[i] for i in pick])
+    print(f"{sum(known)} of {len(test)} test utterances have only words seen in training; WER there / elsewhere: "
+          + "; ".join(f"{n} {metrics.get(f'{n}_wer_seen_words', float('nan')):.3f} / "
+                      f"{metrics.get(f'{n}_wer_unseen_words', float('nan')):.3f}" for n in systems))
 
 
 def record(args, metrics: dict, seconds: float) -> None:
@@ -170,6 +195,7 @@ def main() -> None:
     ap.add_argument("--throughput-steps", type=int, default=8, help="updates per cache / no-cache timing")
     ap.add_argument("--throughput-only", action="store_true", help="only the cache / no-cache timings")
     ap.add_argument("--rtf-utts", type=int, default=24, help="test utterances for the RTF timings")
+    ap.add_argument("--soft-tokens", action="store_true", help="ctc projector: posterior mixtures, not exact tokens")
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics here as JSON")
     args = ap.parse_args()
     metrics: dict = {}
@@ -177,10 +203,13 @@ def main() -> None:
     cache, cached_ds, dev = bench_cache(cfg, model, splits, metrics, args.throughput_steps)
     if args.throughput_only:
         return record(args, metrics, seconds=0.0)
-    bench_pretrain(cfg, model, cached_ds, splits["test"], cache, metrics)
+    ctc_hyps = bench_pretrain(cfg, model, cached_ds, splits["test"], cache, metrics)
     bench_train(cfg, model, cached_ds, dev, cache, metrics)
     scores = bench_decode(cfg, model, splits["test"], metrics, args.rtf_utts)
-    bench_whisper(whisper, processor, splits["test"], metrics)
+    systems = {"speechlm": scores["hyps"], "whisper": bench_whisper(whisper, processor, splits["test"], metrics)}
+    if ctc_hyps:
+        systems["ctc_projector"] = [ctc_hyps.get(u.id, "") for u in splits["test"]]
+    by_seen_words(splits["test"], splits["train"], systems, metrics)
     metrics["peak_rss_mb"] = peak_rss_mb()
     for r, h in list(zip(scores["refs"], scores["hyps"]))[:5]:
         print(f"  REF {r}\n  HYP {h}")

@@ -26,7 +26,7 @@ from .encoders import ENCODERS
 from .feature_cache import FeatureCache
 from .generation import DecodeConfig, transcribe
 from .projectors import PROJECTORS
-from .prompting import PromptBuilder
+from .prompting import PromptBuilder, pick_examples
 from .records import Report, Utterance, read_manifest
 from .speechlm import SpeechLM, load_llm
 from .speechlm_config import ModelConfig, Stage2Config
@@ -40,7 +40,8 @@ def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None,
     """A `SpeechLM` from a `ModelConfig`; pass already loaded parts to share them between runs.
 
     A projector that emits LLM tokens (``ctc``) gets its ``vocab_ids`` from `texts`
-    (the training transcripts) unless `cfg.projector_kwargs` already lists them.
+    (the training transcripts) unless `cfg.projector_kwargs` already lists them; with
+    ``cfg.prompt_examples`` the prompt's demonstrations are picked from `texts` too.
     """
     if encoder is None:
         encoder = ENCODERS.build(cfg.encoder, source=cfg.encoder_source, **cfg.encoder_options)
@@ -52,8 +53,13 @@ def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None,
         if not texts:
             raise ValueError(f"projector {cfg.projector!r} needs the training texts (texts=...) for its vocabulary")
         kwargs["vocab_ids"] = ctc_vocabulary(PromptBuilder(tokenizer, cfg.prompt), texts)
+    prompt = cfg.prompt
+    if cfg.prompt_examples and not prompt.examples:
+        if not texts:
+            raise ValueError(f"prompt_examples={cfg.prompt_examples} needs the training texts (texts=...)")
+        prompt = replace(prompt, examples=pick_examples(texts, cfg.prompt_examples))
     return SpeechLM(encoder, llm, tokenizer, projector=cfg.projector, stride=cfg.stride,
-                    projector_kwargs=kwargs, prompt=cfg.prompt, freeze_encoder=cfg.freeze_encoder,
+                    projector_kwargs=kwargs, prompt=prompt, freeze_encoder=cfg.freeze_encoder,
                     freeze_llm=cfg.freeze_llm, llm_source=cfg.llm)
 
 
@@ -171,10 +177,10 @@ def pretrain_ctc(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDataset,
 def ctc_wer(objective: CTCAlignment, dataset: SpeechLMDataset, batch_size: int = 32) -> dict:
     """The ``ctc`` projector alone as a recogniser: best-path transcripts of `dataset` and their WER.
 
-    Returns ``{"wer", "cer", "refs", "hyps"}``.
+    Returns ``{"wer", "cer", "refs", "hyps", "ids"}`` (in the loader's duration-bucketed order).
     """
     device = objective.lookup.device
-    refs, hyps = [], []
+    refs, hyps, ids = [], [], []
     for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
         if "states" in batch:
             states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
@@ -183,7 +189,8 @@ def ctc_wer(objective: CTCAlignment, dataset: SpeechLMDataset, batch_size: int =
                                                         batch["feature_lengths"].to(device))
         hyps += [objective.speechlm.prompts.decode(ids) for ids in objective.greedy(states, lengths)]
         refs += batch["meta"]["text"]
-    return {"wer": wer(refs, hyps), "cer": cer(refs, hyps), "refs": refs, "hyps": hyps}
+        ids += batch["meta"]["id"]
+    return {"wer": wer(refs, hyps), "cer": cer(refs, hyps), "refs": refs, "hyps": hyps, "ids": ids}
 
 
 def emergence(evals: list[dict], key: str = "wer") -> dict:

@@ -11,6 +11,10 @@ projector gives the alignment a direct, cheap signal first:
    with the LLM's tokens as the output alphabet).
 2. **Soft tokens**: the LLM receives, per frame, the posterior-weighted average of
    those tokens' *own input embeddings* -- vectors it already knows how to read.
+   With ``hard=True`` it receives the best token's embedding itself (straight-through:
+   the LLM loss still reaches the logits as if soft). Uncertain mixtures lie between
+   tokens, where a frozen LLM reads nonsense; exact tokens look like the text of the
+   prompt's demonstrations (measured in `benchmarks/bench_speechlm.py`).
 3. **Compression**: frames whose best label is blank are dropped and repeated
    labels merged (CTC compression, Wu et al. 2023 "On decoder-only architecture
    for speech-to-text and LLM integration"), so the LLM sees about one audio
@@ -43,19 +47,21 @@ def ctc_vocabulary(prompts, texts: Iterable[str]) -> list[int]:
 @PROJECTORS.register("ctc")
 class CTCProjector(Projector):
     """Stack `stride` frames -> Linear -> ReLU -> Dropout -> Linear -> CTC posteriors over
-    `vocab_ids` + blank -> soft LLM embeddings, blank frames dropped (see the module docstring)."""
+    `vocab_ids` + blank -> soft (or, with `hard`, exact) LLM embeddings, blank frames dropped
+    (see the module docstring)."""
 
     name = "ctc"
     needs_vocabulary = True  # `alignment.build_speechlm` fills `vocab_ids` from the training texts
 
     def __init__(self, in_dim: int, out_dim: int, stride: int = 5, hidden: int = 1024,
-                 vocab_ids: list[int] | None = None, dropout: float = 0.1, compress: bool = True):
+                 vocab_ids: list[int] | None = None, dropout: float = 0.1, compress: bool = True,
+                 hard: bool = False):
         if not vocab_ids:
             raise ValueError("the ctc projector needs vocab_ids: the LLM token ids it may emit "
                              "(ctc_projector.ctc_vocabulary(prompts, training texts))")
         super().__init__(in_dim, out_dim, stride, hidden=hidden, vocab_ids=list(vocab_ids), dropout=dropout,
-                         compress=compress)
-        self.compress = compress
+                         compress=compress, hard=hard)
+        self.compress, self.hard = compress, hard
         self.hidden = nn.Sequential(nn.Linear(in_dim * stride, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.classify = nn.Linear(hidden, len(vocab_ids) + 1)
         # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
@@ -85,7 +91,10 @@ class CTCProjector(Projector):
         (given not blank), so it stays inside their convex hull."""
         _, logits, lengths = self._run(x, lengths)
         p = logits.float().softmax(-1)
-        soft = (p[..., 1:] @ self.table.float()) / (1 - p[..., :1]).clamp(min=1e-4)  # tokens given not blank
+        q = p[..., 1:] / (1 - p[..., :1]).clamp(min=1e-4)  # tokens given not blank
+        if self.hard:  # the best token's own embedding; gradients pass as if soft (straight-through)
+            q = nn.functional.one_hot(q.argmax(-1), q.shape[-1]).to(q) + q - q.detach()
+        soft = q @ self.table.float()
         if not self.compress:
             return soft.to(x.dtype), lengths
         rows = [_compress(soft[i, :n], logits[i, :n].argmax(-1), p[i, :n, BLANK]) for i, n in

@@ -8,7 +8,9 @@ transformers 5 (`generation/utils.py`) a decoder-only model then
   ``use_cache=True`` so later steps feed one new token against the KV cache;
 * derives position ids from the attention mask (``cumsum - 1``), so prompts
   must be **left**-padded (`SpeechLM.assemble(padding_side="left")`);
-* sizes the cache for ``prompt length + max_new_tokens``.
+* sizes the cache for ``prompt length + max_new_tokens``;
+* given ``past_key_values`` for the first positions, prefills only the rest --
+  the prompt prefix every row shares runs once (`_prompt_inputs`).
 
 Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
 (`token_budget`) for the longest clip of the batch, and each row is held to
@@ -75,8 +77,7 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     cfg = cfg or DecodeConfig()
     audio, audio_lengths = model.audio_embeddings(batch.get("features"), batch.get("feature_lengths"),
                                                   batch.get("states"), batch.get("state_lengths"))
-    embeds, mask, _, _ = model.assemble(audio, audio_lengths, batch["prefix_ids"], batch["prefix_lengths"],
-                                        batch["suffix_ids"], batch["suffix_lengths"], padding_side="left")
+    embeds, mask, kv = _prompt_inputs(model, batch, audio, audio_lengths, cfg.num_beams)
     if "meta" in batch:
         seconds = list(batch["meta"]["seconds"])
     else:
@@ -87,7 +88,7 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
         stops.append(model.prompts.newline_id)
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
-                             pad_token_id=model.prompts.pad_id, use_cache=True)
+                             pad_token_id=model.prompts.pad_id, use_cache=True, **kv)
     rows, truncated = [], 0
     for row, budget in zip(out.tolist(), budgets):
         row = row[:budget]  # the batch ran to its longest clip's budget; hold each row to its own
@@ -95,6 +96,29 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
         truncated += ended is None
         rows.append(row[:ended] if ended is not None else row)
     return rows, truncated
+
+
+def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
+    """Left-padded ``inputs_embeds (batch, seq, dim)``, ``attention_mask`` and extra `generate` keywords.
+
+    A prefix shared by every row (the chat template, system message, demonstrations)
+    is not run per row: the rows are ``pad | audio | suffix`` after that prefix, whose
+    keys/values come from `SpeechLM.prefix_kv` as ``past_key_values``. `generate` then
+    prefills only the uncached tail; positions follow the mask (``cumsum - 1``), so the
+    padding between prefix and audio is skipped like left padding.
+    """
+    pre_ids, pre_lengths = batch["prefix_ids"], batch["prefix_lengths"]
+    shared = model.shared_prefix(pre_ids, pre_lengths, for_training=False)
+    if shared is None:
+        embeds, mask, _, _ = model.assemble(audio, audio_lengths, pre_ids, pre_lengths, batch["suffix_ids"],
+                                            batch["suffix_lengths"], padding_side="left")
+        return embeds, mask, {}
+    embeds, mask, _, _ = model.assemble(audio, audio_lengths, pre_ids[:, :0], torch.zeros_like(pre_lengths),
+                                        batch["suffix_ids"], batch["suffix_lengths"], padding_side="left")
+    b, n = embeds.shape[0], len(shared)
+    prefix = model.llm.get_input_embeddings()(pre_ids[:1, :n]).expand(b, -1, -1)  # sliced off by generate
+    return (torch.cat([prefix.to(embeds.dtype), embeds], 1), torch.cat([mask.new_ones((b, n)), mask], 1),
+            {"past_key_values": model.prefix_kv(shared, b * num_beams)})
 
 
 def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:

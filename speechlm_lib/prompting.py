@@ -20,13 +20,21 @@ An LLM **without** a chat template gets the plain format::
 
 (prefix = BOS if the tokenizer adds one, suffix = `` Transcribe the audio.\\nTranscript:``).
 
+**Demonstrations** (`PromptConfig.examples`, a few training transcripts) come
+first as finished turns: the user turn holds the instruction with the example's
+*text* where the audio goes, the assistant turn repeats that text. A frozen
+LLM asked to "transcribe" a string of near-token embeddings chats about it
+instead; with a few demonstrations it copies (measured in
+`benchmarks/bench_copy_ceiling.py`). They are part of the shared prefix, so
+`SpeechLM.prefix_cache` runs them once, not once a row.
+
 The instruction is a parameter of `PromptBuilder.prompt`, so later stages
 add keyword context ("Keywords: Zbigniew, ...") or ask for a translation by
 passing a different instruction; nothing else changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 AUDIO_PLACEHOLDER = "<audio>"  # marks where the audio embeddings are spliced in
@@ -41,6 +49,16 @@ class PromptConfig:
     system: str | None = None  # system message; None = the chat template's own default
     audio_first: bool = True  # audio placeholder before (True) or after the instruction
     use_chat_template: bool = True  # False forces the plain format even if a template exists
+    examples: list[str] = field(default_factory=list)  # demonstration transcripts shown as done turns first
+
+
+def pick_examples(texts, n: int) -> list[str]:
+    """`n` demonstration transcripts spread evenly over `texts` (deterministic; distinct)."""
+    pool = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    if n <= 0 or not pool:
+        return []
+    step = max(1, len(pool) // n)
+    return pool[::step][:n]
 
 
 @dataclass
@@ -62,20 +80,24 @@ class PromptBuilder:
         self._cache: dict[str, Prompt] = {}
 
     # -- prompt ---------------------------------------------------------------
-    def user_content(self, instruction: str) -> str:
-        """The user turn's text with the audio placeholder in it."""
+    def user_content(self, instruction: str, audio: str = AUDIO_PLACEHOLDER) -> str:
+        """The user turn's text with `audio` (the placeholder, or a demonstration's text) in it."""
         if self.config.audio_first:
-            return f"{AUDIO_PLACEHOLDER} {instruction}"
-        return f"{instruction} {AUDIO_PLACEHOLDER}"
+            return f"{audio} {instruction}"
+        return f"{instruction} {audio}"
 
     def render(self, instruction: str | None = None) -> str:
         """The full prompt text (placeholder included), as the LLM would see it."""
         instruction = self.config.instruction if instruction is None else instruction
+        shots = [ex.strip() for ex in self.config.examples]
         if not self.chat:
-            return f"{self.user_content(instruction)}\n{PLAIN_ANSWER_CUE}"
-        messages = [{"role": "user", "content": self.user_content(instruction)}]
-        if self.config.system is not None:
-            messages.insert(0, {"role": "system", "content": self.config.system})
+            done = "".join(f"{self.user_content(instruction, ex)}\n{PLAIN_ANSWER_CUE} {ex}\n\n" for ex in shots)
+            return f"{done}{self.user_content(instruction)}\n{PLAIN_ANSWER_CUE}"
+        messages = [{"role": "system", "content": self.config.system}] if self.config.system is not None else []
+        for ex in shots:
+            messages += [{"role": "user", "content": self.user_content(instruction, ex)},
+                         {"role": "assistant", "content": ex}]
+        messages.append({"role": "user", "content": self.user_content(instruction)})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prompt(self, instruction: str | None = None) -> Prompt:

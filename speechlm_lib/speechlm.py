@@ -161,18 +161,20 @@ class SpeechLM(nn.Module):
         return {"loss": loss, "n_tokens": int(keep.sum()), "accuracy": accuracy}
 
     # -- the shared prompt prefix as a key/value cache ------------------------------------
-    def shared_prefix(self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor) -> tuple[int, ...] | None:
+    def shared_prefix(self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor,
+                      for_training: bool = True) -> tuple[int, ...] | None:
         """The prefix ids if every row has the same one and caching it is exact, else None.
 
-        Exact when the LLM has no trainable weights (the prefix's keys/values then never
-        change); a trainable LLM (LoRA, unfrozen) or per-row prompts take the full path.
+        For training it is exact when the LLM has no trainable weights (the prefix's
+        keys/values then never change); a trainable LLM (LoRA, unfrozen) takes the full
+        path. Under ``no_grad`` (`for_training=False`, decoding) it is always exact.
         """
         n = int(prefix_lengths[0])
         if not self.use_prefix_cache or n == 0 or bool((prefix_lengths != n).any()):
             return None
         if bool((prefix_ids[:, :n] != prefix_ids[:1, :n]).any()):
             return None
-        if any(p.requires_grad for p in self.llm.parameters()):
+        if for_training and any(p.requires_grad for p in self.llm.parameters()):
             return None
         return tuple(prefix_ids[0, :n].tolist())
 
@@ -180,10 +182,9 @@ class SpeechLM(nn.Module):
         """Changes whenever an LLM weight is modified in place (a stale prefix cache is rebuilt)."""
         return sum(p._version for p in self.llm.parameters())
 
-    def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor) -> dict:
-        """LLM keywords that put the prefix `ids` before every row: ``past_key_values`` (the
-        prefix's keys/values, computed once per device and dtype), the attention mask over
-        prefix + rows ``(batch, len(ids) + seq)`` and position ids shifted past the prefix."""
+    def prefix_kv(self, ids: tuple[int, ...], rows: int):
+        """A `DynamicCache` holding the prefix `ids`' keys/values for `rows` rows (computed once
+        per prefix, device, dtype and weights' version; rows share one copy until appended to)."""
         from transformers import DynamicCache
 
         weight = self.llm.get_input_embeddings().weight
@@ -192,11 +193,16 @@ class SpeechLM(nn.Module):
             with torch.no_grad():
                 out = self.llm.get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
             self._prefix_kv = {key: [(layer.keys, layer.values) for layer in out.past_key_values.layers]}
+        return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                            for k, v in self._prefix_kv[key]], config=self.llm.config)
+
+    def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor) -> dict:
+        """LLM keywords that put the prefix `ids` before every row: ``past_key_values``
+        (`prefix_kv`), the attention mask over prefix + rows ``(batch, len(ids) + seq)`` and
+        position ids shifted past the prefix."""
         b, n = mask.shape[0], len(ids)
-        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
-                                             for k, v in self._prefix_kv[key]], config=self.llm.config)
         full_mask = torch.cat([mask.new_ones((b, n)), mask], dim=1)
-        return {"past_key_values": cache, "attention_mask": full_mask,
+        return {"past_key_values": self.prefix_kv(ids, b), "attention_mask": full_mask,
                 "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + n, "use_cache": True}
 
     # -- bookkeeping --------------------------------------------------------------------

@@ -37,6 +37,7 @@ class ModelConfig:
                                                                       audio_first=False))
     # ^ instruction, system message (short: SmolLM2's default one costs 16 more tokens), audio position:
     #   after the instruction, so the prompt before the audio is shared and runs once (`prefix_cache`)
+    prompt_examples: int = 0  # training transcripts shown as demonstrations (fills prompt.examples when empty)
     freeze_encoder: bool = True  # keep the speech encoder fixed
     freeze_llm: bool = True  # keep the LLM fixed (only the projector trains)
 
@@ -84,7 +85,7 @@ class Stage2Config:
 
 def _smoke() -> Stage2Config:
     return Stage2Config(
-        model=ModelConfig(projector="ctc"),
+        model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True}, prompt_examples=5),
         data=DataConfig(batch_size=4, pretrain_batch_size=8, train_limit=32, dev_limit=2, test_limit=8),
         pretrain=TrainConfig(max_steps=4, lr=2e-3, warmup_steps=1, log_every=1, eval_every=2, log_with=None,
                              progress=True),
@@ -98,7 +99,7 @@ def _smoke() -> Stage2Config:
 
 def _cpu() -> Stage2Config:
     return Stage2Config(
-        model=ModelConfig(projector="ctc"),
+        model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True}, prompt_examples=5),
         data=DataConfig(batch_size=8, pretrain_batch_size=32, train_limit=6000, dev_limit=32, test_limit=200),
         pretrain=TrainConfig(max_steps=300, lr=2e-3, warmup_steps=15, log_every=10, eval_every=100,
                              log_with=None),
@@ -113,7 +114,8 @@ def _cpu() -> Stage2Config:
 def _gpu() -> Stage2Config:
     return Stage2Config(
         model=ModelConfig(encoder_source="openai/whisper-small", llm="HuggingFaceTB/SmolLM2-360M-Instruct",
-                          llm_dtype="bfloat16", projector="ctc", projector_kwargs={"hidden": 2048}),
+                          llm_dtype="bfloat16", projector="ctc", projector_kwargs={"hidden": 2048, "hard": True},
+                          prompt_examples=5),
         pretrain=TrainConfig(max_steps=2000, lr=2e-3, warmup_steps=100, log_every=50, eval_every=500,
                              mixed_precision="bf16"),
         data=DataConfig(batch_size=16, dev_limit=200, num_workers=4),

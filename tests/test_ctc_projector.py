@@ -141,3 +141,33 @@ def test_the_llm_loss_reaches_every_projector_weight(model):
     model(**batch)["loss"].backward()
     for name, p in proj.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_build_picks_prompt_demonstrations_from_the_training_texts():
+    llm, tok = tiny_llm()
+    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
+    cfg = ModelConfig(projector="linear", projector_kwargs={"hidden": 8}, prompt_examples=2)
+    m = build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=TEXTS)
+    assert m.prompts.config.examples == ["hello world", "the quick brown fox"]
+    assert cfg.prompt.examples == []  # the preset's own prompt is left as it was
+    assert "the quick brown fox" in tok.decode(m.prompts.prompt().prefix)
+    with pytest.raises(ValueError, match="prompt_examples=2 needs the training texts"):
+        build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok)
+
+
+def test_hard_tokens_are_exact_embeddings_and_still_pass_gradients():
+    torch.manual_seed(0)
+    table = torch.randn(5, 8)
+    proj = PROJECTORS.build("ctc", in_dim=4, out_dim=8, stride=1, hidden=16, vocab_ids=[3, 4, 5, 6, 7],
+                            dropout=0.0, compress=False, hard=True)
+    proj.table.copy_(table)
+    x = torch.randn(1, 6, 4)
+    y, _ = proj(x, torch.tensor([6]))
+    _, logits, _ = proj._run(x, torch.tensor([6]))
+    best = logits[0, :, 1:].argmax(-1)  # best non-blank class of each frame
+    torch.testing.assert_close(y[0], table[best])  # a real token embedding, not a mixture
+    y.pow(2).sum().backward()
+    assert proj.classify.weight.grad.abs().sum() > 0  # straight-through: the logits still learn
+    proj.hard = False
+    soft, _ = proj(x, torch.tensor([6]))
+    assert not torch.allclose(soft, y)

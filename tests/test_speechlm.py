@@ -12,7 +12,7 @@ import torch
 
 from speechlm_lib.encoders import ENCODERS
 from speechlm_lib.generation import DecodeConfig, token_budget, transcribe
-from speechlm_lib.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig
+from speechlm_lib.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig, pick_examples
 from speechlm_lib.records import Report, Utterance
 from speechlm_lib.speechlm import IGNORE, SpeechLM
 from speechlm_lib.speechlm_data import Collate, SpeechLMDataset
@@ -54,6 +54,28 @@ def test_chat_prompt_puts_the_audio_in_the_user_turn(model):
     assert prefix.endswith("<|im_start|>user\n")
     assert suffix == " Transcribe the audio.<|im_end|>\n<|im_start|>assistant\n"
     assert model.tokenizer.convert_ids_to_tokens(p.end_id) == "<|im_end|>"
+
+
+def test_demonstrations_come_first_as_finished_turns():
+    llm, tok = tiny_llm()
+    shots = ["hello world", "you are tiny"]
+    p = PromptBuilder(tok, PromptConfig(examples=shots, system="Be brief.", audio_first=False))
+    text = p.render()
+    assert text.index("Be brief.") < text.index("hello world") < text.index("you are tiny") < text.index("<audio>")
+    assert text.count("Transcribe the audio. hello world") == 1  # the example's text stands where audio goes
+    assert text.count("<|im_start|>assistant\nhello world<|im_end|>") == 1  # ... and the answer repeats it
+    prefix = tok.decode(p.prompt().prefix)
+    assert "you are tiny" in prefix and "<audio>" not in prefix  # demonstrations are in the shared prefix
+    plain = PromptBuilder(tok, PromptConfig(examples=shots, use_chat_template=False)).render()
+    assert plain.startswith(f"<audio> Transcribe the audio.\n{PLAIN_ANSWER_CUE}".replace("<audio>", "hello world"))
+    assert plain.endswith(f"<audio> Transcribe the audio.\n{PLAIN_ANSWER_CUE}")
+
+
+def test_pick_examples_spreads_over_distinct_texts():
+    texts = [f"sentence {i}" for i in range(10)] + ["sentence 0", " ", ""]
+    assert pick_examples(texts, 3) == ["sentence 0", "sentence 3", "sentence 6"]
+    assert pick_examples(texts, 0) == [] and pick_examples([], 4) == []
+    assert pick_examples(["a", "a", "b"], 5) == ["a", "b"]
 
 
 def test_instruction_is_a_parameter():
@@ -269,6 +291,26 @@ def test_batched_greedy_equals_one_at_a_time(model, tmp_path):
     assert batched.token_ids == single.token_ids
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_from_the_prefix_cache_equals_the_full_prompt(model, tmp_path, monkeypatch, beams):
+    utts, cfg = _utts(tmp_path), DecodeConfig(num_beams=beams, tokens_per_second=4.0, extra_tokens=4, batch_size=3)
+    seen, generate = [], model.llm.generate
+
+    def spy(**kw):
+        seen.append("past_key_values" in kw)
+        return generate(**kw)
+
+    monkeypatch.setattr(model.llm, "generate", spy)
+    cached = transcribe(model, utts, cfg, progress=False)
+    model.use_prefix_cache = False
+    try:
+        full = transcribe(model, utts, cfg, progress=False)
+    finally:
+        model.use_prefix_cache = True
+    assert seen == [True, False]  # the first run reused the shared prefix, the second ran it per row
+    assert cached.token_ids == full.token_ids and any(cached.token_ids)
+
+
 def test_beam_search_runs_within_the_budget(model, tmp_path):
     utts = _utts(tmp_path, 2)
     cfg = DecodeConfig(num_beams=3, tokens_per_second=3.0, extra_tokens=2)
@@ -319,7 +361,8 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
 
     llm, tok = load_llm(str(llm_dir))
     m = SpeechLM(enc, llm, tok, projector="transformer", stride=4, projector_kwargs={"d_model": 32, "layers": 1},
-                 prompt=PromptConfig(instruction="Write it down."), llm_source=str(llm_dir))
+                 prompt=PromptConfig(instruction="Write it down.", examples=["you are tiny"]),
+                 llm_source=str(llm_dir))
     torch.nn.init.normal_(m.projector.out.weight)  # not the initial weights
     utts = _utts(tmp_path, 2)
     with torch.no_grad():
