@@ -33,7 +33,7 @@ def copy_ceiling(llm, tokenizer, prompt: PromptConfig, texts: Sequence[str], bat
     builder = PromptBuilder(tokenizer, prompt)
     p, embed = builder.prompt(), llm.get_input_embeddings()
     device = embed.weight.device
-    stops = builder.stop_ids + ([builder.newline_id] if builder.newline_id is not None else [])
+    stops = builder.stops()
     hyps = []
     for start in tqdm(range(0, len(texts), batch_size), desc="copy ceiling", disable=not progress):
         rows = [p.prefix + builder.target(t)[:-1] + p.suffix for t in texts[start: start + batch_size]]

@@ -83,9 +83,7 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     else:
         seconds = (audio_lengths.float() / model.token_rate).tolist()
     budgets = [token_budget(s, cfg) for s in seconds]
-    stops = list(model.prompts.stop_ids)
-    if cfg.stop_at_newline and model.prompts.newline_id is not None:
-        stops.append(model.prompts.newline_id)
+    stops = model.prompts.stops(newline=cfg.stop_at_newline)
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
                              pad_token_id=model.prompts.pad_id, use_cache=True, **kv)

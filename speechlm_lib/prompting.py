@@ -134,6 +134,10 @@ class PromptBuilder:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
+    def stops(self, newline: bool = True) -> list[int]:
+        """`stop_ids`, plus the lone-newline id when `newline` (transcripts are one line)."""
+        return self.stop_ids + ([self.newline_id] if newline and self.newline_id is not None else [])
+
     @cached_property
     def newline_id(self) -> int | None:
         """The id of a lone newline if it is one token (transcripts are one line), else None."""
