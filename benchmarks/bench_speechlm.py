@@ -38,6 +38,7 @@ from speechlm_lib.sources import load_whisper
 from speechlm_lib.speechlm_config import Stage2Config
 from speechlm_lib.speechlm_data import SpeechLMDataset, make_loader
 from speechlm_lib.text import normalize, wer
+from speechlm_lib.train_utils import default_device
 from speechlm_lib.trainer import Trainer, TrainConfig
 from speechlm_lib.whisper_baseline import whisper_transcribe
 
@@ -71,14 +72,19 @@ def setup(args, metrics: dict):
     if args.soft_tokens:
         cfg.model.projector_kwargs = {**cfg.model.projector_kwargs, "hard": False}
     cfg.corpus_profile = args.profile
+    cfg = cfg.override(args.set)
     metrics.update(profile=args.profile, steps=cfg.train.max_steps, batch_size=cfg.data.batch_size,
                    stride=cfg.model.stride, projector=cfg.model.projector,
-                   hard_tokens=bool(cfg.model.projector_kwargs.get("hard")), prompt_examples=cfg.model.prompt_examples)
+                   hard_tokens=bool(cfg.model.projector_kwargs.get("hard")), prompt_examples=cfg.model.prompt_examples,
+                   encoder_source=cfg.model.encoder_source, llm=cfg.model.llm, device=str(default_device()),
+                   settings=" ".join(args.set))
     splits = load_splits(cfg)
     t = time.time()
     whisper, processor = load_whisper(cfg.model.encoder_source)
     encoder = ENCODERS.build(cfg.model.encoder, source=cfg.model.encoder_source, model=whisper)
     model = build_speechlm(cfg.model, encoder=encoder, texts=[u.text for u in splits["train"]])
+    whisper.to(default_device())  # the baseline runs where the speech-LLM does
+    model.to(default_device())
     metrics["load_seconds"] = time.time() - t
     metrics["trainable_parameters"] = model.parameter_counts()["all"]["trainable"]
     print(f"loaded in {metrics['load_seconds']:.1f} s; " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
@@ -180,11 +186,12 @@ def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
                       f"{metrics.get(f'{n}_wer_unseen_words', float('nan')):.3f}" for n in systems))
 
 
-def record(args, metrics: dict, seconds: float) -> None:
-    """Scalar metrics into results.json under ``--record-as``, with the command line."""
+def record(args, metrics: dict, seconds: float, first: bool = False) -> None:
+    """Scalar metrics into results.json under ``--record-as``, with the command line. Called after
+    each phase (``finished`` stays false until the end), so a run cut short keeps what it measured."""
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
     results.record(args.record_as, flat, command=" ".join([Path(sys.executable).name] + sys.argv),
-                   seconds=seconds, profile_name=args.profile)
+                   seconds=seconds, profile_name=args.profile, replace=first)
 
 
 def main() -> None:
@@ -196,15 +203,21 @@ def main() -> None:
     ap.add_argument("--throughput-only", action="store_true", help="only the cache / no-cache timings")
     ap.add_argument("--rtf-utts", type=int, default=24, help="test utterances for the RTF timings")
     ap.add_argument("--soft-tokens", action="store_true", help="ctc projector: posterior mixtures, not exact tokens")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a preset setting, e.g. --set train.max_steps=500 --set model.llm=DIR_OR_HUB_ID")
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics here as JSON")
     args = ap.parse_args()
-    metrics: dict = {}
+    metrics: dict = {"finished": False}
     cfg, whisper, processor, model, splits = setup(args, metrics)
     cache, cached_ds, dev = bench_cache(cfg, model, splits, metrics, args.throughput_steps)
     if args.throughput_only:
-        return record(args, metrics, seconds=0.0)
+        metrics["finished"] = True
+        return record(args, metrics, seconds=0.0, first=True)
+    record(args, metrics, seconds=0.0, first=True)
     ctc_hyps = bench_pretrain(cfg, model, cached_ds, splits["test"], cache, metrics)
+    record(args, metrics, seconds=metrics["pretrain_seconds"])
     bench_train(cfg, model, cached_ds, dev, cache, metrics)
+    record(args, metrics, seconds=metrics["train_seconds"])
     scores = bench_decode(cfg, model, splits["test"], metrics, args.rtf_utts)
     systems = {"speechlm": scores["hyps"], "whisper": bench_whisper(whisper, processor, splits["test"], metrics)}
     if ctc_hyps:
@@ -218,6 +231,7 @@ def main() -> None:
                               "rtf_batch8<=0.05": metrics["rtf_batch8"] <= 0.05,
                               "rtf_batch1<=0.2": metrics["rtf_batch1"] <= 0.2}
     print(f"peak RSS {metrics['peak_rss_mb']:.0f} MB; targets {json.dumps(metrics['targets_met'])}")
+    metrics["finished"] = True
     if args.out:
         args.out.write_text(json.dumps(metrics, indent=2))
     record(args, metrics, seconds=metrics["train_seconds"])

@@ -42,6 +42,7 @@ def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None,
     A projector that emits LLM tokens (``ctc``) gets its ``vocab_ids`` from `texts`
     (the training transcripts) unless `cfg.projector_kwargs` already lists them; with
     ``cfg.prompt_examples`` the prompt's demonstrations are picked from `texts` too.
+    The result lives on the LLM's device.
     """
     if encoder is None:
         encoder = ENCODERS.build(cfg.encoder, source=cfg.encoder_source, **cfg.encoder_options)
@@ -58,9 +59,10 @@ def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None,
         if not texts:
             raise ValueError(f"prompt_examples={cfg.prompt_examples} needs the training texts (texts=...)")
         prompt = replace(prompt, examples=pick_examples(texts, cfg.prompt_examples))
-    return SpeechLM(encoder, llm, tokenizer, projector=cfg.projector, stride=cfg.stride,
-                    projector_kwargs=kwargs, prompt=prompt, freeze_encoder=cfg.freeze_encoder,
-                    freeze_llm=cfg.freeze_llm, llm_source=cfg.llm)
+    model = SpeechLM(encoder, llm, tokenizer, projector=cfg.projector, stride=cfg.stride,
+                     projector_kwargs=kwargs, prompt=prompt, freeze_encoder=cfg.freeze_encoder,
+                     freeze_llm=cfg.freeze_llm, llm_source=cfg.llm)
+    return model.to(llm.device)  # where the LLM is (`train_utils.default_device()` places it)
 
 
 def load_splits(cfg: Stage2Config, report: Report | None = None) -> dict[str, list[Utterance]]:

@@ -134,8 +134,8 @@ class CTCAlignment(nn.Module):
             raise TypeError(f"CTC pre-alignment needs the 'ctc' projector, not {speechlm.projector_name!r}")
         self.speechlm = speechlm
         size = max(int(proj.vocab.max()), speechlm.prompts.end_id, len(speechlm.prompts.tokenizer)) + 1
-        lookup = torch.zeros(size, dtype=torch.long)  # LLM id -> class (0 = not a class)
-        lookup[proj.vocab] = torch.arange(1, len(proj.vocab) + 1)
+        lookup = torch.zeros(size, dtype=torch.long, device=proj.vocab.device)  # LLM id -> class (0 = none)
+        lookup[proj.vocab] = torch.arange(1, len(proj.vocab) + 1, device=lookup.device)
         self.register_buffer("lookup", lookup)
 
     def labels(self, target_ids: torch.Tensor, target_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,8 +34,11 @@ def load(profile_name: str | None = None) -> dict:
 
 
 def record(stage: str, metrics: dict, command: str | None = None, seconds: float | None = None,
-           profile_name: str | None = None, **fields) -> Path:
+           profile_name: str | None = None, replace: bool = False, **fields) -> Path:
     """Merge `metrics` for `stage` into the results file (written atomically).
+
+    With `replace`, the stage's earlier metrics are dropped first (a run that records as it
+    goes starts this way, so a run cut short never mixes with an older one's figures).
 
     `command` says how to reproduce the figures; by default the environment's
     ``$SPEECHLM_COMMAND`` (set by the tutorial runner) is used. `seconds` and
@@ -43,6 +46,8 @@ def record(stage: str, metrics: dict, command: str | None = None, seconds: float
     """
     data = load(profile_name)
     entry = data["stages"].setdefault(stage, {})
+    if replace:
+        entry.clear()
     entry["metrics"] = {**entry.get("metrics", {}), **{k: _plain(v) for k, v in metrics.items()}}
     entry["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     cmd = command or os.environ.get("SPEECHLM_COMMAND")

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.state import AcceleratorState
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")  # <output_dir>/checkpoints/step_N
 
@@ -23,6 +25,17 @@ def resolve_mixed_precision(name: str) -> str:
     return "no"
 
 
+def allow_precision_change(precision: str) -> None:
+    """Let one process train with several mixed-precision settings, one after another.
+
+    accelerate keeps a single setting per process and refuses a different one; a notebook or
+    benchmark that trains a bf16 run after an fp32 one needs the new one. In a single process
+    this forgets the old setting (accelerate's own state reset); a distributed launch keeps it."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()
+
+
 def cpu_distributed() -> bool:
     """True for a multi-process launch (torchrun / ``accelerate launch --multi_gpu``) without a GPU.
 
@@ -31,6 +44,14 @@ def cpu_distributed() -> bool:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return world > 1 and not torch.cuda.is_available()
+
+
+def default_device() -> torch.device:
+    """The device the trainer's `Accelerator` trains on: the GPU when there is one, else the CPU.
+
+    Place models with it (``model.to(default_device())``) so that evaluation before or
+    after training runs where training does; never name a device by hand."""
+    return PartialState(cpu=cpu_distributed()).device
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

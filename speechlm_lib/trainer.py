@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .callbacks import Callback, LivePlot, PrintLogger  # noqa: F401  (re-exported)
-from .train_utils import (CHECKPOINT_RE, cosine_with_warmup, cpu_distributed,  # noqa: F401  (re-exported)
+from .train_utils import (CHECKPOINT_RE, allow_precision_change, cosine_with_warmup,  # noqa: F401
+                          cpu_distributed,
                           latest_checkpoint, resolve_mixed_precision)
 
 @dataclass
@@ -134,9 +135,11 @@ class Trainer:
         c = self.config
         log_with = c.log_with if (c.log_with and c.output_dir) else None
         project = ProjectConfiguration(project_dir=c.output_dir) if c.output_dir else None
+        precision = resolve_mixed_precision(c.mixed_precision)
+        allow_precision_change(precision)
         return Accelerator(
             cpu=cpu_distributed(),
-            mixed_precision=resolve_mixed_precision(c.mixed_precision),
+            mixed_precision=precision,
             gradient_accumulation_steps=c.grad_accum,
             log_with=log_with,
             project_config=project,

@@ -41,10 +41,10 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
         chunk = [w.numpy() for w in waves[i: i + step]]
         if padded:
             feats = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
-            ids = model.generate(input_features=feats.to(model.dtype), num_beams=num_beams, **limit)
+            ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit)
         else:
             inputs, lengths = encoder.collate([encoder.featurize(torch.from_numpy(chunk[0]))])
-            states, _ = encoder(inputs, lengths)
+            states, _ = encoder(inputs.to(model.device), lengths.to(model.device))
             ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams,
                                  **limit)
         texts += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]

@@ -40,3 +40,8 @@ def test_results_record_merges(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "smoke" / "results.json").read_text())
     assert data["stages"]["s1"]["metrics"] == {"wer": 0.1235, "cer": 0.05}
     assert data["stages"]["s1"]["command"] == "make x" and data["stages"]["s1"]["seconds"] == 3.2
+    results.record("s2", {"x": 1})
+    results.record("s1", {"loss": 2.0}, command="make y", replace=True)  # a new run: the old figures go
+    data = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert data["stages"]["s1"]["metrics"] == {"loss": 2.0} and "seconds" not in data["stages"]["s1"]
+    assert data["stages"]["s2"]["metrics"] == {"x": 1}

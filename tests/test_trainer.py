@@ -169,3 +169,12 @@ def test_no_trainable_parameters_is_a_clear_error():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         Trainer(cfg, model, loader)
+
+
+def test_precision_can_change_between_runs_in_one_process():
+    """A notebook trains an fp32 run and then a bf16 one: accelerate alone refuses the second."""
+    for precision in ("no", "bf16", "no"):
+        cfg, model, loader = make(max_steps=3, mixed_precision=precision)
+        trainer = Trainer(cfg, model, loader)
+        assert trainer.accelerator.mixed_precision == precision
+        assert trainer.run()["final"]["step"] == 3
