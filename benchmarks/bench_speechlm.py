@@ -144,8 +144,11 @@ def bench_train(cfg, model, cached_ds, dev, cache, metrics: dict) -> None:
                    seconds_per_step=result["train_seconds"] / max(1, result["final"]["step"]))
     metrics["checkpoints"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}
                               for e in result["eval"]]
+    if "best" in result:  # keep_best: the dev-best weights are kept (step 0 = none of these updates)
+        metrics.update(kept_step=result["best"]["step"], kept_dev_wer=result["best"]["wer"])
     print(f"trained {result['final']['step']} steps in {result['train_seconds']:.0f} s "
-          f"(+ {result['eval_seconds']:.0f} s dev evaluation); checkpoints {metrics['checkpoints']}")
+          f"(+ {result['eval_seconds']:.0f} s dev evaluation); checkpoints {metrics['checkpoints']}; "
+          f"kept the weights of step {metrics.get('kept_step', result['final']['step'])}")
 
 
 def bench_decode(cfg, model, test, metrics: dict, rtf_utts: int) -> dict:

@@ -138,6 +138,9 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
     Returns the trainer's result dict (history, eval, final, seconds) plus
     ``train_seconds`` / ``eval_seconds`` (time spent training vs scoring dev WER) and
     ``samples_per_second`` (training only); the model is saved to `output_dir` if given.
+    With `dev` and ``cfg.keep_best``, dev WER is also scored before the first update (step 0
+    in ``eval``) and the model ends with the weights of the best evaluation (``best``):
+    LLM-loss updates that make dev WER worse are undone.
     """
     loader = make_loader(train_ds, batch_size=cfg.data.batch_size, max_batch_seconds=cfg.data.max_batch_seconds,
                          seed=cfg.train.seed, num_workers=cfg.data.num_workers)
@@ -152,8 +155,15 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
             eval_seconds[0] += time.perf_counter() - t
             return out
 
+    best = None
+    if evaluate is not None and cfg.keep_best:
+        best = BestWeights(model, start=_evaluate_now(model, evaluate))
+        callbacks = [*callbacks, best]
     trainer = Trainer(cfg.train, model, loader, evaluate=evaluate, callbacks=callbacks)
     result = trainer.run()
+    if best is not None:
+        result["eval"] = [{"step": 0, **best.start}, *result["eval"]]
+        result["best"] = best.restore()
     result["eval_seconds"] = eval_seconds[0]
     result["train_seconds"] = result["seconds"] - eval_seconds[0]
     samples = result["final"]["step"] * cfg.data.batch_size * cfg.train.grad_accum
@@ -161,6 +171,39 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
     if output_dir is not None:
         trainer.model.save_pretrained(output_dir)
     return result
+
+
+class BestWeights(Callback):
+    """Copies the trainable weights whenever the dev `key` (lower is better) beats the best so far;
+    `restore()` puts the best copy back. `start`: the metrics before training (step 0)."""
+
+    def __init__(self, model: torch.nn.Module, start: dict, key: str = "wer"):
+        self.model, self.key, self.start = model, key, start
+        self.best, self.step, self.weights = start[key], 0, self._copy()
+
+    def _copy(self) -> dict:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_eval(self, trainer, step: int, metrics: dict) -> None:
+        if metrics.get(self.key, float("inf")) < self.best:
+            self.best, self.step, self.weights = metrics[self.key], step, self._copy()
+
+    @torch.no_grad()
+    def restore(self) -> dict:
+        """Load the best weights; returns ``{"step", key}`` of that evaluation."""
+        params = dict(self.model.named_parameters())
+        for name, value in self.weights.items():
+            params[name].copy_(value)
+        return {"step": self.step, self.key: self.best}
+
+
+@torch.no_grad()
+def _evaluate_now(model, evaluate) -> dict:
+    was_training = model.training
+    model.eval()
+    metrics = dict(evaluate(model))
+    model.train(was_training)
+    return metrics
 
 
 def pretrain_ctc(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDataset,

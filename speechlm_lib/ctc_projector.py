@@ -33,7 +33,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .projectors import PROJECTORS, Projector, stack_frames
+from .projectors import PROJECTORS, Projector, frame_mask, stack_frames
 
 BLANK = 0  # CTC blank index; LLM token vocab_ids[i] is class i + 1
 
@@ -46,23 +46,24 @@ def ctc_vocabulary(prompts, texts: Iterable[str]) -> list[int]:
 
 @PROJECTORS.register("ctc")
 class CTCProjector(Projector):
-    """Stack `stride` frames -> Linear -> ReLU -> Dropout -> Linear -> CTC posteriors over
-    `vocab_ids` + blank -> soft (or, with `hard`, exact) LLM embeddings, blank frames dropped
-    (see the module docstring)."""
+    """Stack `stride` frames -> Linear -> ReLU -> Dropout -> (`context` Transformer layers over
+    the tokens, `TokenContext`) -> Linear -> CTC posteriors over `vocab_ids` + blank -> soft (or,
+    with `hard`, exact) LLM embeddings, blank frames dropped (see the module docstring)."""
 
     name = "ctc"
     needs_vocabulary = True  # `alignment.build_speechlm` fills `vocab_ids` from the training texts
 
     def __init__(self, in_dim: int, out_dim: int, stride: int = 5, hidden: int = 1024,
                  vocab_ids: list[int] | None = None, dropout: float = 0.1, compress: bool = True,
-                 hard: bool = False):
+                 hard: bool = False, context: int = 0):
         if not vocab_ids:
             raise ValueError("the ctc projector needs vocab_ids: the LLM token ids it may emit "
                              "(ctc_projector.ctc_vocabulary(prompts, training texts))")
         super().__init__(in_dim, out_dim, stride, hidden=hidden, vocab_ids=list(vocab_ids), dropout=dropout,
-                         compress=compress, hard=hard)
+                         compress=compress, hard=hard, context=context)
         self.compress, self.hard = compress, hard
         self.hidden = nn.Sequential(nn.Linear(in_dim * stride, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.context = TokenContext(hidden, context, dropout=dropout) if context else None
         self.classify = nn.Linear(hidden, len(vocab_ids) + 1)
         # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
         self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long), persistent=False)
@@ -82,6 +83,8 @@ class CTCProjector(Projector):
         """Hidden ``(batch, tokens, hidden)``, logits ``(batch, tokens, V + 1)``, token lengths."""
         x, lengths = stack_frames(x, lengths, self.stride)
         h = self.hidden(x)
+        if self.context is not None:
+            h = self.context(h, lengths)
         return h, self.classify(h), lengths
 
     def forward(self, x, lengths):
@@ -101,6 +104,28 @@ class CTCProjector(Projector):
                 enumerate(lengths.tolist())]
         out = nn.utils.rnn.pad_sequence(rows, batch_first=True)
         return out.to(x.dtype), torch.tensor([len(r) for r in rows], device=x.device)
+
+
+class TokenContext(nn.Module):
+    """Residual context over the token sequence: down to `d_model`, a depthwise convolution for
+    positions, `layers` small Transformer layers, back up. ``(batch, tokens, dim)`` -> same shape.
+
+    The MLP alone classifies each 5-frame window by itself; an LLM token (a word piece) often
+    spans more audio than that, so its neighbours help decide it."""
+
+    def __init__(self, dim: int, layers: int, d_model: int = 256, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, d_model), nn.Linear(d_model, dim)
+        self.pos_conv = nn.Conv1d(d_model, d_model, kernel_size=5, padding=2, groups=d_model)
+        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=dropout, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        valid = frame_mask(lengths, h.shape[1])
+        z = self.down(h) * valid.unsqueeze(-1)
+        z = z + self.pos_conv(z.transpose(1, 2)).transpose(1, 2)
+        return h + self.up(self.blocks(z, src_key_padding_mask=~valid))
 
 
 def _compress(soft: torch.Tensor, best: torch.Tensor, blank_p: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@
 * ``smoke`` -- the notebook in well under a minute: Whisper tiny.en + SmolLM2-135M-Instruct
   (offline), a few dozen utterances, a handful of steps. Numbers are not meaningful.
 * ``cpu``   -- the real default on a 2-core CPU: same models, the ``ctc`` projector
-  (`ctc_projector`): 300 cheap CTC pre-alignment updates of 32 (~2 min), then LLM-loss
-  updates of 8 through the frozen LLM; cached encoder states; 200 test utterances.
+  (`ctc_projector`, with two Transformer layers over its tokens): 300 cheap CTC pre-alignment
+  updates of 32 (~3 min), then 60 LLM-loss updates of 8 through the frozen LLM, keeping the dev-best
+  weights (`keep_best`); cached encoder states; 200 test utterances.
   Plain SLAM-ASR (``linear``, LLM loss only) needs thousands of updates to align --
   hours on this CPU -- so it appears in the notebook's comparison runs.
 * ``gpu``   -- Whisper small + SmolLM2-360M-Instruct by hub id, bf16 through accelerate, the
@@ -70,6 +71,7 @@ class Stage2Config:
     pretrain: TrainConfig | None = None  # CTC pre-alignment of a "ctc" projector first (None = none)
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
+    keep_best: bool = True  # after LLM-loss training keep the weights with the best dev WER (before training too)
     compare_steps: int = 60  # updates of each small comparison run (encoders, stacking rates)
     compare_strides: tuple[int, ...] = (2, 5, 10)  # stacking rates k compared in those runs
 
@@ -113,7 +115,8 @@ class Stage2Config:
 
 def _smoke() -> Stage2Config:
     return Stage2Config(
-        model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True}, prompt_examples=5),
+        model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True, "context": 2},
+                          prompt_examples=5),
         data=DataConfig(batch_size=4, pretrain_batch_size=8, train_limit=32, dev_limit=2, test_limit=8),
         pretrain=TrainConfig(max_steps=4, lr=2e-3, warmup_steps=1, log_every=1, eval_every=2, log_with=None,
                              progress=True),
@@ -127,7 +130,8 @@ def _smoke() -> Stage2Config:
 
 def _cpu() -> Stage2Config:
     return Stage2Config(
-        model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True}, prompt_examples=5),
+        model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True, "context": 2},
+                          prompt_examples=5),
         data=DataConfig(batch_size=8, pretrain_batch_size=32, train_limit=6000, dev_limit=32, test_limit=200),
         pretrain=TrainConfig(max_steps=300, lr=2e-3, warmup_steps=15, log_every=10, eval_every=100,
                              log_with=None),
@@ -142,7 +146,8 @@ def _cpu() -> Stage2Config:
 def _gpu() -> Stage2Config:
     return Stage2Config(
         model=ModelConfig(encoder_source="openai/whisper-small", llm="HuggingFaceTB/SmolLM2-360M-Instruct",
-                          llm_dtype="bfloat16", projector="ctc", projector_kwargs={"hidden": 2048, "hard": True},
+                          llm_dtype="bfloat16", projector="ctc",
+                          projector_kwargs={"hidden": 2048, "hard": True, "context": 2},
                           prompt_examples=5),
         pretrain=TrainConfig(max_steps=2000, lr=2e-3, warmup_steps=100, log_every=50, eval_every=500,
                              mixed_precision="bf16"),

@@ -171,3 +171,22 @@ def test_hard_tokens_are_exact_embeddings_and_still_pass_gradients():
     proj.hard = False
     soft, _ = proj(x, torch.tensor([6]))
     assert not torch.allclose(soft, y)
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_context_layers_see_neighbours_and_ignore_padding(context):
+    torch.manual_seed(0)
+    proj = CTCProjector(8, 16, stride=2, hidden=32, vocab_ids=list(range(5, 25)), dropout=0.0,
+                        context=context).eval()
+    x, n = torch.randn(3, 12, 8), torch.tensor([12, 7, 3])
+    logits, m = proj.logits(x, n)
+    for i in range(3):  # padding never leaks into a row
+        alone, k = proj.logits(x[i: i + 1, : n[i]], n[i: i + 1])
+        torch.testing.assert_close(alone[0, : k[0]], logits[i, : m[i]], atol=1e-5, rtol=1e-5)
+    later = x.clone()
+    later[0, 8:] += 1.0  # change only tokens 4 and 5 of row 0
+    moved = (proj.logits(later, n)[0][0, :4] - logits[0, :4]).abs().max()
+    assert (moved > 1e-4) == bool(context)  # with context, earlier tokens hear the change
+    if context:
+        assert "context" in proj.settings and proj.num_parameters() > CTCProjector(
+            8, 16, stride=2, hidden=32, vocab_ids=list(range(5, 25))).num_parameters()

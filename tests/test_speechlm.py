@@ -416,3 +416,30 @@ def test_emergence_finds_the_largest_drop_between_checkpoints():
     assert em["drop_at_step"] == 150 and em["largest_drop"] == pytest.approx(0.58)
     assert em["first"] == 1.0 and em["last"] == 0.3 and em["best"] == 0.3
     assert emergence([{"step": 5, "wer": 0.9}])["largest_drop"] == 0.0
+
+
+@pytest.mark.parametrize("wers, best_at", [((0.5, 0.7, 0.4, 0.9), 2), ((0.5, 0.6, 0.5, 0.8), 0)])
+def test_keep_best_ends_with_the_weights_of_the_best_dev_wer(tmp_path, monkeypatch, wers, best_at):
+    """LLM-loss updates that make dev WER worse are undone, back to before training if need be."""
+    from speechlm_lib import alignment
+    from speechlm_lib.speechlm_config import Stage2Config
+
+    m, utts = _model(), _utts(tmp_path, 2)
+    seen = []  # the projector's weights at each evaluation (0 = before training)
+
+    def scripted(dev, cfg, cache=None, dev_dataset=None):
+        def evaluate(model):
+            seen.append({k: v.clone() for k, v in model.projector.state_dict().items()})
+            return {"wer": wers[len(seen) - 1]}
+        return evaluate
+
+    monkeypatch.setattr(alignment, "make_evaluator", scripted)
+    cfg = Stage2Config.preset("smoke").override(["train.max_steps=3", "train.eval_every=1", "train.lr=1e-2",
+                                                 "train.warmup_steps=0", "train.progress=False"])
+    ds = SpeechLMDataset(utts, m.encoder, m.prompts)
+    out = alignment.train_projector(cfg, m, ds, dev=utts)
+    assert [e["step"] for e in out["eval"]] == [0, 1, 2, 3] and out["best"] == {"step": best_at, "wer": wers[best_at]}
+    for k, v in m.projector.state_dict().items():
+        assert torch.equal(v, seen[best_at][k]), k
+    first = next(iter(seen[0]))
+    assert not torch.equal(seen[0][first], seen[3][first])  # training did move the weights
