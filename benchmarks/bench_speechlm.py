@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_speechlm.py                  # the 'cpu' profile (targets below)
     .venv/bin/python benchmarks/bench_speechlm.py --profile smoke  # plumbing check, ~1 minute
+    python benchmarks/bench_speechlm.py --profile gpu --set model.encoder_source=openai/whisper-tiny.en \
+        --set model.llm=HuggingFaceTB/SmolLM2-135M-Instruct      # a GPU without the hub (--set: any preset field)
 
 Targets on the project's 2-core CPU (profile 'cpu'):
   * training (projector only: CTC pre-alignment + LLM-loss updates) takes <= 8 minutes
@@ -23,6 +25,7 @@ import argparse
 import copy
 import json
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -193,7 +196,8 @@ def record(args, metrics: dict, seconds: float, first: bool = False) -> None:
     """Scalar metrics into results.json under ``--record-as``, with the command line. Called after
     each phase (``finished`` stays false until the end), so a run cut short keeps what it measured."""
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    results.record(args.record_as, flat, command=" ".join([Path(sys.executable).name] + sys.argv),
+    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
+    results.record(args.record_as, flat, command=command,
                    seconds=seconds, profile_name=args.profile, replace=first)
 
 

@@ -175,7 +175,8 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
 
 class BestWeights(Callback):
     """Copies the trainable weights whenever the dev `key` (lower is better) beats the best so far;
-    `restore()` puts the best copy back. `start`: the metrics before training (step 0)."""
+    `restore()` puts the best copy back. `start`: the metrics before training (step 0). Callbacks run
+    on the main process only, so in a multi-process run only its model (the one saved) is restored."""
 
     def __init__(self, model: torch.nn.Module, start: dict, key: str = "wer"):
         self.model, self.key, self.start = model, key, start

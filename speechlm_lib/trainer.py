@@ -38,8 +38,7 @@ from tqdm.auto import tqdm
 
 from .callbacks import Callback, LivePlot, PrintLogger  # noqa: F401  (re-exported)
 from .train_utils import (CHECKPOINT_RE, allow_precision_change, cosine_with_warmup,  # noqa: F401
-                          cpu_distributed,
-                          latest_checkpoint, resolve_mixed_precision)
+                          cpu_distributed, latest_checkpoint, resolve_mixed_precision)
 
 @dataclass
 class TrainConfig:
