@@ -233,7 +233,7 @@ def ctc_wer(objective: CTCAlignment, dataset: SpeechLMDataset, batch_size: int =
         else:
             states, lengths = objective.speechlm.encode(batch["features"].to(device),
                                                         batch["feature_lengths"].to(device))
-        hyps += [objective.speechlm.prompts.decode(ids) for ids in objective.greedy(states, lengths)]
+        hyps += [objective.speechlm.prompts.decode(row) for row in objective.greedy(states, lengths)]
         refs += batch["meta"]["text"]
         ids += batch["meta"]["id"]
     return {"wer": wer(refs, hyps), "cer": cer(refs, hyps), "refs": refs, "hyps": hyps, "ids": ids}

@@ -33,7 +33,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .projectors import PROJECTORS, Projector, frame_mask, stack_frames
+from .projectors import PROJECTORS, Projector, TransformerProjector, stack_frames
 
 BLANK = 0  # CTC blank index; LLM token vocab_ids[i] is class i + 1
 
@@ -47,8 +47,9 @@ def ctc_vocabulary(prompts, texts: Iterable[str]) -> list[int]:
 @PROJECTORS.register("ctc")
 class CTCProjector(Projector):
     """Stack `stride` frames -> Linear -> ReLU -> Dropout -> (`context` Transformer layers over
-    the tokens, `TokenContext`) -> Linear -> CTC posteriors over `vocab_ids` + blank -> soft (or,
-    with `hard`, exact) LLM embeddings, blank frames dropped (see the module docstring)."""
+    the tokens: a residual stride-1 `TransformerProjector`) -> Linear -> CTC posteriors over
+    `vocab_ids` + blank -> soft (or, with `hard`, exact) LLM embeddings, blank frames dropped
+    (see the module docstring)."""
 
     name = "ctc"
     needs_vocabulary = True  # `alignment.build_speechlm` fills `vocab_ids` from the training texts
@@ -63,7 +64,10 @@ class CTCProjector(Projector):
                          compress=compress, hard=hard, context=context)
         self.compress, self.hard = compress, hard
         self.hidden = nn.Sequential(nn.Linear(in_dim * stride, hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.context = TokenContext(hidden, context, dropout=dropout) if context else None
+        # context: a residual stride-1 `transformer` over the tokens -- the MLP alone classifies each
+        # window of `stride` frames by itself, and a word piece often spans more audio than that
+        self.context = (TransformerProjector(hidden, hidden, stride=1, d_model=256, layers=context, dropout=dropout)
+                        if context else None)
         self.classify = nn.Linear(hidden, len(vocab_ids) + 1)
         # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
         self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long), persistent=False)
@@ -84,7 +88,7 @@ class CTCProjector(Projector):
         x, lengths = stack_frames(x, lengths, self.stride)
         h = self.hidden(x)
         if self.context is not None:
-            h = self.context(h, lengths)
+            h = h + self.context(h, lengths)[0]
         return h, self.classify(h), lengths
 
     def forward(self, x, lengths):
@@ -104,28 +108,6 @@ class CTCProjector(Projector):
                 enumerate(lengths.tolist())]
         out = nn.utils.rnn.pad_sequence(rows, batch_first=True)
         return out.to(x.dtype), torch.tensor([len(r) for r in rows], device=x.device)
-
-
-class TokenContext(nn.Module):
-    """Residual context over the token sequence: down to `d_model`, a depthwise convolution for
-    positions, `layers` small Transformer layers, back up. ``(batch, tokens, dim)`` -> same shape.
-
-    The MLP alone classifies each 5-frame window by itself; an LLM token (a word piece) often
-    spans more audio than that, so its neighbours help decide it."""
-
-    def __init__(self, dim: int, layers: int, d_model: int = 256, heads: int = 4, dropout: float = 0.1):
-        super().__init__()
-        self.down, self.up = nn.Linear(dim, d_model), nn.Linear(d_model, dim)
-        self.pos_conv = nn.Conv1d(d_model, d_model, kernel_size=5, padding=2, groups=d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=dropout, batch_first=True,
-                                           norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        valid = frame_mask(lengths, h.shape[1])
-        z = self.down(h) * valid.unsqueeze(-1)
-        z = z + self.pos_conv(z.transpose(1, 2)).transpose(1, 2)
-        return h + self.up(self.blocks(z, src_key_padding_mask=~valid))
 
 
 def _compress(soft: torch.Tensor, best: torch.Tensor, blank_p: torch.Tensor) -> torch.Tensor:

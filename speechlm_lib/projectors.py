@@ -137,19 +137,21 @@ class QFormerProjector(Projector):
 
 @PROJECTORS.register("transformer")
 class TransformerProjector(Projector):
-    """Stack `stride` frames -> Linear -> convolutional positions -> small Transformer -> Linear."""
+    """Stack `stride` frames -> Linear -> convolutional positions -> small Transformer -> Linear.
+
+    With ``stride=1`` and ``out_dim == in_dim`` it is also the ``ctc`` projector's context block."""
 
     name = "transformer"
 
     def __init__(self, in_dim: int, out_dim: int, stride: int = 5, d_model: int = 256, layers: int = 2,
-                 heads: int = 4):
-        super().__init__(in_dim, out_dim, stride, d_model=d_model, layers=layers, heads=heads)
+                 heads: int = 4, dropout: float = 0.0):
+        super().__init__(in_dim, out_dim, stride, d_model=d_model, layers=layers, heads=heads, dropout=dropout)
         self.inp = nn.Linear(in_dim * stride, d_model)
+        self.out = nn.Linear(d_model, out_dim)
         self.pos_conv = nn.Conv1d(d_model, d_model, kernel_size=5, padding=2, groups=d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True,
+        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=dropout, batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Linear(d_model, out_dim)
 
     def forward(self, x, lengths):
         """``(batch, frames, in_dim)`` -> ``(batch, ceil(frames/stride), out_dim)``, lengths."""
