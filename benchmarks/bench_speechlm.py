@@ -161,8 +161,15 @@ def bench_decode(cfg, model, test, metrics: dict, rtf_utts: int) -> dict:
                    truncated=scores["truncated"])
     metrics["rtf_batch8"] = decode_rtf(model, test[:rtf_utts], 8, cfg.decode)
     metrics["rtf_batch1"] = decode_rtf(model, test[:rtf_utts], 1, cfg.decode)
+    metrics["rtf_utterances"] = len(test[:rtf_utts])
     print(f"test WER {scores['wer']:.3f} CER {scores['cer']:.3f}; RTF batch 8 {metrics['rtf_batch8']:.3f}, "
           f"batch 1 {metrics['rtf_batch1']:.3f}")
+    if cfg.decode.draft and cfg.decode.num_beams == 1:  # the same greedy decoding, one LLM pass a token
+        plain = DecodeConfig(**{**cfg.decode.__dict__, "draft": False})
+        metrics["rtf_batch8_no_draft"] = decode_rtf(model, test[:rtf_utts], 8, plain)
+        metrics["rtf_batch1_no_draft"] = decode_rtf(model, test[:rtf_utts], 1, plain)
+        print(f"without the projector's draft: RTF batch 8 {metrics['rtf_batch8_no_draft']:.3f}, "
+              f"batch 1 {metrics['rtf_batch1_no_draft']:.3f}")
     return scores
 
 
@@ -182,6 +189,8 @@ def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
     seen = {w for u in train for w in normalize(u.text).split()}
     known = [all(w in seen for w in normalize(u.text).split()) for u in test]
     metrics["test_utterances_seen_words"] = sum(known)
+    words = [w for u in test for w in normalize(u.text).split()]
+    metrics["test_words_unseen_share"] = sum(w not in seen for w in words) / max(1, len(words))
     for name, hyps in systems.items():
         for tag, want in (("seen_words", True), ("unseen_words", False)):
             pick = [i for i, k in enumerate(known) if k == want]
@@ -208,7 +217,7 @@ def main() -> None:
     ap.add_argument("--record-as", default="stage2_speechlm_bench", help="stage name in results.json")
     ap.add_argument("--throughput-steps", type=int, default=8, help="updates per cache / no-cache timing")
     ap.add_argument("--throughput-only", action="store_true", help="only the cache / no-cache timings")
-    ap.add_argument("--rtf-utts", type=int, default=24, help="test utterances for the RTF timings")
+    ap.add_argument("--rtf-utts", type=int, default=48, help="test utterances for the RTF timings")
     ap.add_argument("--soft-tokens", action="store_true", help="ctc projector: posterior mixtures, not exact tokens")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a preset setting, e.g. --set train.max_steps=500 --set model.llm=DIR_OR_HUB_ID")

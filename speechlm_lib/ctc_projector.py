@@ -91,6 +91,16 @@ class CTCProjector(Projector):
             h = h + self.context(h, lengths)[0]
         return h, self.classify(h), lengths
 
+    @torch.no_grad()
+    def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR."""
+        _, logits, n = self._run(x.to(self.table.dtype), lengths)
+        out = []
+        for row, length in zip(logits.argmax(-1), n.tolist()):
+            row = torch.unique_consecutive(row[:length])
+            out.append(self.vocab[row[row != BLANK] - 1].tolist())
+        return out
+
     def forward(self, x, lengths):
         """``(batch, frames, in_dim)`` -> soft tokens ``(batch, tokens, out_dim)``, token lengths.
 
@@ -165,10 +175,4 @@ class CTCAlignment(nn.Module):
     @torch.no_grad()
     def greedy(self, states: torch.Tensor, state_lengths: torch.Tensor) -> list[list[int]]:
         """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR."""
-        proj = self.speechlm.projector
-        logits, n = proj.logits(states.to(proj.table.dtype), state_lengths)
-        out = []
-        for row, length in zip(logits.argmax(-1), n.tolist()):
-            row = torch.unique_consecutive(row[:length])
-            out.append(proj.vocab[row[row != BLANK] - 1].tolist())
-        return out
+        return self.speechlm.projector.guess_tokens(states, state_lengths)

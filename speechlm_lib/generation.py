@@ -12,6 +12,10 @@ transformers 5 (`generation/utils.py`) a decoder-only model then
 * given ``past_key_values`` for the first positions, prefills only the rest --
   the prompt prefix every row shares runs once (`_prompt_inputs`).
 
+With a projector that guesses LLM tokens itself (the ``ctc`` projector's best path),
+greedy decoding checks those guesses several tokens per LLM pass instead of running one
+pass per token (`speculative`, `DecodeConfig.draft`): the same transcripts, fewer passes.
+
 Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
 (`token_budget`) for the longest clip of the batch, and each row is held to
 its own clip's budget, besides the end-of-turn / EOS stop ids. Digital silence (peak below `silence_peak`) gets an empty
@@ -30,6 +34,7 @@ from tqdm.auto import tqdm
 from .audio import SAMPLE_RATE, load_audio
 from .encoders import pad_last
 from .records import Utterance
+from .speculative import speculative_greedy
 from .speechlm_data import pad_ids
 
 
@@ -44,6 +49,9 @@ class DecodeConfig:
     batch_size: int = 8  # utterances decoded together (sorted by duration)
     silence_peak: float = 1e-4  # a clip whose peak |sample| is below this is silent -> ""
     stop_at_newline: bool = True  # a newline also ends a transcript (answers are one line)
+    draft: bool = True  # greedy only: check the projector's own token guesses several per LLM pass
+    #                     (`speculative`; the same transcripts, fewer passes; projectors without guesses skip it)
+    draft_block: int = 32  # most drafted tokens checked per row and pass
 
 
 def token_budget(seconds: float, cfg: DecodeConfig) -> int:
@@ -75,15 +83,23 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     rows that hit the token budget.
     """
     cfg = cfg or DecodeConfig()
-    audio, audio_lengths = model.audio_embeddings(batch.get("features"), batch.get("feature_lengths"),
-                                                  batch.get("states"), batch.get("state_lengths"))
+    states, lengths = batch.get("states"), batch.get("state_lengths")
+    if states is None:
+        states, lengths = model.encode(batch["features"], batch["feature_lengths"])
+    audio, audio_lengths = model.audio_embeddings(states=states, state_lengths=lengths)
     embeds, mask, kv = _prompt_inputs(model, batch, audio, audio_lengths, cfg.num_beams)
     if "meta" in batch:
         seconds = list(batch["meta"]["seconds"])
     else:
-        seconds = (audio_lengths.float() / model.token_rate).tolist()
+        seconds = (lengths.float() / model.encoder.frame_rate).tolist()
     budgets = [token_budget(s, cfg) for s in seconds]
     stops = model.prompts.stops(newline=cfg.stop_at_newline)
+    guesses = model.projector.guess_tokens(states, lengths) if cfg.draft and cfg.num_beams == 1 else None
+    if guesses is not None:
+        drafts = [g + [model.prompts.end_id] for g in guesses]
+        rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get("past_key_values"), drafts, budgets,
+                                                stops, model.prompts.pad_id, cfg.draft_block)
+        return rows, truncated
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
                              pad_token_id=model.prompts.pad_id, use_cache=True, **kv)

@@ -1,0 +1,139 @@
+"""Speculative greedy decoding gives exactly the greedy tokens, whatever the draft; a good draft
+needs fewer LLM passes. Checked against Hugging Face `generate` on a tiny random Llama."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import DynamicCache
+
+from speechlm_lib.alignment import build_speechlm
+from speechlm_lib.encoders import ENCODERS
+from speechlm_lib.generation import DecodeConfig, transcribe
+from speechlm_lib.records import Utterance
+from speechlm_lib.speculative import speculative_greedy
+from speechlm_lib.speechlm_config import ModelConfig
+from speechlm_lib.tiny_models import tiny_llm, tiny_whisper
+
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return tiny_llm(hidden_size=64, layers=2, seed=3)[0]
+
+
+def _prompts(llm, lengths, seed=0):
+    """Left-padded random prompt embeddings ``(batch, seq, dim)`` and their mask."""
+    g = torch.Generator().manual_seed(seed)
+    n, dim = max(lengths), llm.config.hidden_size
+    embeds = torch.randn(len(lengths), n, dim, generator=g) * 0.5
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for i, length in enumerate(lengths):
+        mask[i, n - length:] = 1
+    return embeds, mask
+
+
+def _greedy(llm, embeds, mask, budgets, stops):
+    """What `generation.generate` does without a draft: HF greedy, each row held to its budget."""
+    out = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets), do_sample=False,
+                       eos_token_id=stops, pad_token_id=PAD)
+    rows, truncated = [], 0
+    for row, budget in zip(out.tolist(), budgets):
+        row = row[:budget]
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        truncated += end is None
+        rows.append(row[:end] if end is not None else row)
+    return rows, truncated
+
+
+def _case(llm, seed=0):
+    """Prompts, budgets and stop ids chosen so that some rows stop and some hit their budget."""
+    embeds, mask = _prompts(llm, [7, 4, 9, 5], seed)
+    free = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                        pad_token_id=PAD).tolist()
+    stops = [free[0][4], free[2][7]]  # rows end where these first appear
+    return embeds, mask, [12, 3, 12, 10], stops
+
+
+def _drafts(reference, stops, kind, vocab, seed=0):
+    rng = np.random.RandomState(seed)
+    out = []
+    for row in reference:
+        good = row + [stops[0]]
+        if kind == "perfect":
+            out.append(good)
+        elif kind == "empty":
+            out.append([])
+        elif kind == "random":
+            out.append(rng.randint(0, vocab, size=len(good)).tolist())
+        else:  # "edited": a substitution, a deletion and an insertion
+            d = list(good)
+            if len(d) > 3:
+                d[1] = (d[1] + 1) % vocab
+                del d[2]
+                d.insert(3, int(rng.randint(vocab)))
+            out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["perfect", "empty", "random", "edited"])
+def test_any_draft_gives_exactly_the_greedy_tokens(llm, kind):
+    embeds, mask, budgets, stops = _case(llm)
+    want, want_truncated = _greedy(llm, embeds, mask, budgets, stops)
+    assert 0 < want_truncated < len(want)  # the case has both endings
+    drafts = _drafts(want, stops, kind, llm.config.vocab_size)
+    got, truncated, _ = speculative_greedy(llm, embeds, mask, None, drafts, budgets, stops, PAD)
+    assert got == want
+    assert truncated == want_truncated
+
+
+def test_a_good_draft_needs_fewer_passes(llm):
+    embeds, mask, budgets, stops = _case(llm)
+    want, _ = _greedy(llm, embeds, mask, budgets, stops)
+    passes = {}
+    for kind in ("perfect", "edited", "empty"):
+        drafts = _drafts(want, stops, kind, llm.config.vocab_size)
+        passes[kind] = speculative_greedy(llm, embeds, mask, None, drafts, budgets, stops, PAD)[2]
+    assert passes["perfect"] == 1  # every row settled with the prompt
+    assert passes["perfect"] < passes["edited"] < passes["empty"]
+    # no draft: one token a pass, as plain greedy (a row that stops also runs the pass that picks the stop)
+    assert passes["empty"] == max(len(r) + (len(r) < b) for r, b in zip(want, budgets))
+    small = speculative_greedy(llm, embeds, mask, None, _drafts(want, stops, "perfect", 1), budgets, stops, PAD,
+                               block=2)
+    assert small[0] == want and small[2] > 1  # a block of 2 checks at most 2 drafted tokens a pass
+
+
+def test_a_cached_prompt_prefix_gives_the_same_tokens(llm):
+    embeds, mask, budgets, stops = _case(llm, seed=1)
+    prefix = torch.randn(1, 6, llm.config.hidden_size) * 0.5
+    b = embeds.shape[0]
+    full = torch.cat([prefix.expand(b, -1, -1), embeds], dim=1)
+    full_mask = torch.cat([torch.ones(b, 6, dtype=torch.long), mask], dim=1)
+    want, want_truncated = _greedy(llm, full, full_mask, budgets, stops)
+    with torch.no_grad():
+        kv = llm.get_decoder()(inputs_embeds=prefix, use_cache=True).past_key_values
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))
+                                         for layer in kv.layers], config=llm.config)
+    drafts = _drafts(want, stops, "edited", llm.config.vocab_size)
+    got, truncated, _ = speculative_greedy(llm, full, full_mask, cache, drafts, budgets, stops, PAD)
+    assert (got, truncated) == (want, want_truncated)
+
+
+def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path):
+    llm, tok = tiny_llm(seed=1)
+    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
+    texts = ["hello world", "the quick brown fox", "you are tiny"]
+    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs={"hidden": 32, "dropout": 0.0, "hard": True})
+    model = build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=texts)
+    utts = []
+    for i in range(5):
+        wave = np.random.RandomState(i).randn(int(16000 * (0.8 + 0.3 * i))).astype("float32") * 0.1
+        sf.write(str(tmp_path / f"u{i}.wav"), wave, 16000)
+        utts.append(Utterance(id=f"u{i}", audio=str(tmp_path / f"u{i}.wav"), text=texts[i % 3], duration=1.0))
+    assert model.projector.guess_tokens is not None
+    plain = transcribe(model, utts, DecodeConfig(batch_size=3, draft=False), progress=False)
+    drafted = transcribe(model, utts, DecodeConfig(batch_size=3, draft=True), progress=False)
+    assert drafted.token_ids == plain.token_ids
+    assert drafted.texts == plain.texts and drafted.truncated == plain.truncated
