@@ -22,6 +22,7 @@ ids count only kept tokens, so no later token sees them; finished rows leave the
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -130,9 +131,10 @@ def _run(llm, state: dict, prompt, block: int, stops: set[int], pad_id: int) -> 
         embeds, keep = torch.cat([prompt, embeds.to(prompt.dtype)], dim=1), width + 1
     else:
         keep = width
+    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
     out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=state["cache"],
-              use_cache=True, logits_to_keep=keep)
-    picks = out.logits.argmax(-1).tolist()
+              use_cache=True, **kw)
+    picks = out.logits[:, -keep:].argmax(-1).tolist()
     for i, (row, f) in enumerate(zip(live, fed)):
         kept = row.keep(f if first else f[1:], picks[i][:len(f) + first], stops)
         new[i, kept + (not first):] = 0  # fed but not kept: masked out from now on
