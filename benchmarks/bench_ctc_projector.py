@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and variant")
     ap.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]",
                     help="a name, then the preset settings it changes")
+    ap.add_argument("--record-as", default="stage2_ctc_projector", help="stage name in results.json")
     args = ap.parse_args()
     whisper, _ = load_whisper(Stage2Config.preset(args.profile).model.encoder_source)
     llm_parts, metrics = {}, {}
@@ -74,7 +75,7 @@ def main() -> None:
               f"WER on 300 training utterances {out['train_subset_wer']:.3f}; {int(out['parameters']):,} parameters; "
               f"{out['pretrain_seconds']:.0f} s a run", flush=True)
     command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
-    results.record("stage2_ctc_projector", metrics, command=command, profile_name=args.profile, replace=True)
+    results.record(args.record_as, metrics, command=command, profile_name=args.profile, replace=True)
 
 
 if __name__ == "__main__":
