@@ -13,7 +13,8 @@ One concern a module (import what you need; nothing heavy is imported here):
 * ``callbacks``   -- trainer callbacks (printing, live loss plots in notebooks)
 * ``conformer``, ``vocab``, ``ctc``, ``ctc_data``, ``ctc_stage`` -- stage 1: the CTC Conformer encoder
 * ``encoders``, ``projectors``, ``ctc_projector``, ``prompting``, ``speechlm``, ``speechlm_data``, ``feature_cache``,
-  ``generation``, ``speculative``, ``speechlm_config``, ``alignment``, ``ceiling``, ``whisper_baseline`` -- stage 2: the speech-LLM
+  ``generation``, ``speculative``, ``speechlm_config``, ``alignment``, ``ceiling``, ``whisper_baseline``
+  -- stage 2: the speech-LLM
 * ``tiny_models`` -- tiny random models for fast tests
 * ``results``, ``tutorial`` -- results.json and the headless notebook runner
 """

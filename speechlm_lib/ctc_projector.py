@@ -95,11 +95,19 @@ class CTCProjector(Projector):
     def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR."""
         _, logits, n = self._run(x.to(self.table.dtype), lengths)
+        return self._best_paths(logits, n)
+
+    def _best_paths(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         out = []
-        for row, length in zip(logits.argmax(-1), n.tolist()):
+        for row, length in zip(logits.detach().argmax(-1), lengths.tolist()):
             row = torch.unique_consecutive(row[:length])
             out.append(self.vocab[row[row != BLANK] - 1].tolist())
         return out
+
+    def project_and_guess(self, x, lengths):
+        """`forward` and `guess_tokens` from one run (the draft of `speculative` decoding)."""
+        _, logits, n = self._run(x, lengths)
+        return (*self._embed(logits, n, x.dtype), self._best_paths(logits, n))
 
     def forward(self, x, lengths):
         """``(batch, frames, in_dim)`` -> soft tokens ``(batch, tokens, out_dim)``, token lengths.
@@ -107,17 +115,21 @@ class CTCProjector(Projector):
         A soft token is the posterior-weighted mix of the candidate tokens' LLM embeddings
         (given not blank), so it stays inside their convex hull."""
         _, logits, lengths = self._run(x, lengths)
+        return self._embed(logits, lengths, x.dtype)
+
+    def _embed(self, logits: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype):
+        """Logits ``(batch, tokens, V + 1)`` -> (compressed) soft or hard tokens, their lengths."""
         p = logits.float().softmax(-1)
         q = p[..., 1:] / (1 - p[..., :1]).clamp(min=1e-4)  # tokens given not blank
         if self.hard:  # the best token's own embedding; gradients pass as if soft (straight-through)
             q = nn.functional.one_hot(q.argmax(-1), q.shape[-1]).to(q) + q - q.detach()
         soft = q @ self.table.float()
         if not self.compress:
-            return soft.to(x.dtype), lengths
+            return soft.to(dtype), lengths
         rows = [_compress(soft[i, :n], logits[i, :n].argmax(-1), p[i, :n, BLANK]) for i, n in
                 enumerate(lengths.tolist())]
         out = nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        return out.to(x.dtype), torch.tensor([len(r) for r in rows], device=x.device)
+        return out.to(dtype), torch.tensor([len(r) for r in rows], device=logits.device)
 
 
 def _compress(soft: torch.Tensor, best: torch.Tensor, blank_p: torch.Tensor) -> torch.Tensor:

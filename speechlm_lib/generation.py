@@ -83,18 +83,18 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     rows that hit the token budget.
     """
     cfg = cfg or DecodeConfig()
-    states, lengths = batch.get("states"), batch.get("state_lengths")
-    if states is None:
-        states, lengths = model.encode(batch["features"], batch["feature_lengths"])
-    audio, audio_lengths = model.audio_embeddings(states=states, state_lengths=lengths)
+    inputs = [batch.get(k) for k in ("features", "feature_lengths", "states", "state_lengths")]
+    if cfg.draft and cfg.num_beams == 1:
+        audio, audio_lengths, guesses = model.audio_embeddings_and_guesses(*inputs)
+    else:
+        (audio, audio_lengths), guesses = model.audio_embeddings(*inputs), None
     embeds, mask, kv = _prompt_inputs(model, batch, audio, audio_lengths, cfg.num_beams)
     if "meta" in batch:
         seconds = list(batch["meta"]["seconds"])
     else:
-        seconds = (lengths.float() / model.encoder.frame_rate).tolist()
+        seconds = (audio_lengths.float() / model.token_rate).tolist()
     budgets = [token_budget(s, cfg) for s in seconds]
     stops = model.prompts.stops(newline=cfg.stop_at_newline)
-    guesses = model.projector.guess_tokens(states, lengths) if cfg.draft and cfg.num_beams == 1 else None
     if guesses is not None:
         drafts = [g + [model.prompts.end_id] for g in guesses]
         rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get("past_key_values"), drafts, budgets,

@@ -61,10 +61,11 @@ class Projector(nn.Module):
     def bind(self, llm) -> None:
         """Called by `SpeechLM` with the LLM once both exist (the ``ctc`` projector copies embeddings)."""
 
-    def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor) -> list[list[int]] | None:
-        """LLM token ids this projector thinks ``(batch, frames, in_dim)`` says, per row, or None
-        when it cannot tell (decoding then has no draft to check; see `speculative`)."""
-        return None
+    def project_and_guess(self, x: torch.Tensor, lengths: torch.Tensor):
+        """`forward`, plus the LLM token ids this projector thinks ``(batch, frames, in_dim)`` says,
+        per row, from the same run: ``(embeddings, lengths, guesses)``. Guesses are None when it
+        cannot tell (decoding then has no draft to check; see `speculative`)."""
+        return (*self(x, lengths), None)
 
 
 @PROJECTORS.register("linear")

@@ -100,25 +100,27 @@ def speculative_greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, dra
 
     rows = [_Row(list(d), b) for d, b in zip(drafts, budgets)]
     state = {"cache": cache if cache is not None else DynamicCache(config=llm.config), "mask": mask,
-             "live": rows}
-    _run(llm, state, embeds[:, state["cache"].get_seq_length():], block, set(stops), pad_id)
+             "live": rows, "stops": set(stops), "pad": pad_id, "block": block,
+             # the LM head only on the positions whose picks are read, where the LLM takes that keyword
+             "trim": "logits_to_keep" in inspect.signature(llm.forward).parameters}
+    _run(llm, state, embeds[:, state["cache"].get_seq_length():])
     passes = 1
     while True:
         _drop_finished(state)
         if not state["live"]:
             break
-        _run(llm, state, None, block, set(stops), pad_id)
+        _run(llm, state, None)
         passes += 1
     return [r.out for r in rows], sum(r.truncated for r in rows), passes
 
 
-def _run(llm, state: dict, prompt, block: int, stops: set[int], pad_id: int) -> None:
+def _run(llm, state: dict, prompt) -> None:
     """One LLM pass. The first (`prompt` = the uncached prompt embeddings) feeds the prompt and each
     row's draft; later ones each live row's pending token and draft. Rows keep what the LLM agrees
     with; the fed positions they do not keep stay in the cache, masked out."""
-    live = state["live"]
+    live, stops, pad_id = state["live"], state["stops"], state["pad"]
     first = prompt is not None
-    fed = [([] if first else [r.pending]) + r.guess(block) for r in live]
+    fed = [([] if first else [r.pending]) + r.guess(state["block"]) for r in live]
     width = max(len(f) for f in fed)
     device = state["mask"].device
     ids = torch.tensor([f + [pad_id] * (width - len(f)) for f in fed], dtype=torch.long, device=device)
@@ -131,7 +133,7 @@ def _run(llm, state: dict, prompt, block: int, stops: set[int], pad_id: int) -> 
         embeds, keep = torch.cat([prompt, embeds.to(prompt.dtype)], dim=1), width + 1
     else:
         keep = width
-    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
+    kw = {"logits_to_keep": keep} if state["trim"] else {}
     out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=state["cache"],
               use_cache=True, **kw)
     picks = out.logits[:, -keep:].argmax(-1).tolist()

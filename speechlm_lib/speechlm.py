@@ -99,13 +99,22 @@ class SpeechLM(nn.Module):
 
     def audio_embeddings(self, features=None, feature_lengths=None, states=None, state_lengths=None):
         """Features or cached states -> projected ``(batch, tokens, llm_dim)``, token lengths."""
+        return self._project(features, feature_lengths, states, state_lengths, guess=False)[:2]
+
+    def audio_embeddings_and_guesses(self, features=None, feature_lengths=None, states=None, state_lengths=None):
+        """`audio_embeddings` plus the projector's guesses of the answer's LLM token ids per row, from
+        the same run (None when it makes none; `Projector.project_and_guess`, used by `speculative`)."""
+        return self._project(features, feature_lengths, states, state_lengths, guess=True)
+
+    def _project(self, features, feature_lengths, states, state_lengths, guess: bool):
         if states is None:
             if features is None:
                 raise ValueError("a batch needs `features` (encoder input) or `states` (cached encoder output)")
             states, state_lengths = self.encode(features, feature_lengths)
-        dtype = next(self.projector.parameters()).dtype
-        emb, lengths = self.projector(states.to(dtype), state_lengths.to(states.device))
-        return emb.to(self.llm.get_input_embeddings().weight.dtype), lengths
+        x = states.to(next(self.projector.parameters()).dtype)
+        n = state_lengths.to(states.device)
+        emb, lengths, guesses = self.projector.project_and_guess(x, n) if guess else (*self.projector(x, n), None)
+        return emb.to(self.llm.get_input_embeddings().weight.dtype), lengths, guesses
 
     def assemble(self, audio, audio_lengths, prefix_ids, prefix_lengths, suffix_ids, suffix_lengths,
                  target_ids=None, target_lengths=None, padding_side: str = "right"):

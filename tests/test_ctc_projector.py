@@ -81,6 +81,17 @@ def test_a_row_projects_the_same_alone_or_in_a_batch(model):
         torch.testing.assert_close(alone[0, : k[0]], y[i, : m[i]], atol=1e-5, rtol=1e-5)
 
 
+def test_one_run_gives_the_embeddings_and_the_best_paths(model):
+    proj = model.projector.eval()
+    x, n = torch.randn(3, 12, proj.in_dim), torch.tensor([12, 7, 3])
+    emb, m, guesses = proj.project_and_guess(x, n)
+    y, k = proj(x, n)
+    torch.testing.assert_close(emb, y)
+    assert torch.equal(m, k)
+    assert guesses == proj.guess_tokens(x, n)
+    assert all(set(g) <= set(proj.vocab.tolist()) for g in guesses)
+
+
 def test_labels_map_llm_ids_to_classes_and_leave_out_the_rest(model):
     objective = CTCAlignment(model)
     vocab = model.projector.vocab.tolist()

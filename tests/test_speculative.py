@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 from transformers import DynamicCache
 
+from speechlm_lib import generation
 from speechlm_lib.alignment import build_speechlm
 from speechlm_lib.encoders import ENCODERS
 from speechlm_lib.generation import DecodeConfig, transcribe
@@ -121,7 +122,7 @@ def test_a_cached_prompt_prefix_gives_the_same_tokens(llm):
     assert (got, truncated) == (want, want_truncated)
 
 
-def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path):
+def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path, monkeypatch):
     llm, tok = tiny_llm(seed=1)
     enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
     texts = ["hello world", "the quick brown fox", "you are tiny"]
@@ -132,8 +133,12 @@ def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path):
         wave = np.random.RandomState(i).randn(int(16000 * (0.8 + 0.3 * i))).astype("float32") * 0.1
         sf.write(str(tmp_path / f"u{i}.wav"), wave, 16000)
         utts.append(Utterance(id=f"u{i}", audio=str(tmp_path / f"u{i}.wav"), text=texts[i % 3], duration=1.0))
-    assert model.projector.guess_tokens is not None
+    calls = []
+    monkeypatch.setattr(generation, "speculative_greedy",
+                        lambda *a, **k: calls.append(1) or speculative_greedy(*a, **k))
     plain = transcribe(model, utts, DecodeConfig(batch_size=3, draft=False), progress=False)
+    assert not calls
     drafted = transcribe(model, utts, DecodeConfig(batch_size=3, draft=True), progress=False)
+    assert len(calls) == 2  # both batches went through the draft path
     assert drafted.token_ids == plain.token_ids
     assert drafted.texts == plain.texts and drafted.truncated == plain.truncated
