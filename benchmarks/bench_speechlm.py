@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from speechlm_lib import config, results
-from speechlm_lib.alignment import (CTCAlignment, build_speechlm, ctc_wer, evaluate_wer, load_splits, make_cache,
-                                    pretrain_ctc, train_projector)
+from speechlm_lib.alignment import (CTCAlignment, build_speechlm, choose_examples, ctc_wer, evaluate_wer, load_splits,
+                                    make_cache, pretrain_ctc, train_projector)
 from speechlm_lib.audio import load_audio
 from speechlm_lib.encoders import ENCODERS
 from speechlm_lib.generation import DecodeConfig
@@ -115,13 +115,22 @@ def bench_cache(cfg, model, splits, metrics: dict, steps: int):
     return cache, cached_ds, dev
 
 
-def bench_pretrain(cfg, model, cached_ds, test, cache, metrics: dict) -> dict:
-    """CTC pre-alignment of a ``ctc`` projector (if the preset has one); on test, the projector alone
-    and the frozen LLM reading its tokens. Returns the projector's own transcripts by utterance id."""
+def bench_pretrain(cfg, model, cached_ds, splits, dev, cache, metrics: dict) -> dict:
+    """CTC pre-alignment of a ``ctc`` projector (if the preset has one), then the demonstrations chosen on
+    dev; on test, the projector alone and the frozen LLM reading its tokens. Returns the projector's own
+    transcripts by utterance id."""
     if not cfg.pretrain:
         metrics["pretrain_seconds"] = 0.0
         return {}
     result = pretrain_ctc(cfg, model, cached_ds)
+    test = splits["test"]
+    tried = choose_examples(cfg, model, [u.text for u in splits["train"]], dev, cache=cache)
+    if tried:
+        metrics.update(example_sets_dev_wer=" ".join(f"{t['wer']:.4f}" for t in tried),
+                       example_set_chosen=min(range(len(tried)), key=lambda i: tried[i]["wer"]),
+                       choose_examples_seconds=sum(t["seconds"] for t in tried))
+        print(f"demonstration sets on dev: WER {metrics['example_sets_dev_wer']}, kept set "
+              f"{metrics['example_set_chosen']} ({metrics['choose_examples_seconds']:.0f} s)")
     test_ds = SpeechLMDataset(cache.fill(test, model.encoder, progress=False), model.encoder, model.prompts,
                               cache=cache)
     scores = ctc_wer(CTCAlignment(model), test_ds)
@@ -230,7 +239,7 @@ def main() -> None:
         metrics["finished"] = True
         return record(args, metrics, seconds=0.0, first=True)
     record(args, metrics, seconds=0.0, first=True)
-    ctc_hyps = bench_pretrain(cfg, model, cached_ds, splits["test"], cache, metrics)
+    ctc_hyps = bench_pretrain(cfg, model, cached_ds, splits, dev, cache, metrics)
     record(args, metrics, seconds=metrics["pretrain_seconds"])
     bench_train(cfg, model, cached_ds, dev, cache, metrics)
     record(args, metrics, seconds=metrics["train_seconds"])

@@ -26,12 +26,13 @@ from .encoders import ENCODERS
 from .feature_cache import FeatureCache
 from .generation import DecodeConfig, transcribe
 from .projectors import PROJECTORS
-from .prompting import PromptBuilder, pick_examples
+from .prompting import PromptBuilder, example_sets, pick_examples
 from .records import Report, Utterance, read_manifest
 from .speechlm import SpeechLM, load_llm
 from .speechlm_config import ModelConfig, Stage2Config
 from .speechlm_data import SpeechLMDataset, make_loader
 from .text import cer, wer
+from .train_utils import resolve_dtype
 from .trainer import Callback, Trainer
 
 
@@ -47,8 +48,7 @@ def build_speechlm(cfg: ModelConfig, encoder=None, llm=None, tokenizer=None,
     if encoder is None:
         encoder = ENCODERS.build(cfg.encoder, source=cfg.encoder_source, **cfg.encoder_options)
     if llm is None:
-        dtype = getattr(torch, cfg.llm_dtype) if cfg.llm_dtype else None
-        llm, tokenizer = load_llm(cfg.llm, dtype=dtype)
+        llm, tokenizer = load_llm(cfg.llm, dtype=resolve_dtype(cfg.llm_dtype))
     kwargs = dict(cfg.projector_kwargs)
     if getattr(PROJECTORS.get(cfg.projector), "needs_vocabulary", False) and "vocab_ids" not in kwargs:
         if not texts:
@@ -89,6 +89,26 @@ def make_dataset(model: SpeechLM, utts: list[Utterance], cfg: Stage2Config, cach
         report.skipped += filled.skipped  # unreadable audio; the dataset counts what it keeps
     return SpeechLMDataset(utts, model.encoder, model.prompts, cache=cache if cfg.data.use_cache else None,
                            report=report, **kw)
+
+
+def choose_examples(cfg: Stage2Config, model: SpeechLM, texts: Sequence[str], dev: list[Utterance],
+                    cache: FeatureCache | None = None) -> list[dict]:
+    """Try ``cfg.model.prompt_example_sets`` demonstration sets (`prompting.example_sets` over the
+    training `texts`) on `dev` and keep the one with the lowest WER in the model's prompt.
+
+    Which transcripts the frozen LLM is shown changes how faithfully it copies the projector's
+    tokens; the choice belongs to dev, like any setting. Returns ``[{"examples", "wer", "seconds"}, ...]``
+    per set tried, in order (nothing tried with fewer than two sets or no `dev`)."""
+    sets = example_sets(texts, cfg.model.prompt_examples, cfg.model.prompt_example_sets)
+    if len(sets) < 2 or not dev:
+        return []
+    tried = []
+    for examples in sets:
+        model.prompts.set_examples(examples)
+        scores = evaluate_wer(model, dev, cfg.decode, cache=cache)
+        tried.append({"examples": examples, "wer": scores["wer"], "seconds": scores["seconds"]})
+    model.prompts.set_examples(min(tried, key=lambda t: t["wer"])["examples"])
+    return tried
 
 
 @torch.no_grad()

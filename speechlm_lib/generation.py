@@ -14,11 +14,13 @@ transformers 5 (`generation/utils.py`) a decoder-only model then
 
 With a projector that guesses LLM tokens itself (the ``ctc`` projector's best path),
 greedy decoding checks those guesses several tokens per LLM pass instead of running one
-pass per token (`speculative`, `DecodeConfig.draft`): the same transcripts, fewer passes.
+pass per token (`speculative`, `DecodeConfig.draft`): the same transcripts, fewer passes
+(but for answers that run on far past the draft: `DecodeConfig.draft_slack`).
 
 Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
 (`token_budget`) for the longest clip of the batch, and each row is held to
-its own clip's budget, besides the end-of-turn / EOS stop ids. Digital silence (peak below `silence_peak`) gets an empty
+its own clip's budget, besides the end-of-turn / EOS stop ids. With a draft, a row is
+also held to the draft's length plus `DecodeConfig.draft_slack`. Digital silence (peak below `silence_peak`) gets an empty
 transcript without decoding; a zero-length waveform is an error naming it.
 """
 from __future__ import annotations
@@ -50,8 +52,12 @@ class DecodeConfig:
     silence_peak: float = 1e-4  # a clip whose peak |sample| is below this is silent -> ""
     stop_at_newline: bool = True  # a newline also ends a transcript (answers are one line)
     draft: bool = True  # greedy only: check the projector's own token guesses several per LLM pass
-    #                     (`speculative`; the same transcripts, fewer passes; projectors without guesses skip it)
+    #                     (`speculative`; the greedy transcripts in fewer passes; projectors without guesses skip it)
     draft_block: int = 32  # most drafted tokens checked per row and pass
+    draft_slack: int | None = 8  # with a draft, a row also stops at len(draft) + this many tokens: an answer
+    #   that far past what the projector heard is the LLM running on (on 200 cpu test utterances the
+    #   answers ran at most 6 past their draft, but for one that counted years to its audio budget);
+    #   None = the audio budget alone, exactly the greedy transcripts
 
 
 def token_budget(seconds: float, cfg: DecodeConfig) -> int:
@@ -97,6 +103,8 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     stops = model.prompts.stops(newline=cfg.stop_at_newline)
     if guesses is not None:
         drafts = [g + [model.prompts.end_id] for g in guesses]
+        if cfg.draft_slack is not None:
+            budgets = [max(1, min(b, len(g) + cfg.draft_slack)) for b, g in zip(budgets, guesses)]
         rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get("past_key_values"), drafts, budgets,
                                                 stops, model.prompts.pad_id, cfg.draft_block)
         return rows, truncated

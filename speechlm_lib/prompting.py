@@ -34,7 +34,7 @@ passing a different instruction; nothing else changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 AUDIO_PLACEHOLDER = "<audio>"  # marks where the audio embeddings are spliced in
@@ -54,11 +54,18 @@ class PromptConfig:
 
 def pick_examples(texts, n: int) -> list[str]:
     """`n` demonstration transcripts spread evenly over `texts` (deterministic; distinct)."""
+    return example_sets(texts, n, 1)[0]
+
+
+def example_sets(texts, n: int, k: int) -> list[list[str]]:
+    """`k` candidate demonstration sets of `n` transcripts each, spread evenly over `texts` and
+    disjoint where `texts` allow (deterministic; the first is `pick_examples`)."""
     pool = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if n <= 0 or not pool:
-        return []
+        return [[] for _ in range(max(1, k))]
     step = max(1, len(pool) // n)
-    return pool[::step][:n]
+    offsets = sorted({step * j // max(1, k) for j in range(max(1, k))})
+    return [pool[o::step][:n] for o in offsets]
 
 
 @dataclass
@@ -78,6 +85,11 @@ class PromptBuilder:
         self.chat = bool(self.config.use_chat_template and getattr(tokenizer, "chat_template", None))
         self.end_id = self._find_end_id()
         self._cache: dict[str, Prompt] = {}
+
+    def set_examples(self, examples: list[str]) -> None:
+        """Show these demonstrations from now on (everyone holding this builder sees the change)."""
+        self.config = replace(self.config, examples=list(examples))
+        self._cache.clear()
 
     # -- prompt ---------------------------------------------------------------
     def user_content(self, instruction: str, audio: str = AUDIO_PLACEHOLDER) -> str:

@@ -133,7 +133,10 @@ def _run(llm, state: dict, prompt) -> None:
         embeds, keep = torch.cat([prompt, embeds.to(prompt.dtype)], dim=1), width + 1
     else:
         keep = width
-    kw = {"logits_to_keep": keep} if state["trim"] else {}
+    # the kept positions as an index tensor, not a count: the LM head then gets a contiguous gathered copy
+    # (measured: ~1.7x slower on CPU for a strided view of the last positions than for a gathered copy)
+    last = torch.arange(embeds.shape[1] - keep, embeds.shape[1], device=device)
+    kw = {"logits_to_keep": last} if state["trim"] else {}
     out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=state["cache"],
               use_cache=True, **kw)
     picks = out.logits[:, -keep:].argmax(-1).tolist()

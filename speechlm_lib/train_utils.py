@@ -1,5 +1,5 @@
-"""Helpers of the `Trainer`: mixed-precision choice, CPU-distributed detection, checkpoint
-folders and the learning-rate schedule (each a pure function, tested on its own)."""
+"""Helpers of the `Trainer`: mixed-precision and LLM dtype choice, CPU-distributed detection,
+checkpoint folders and the learning-rate schedule (each a pure function, tested on its own)."""
 from __future__ import annotations
 
 import math
@@ -23,6 +23,35 @@ def resolve_mixed_precision(name: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX flags in /proc/cpuinfo).
+
+    Elsewhere PyTorch emulates bf16 and it is slower than float32; where the flags cannot be
+    read (not Linux) this says False. Measured here (AVX-512 BF16, no AMX): a (392, 576) x
+    (576, 1536) product takes 1.8 ms in bf16 and 3.9 ms in float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def resolve_dtype(name: str | None) -> torch.dtype | None:
+    """A dtype name (``ModelConfig.llm_dtype``) as a torch dtype; None stays None (= float32).
+
+    ``"auto"`` = bfloat16 where it is faster than float32 -- a GPU with bf16, or a CPU with
+    hardware bf16 (`cpu_has_fast_bf16`) -- else None. Any other name must be a torch dtype."""
+    if name is None:
+        return None
+    if name == "auto":
+        fast = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_fast_bf16()
+        return torch.bfloat16 if fast else None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"llm_dtype must be 'auto', None or a torch dtype name like 'bfloat16', got {name!r}")
+    return dtype
 
 
 def allow_precision_change(precision: str) -> None:

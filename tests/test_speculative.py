@@ -122,7 +122,8 @@ def test_a_cached_prompt_prefix_gives_the_same_tokens(llm):
     assert (got, truncated) == (want, want_truncated)
 
 
-def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path, monkeypatch):
+def _tiny_ctc_model(tmp_path):
+    """A tiny random ``ctc`` SpeechLM and five noise clips to transcribe."""
     llm, tok = tiny_llm(seed=1)
     enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
     texts = ["hello world", "the quick brown fox", "you are tiny"]
@@ -133,12 +134,35 @@ def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path, monke
         wave = np.random.RandomState(i).randn(int(16000 * (0.8 + 0.3 * i))).astype("float32") * 0.1
         sf.write(str(tmp_path / f"u{i}.wav"), wave, 16000)
         utts.append(Utterance(id=f"u{i}", audio=str(tmp_path / f"u{i}.wav"), text=texts[i % 3], duration=1.0))
+    return model, utts
+
+
+def test_transcripts_with_and_without_the_ctc_draft_are_the_same(tmp_path, monkeypatch):
+    model, utts = _tiny_ctc_model(tmp_path)
     calls = []
     monkeypatch.setattr(generation, "speculative_greedy",
                         lambda *a, **k: calls.append(1) or speculative_greedy(*a, **k))
     plain = transcribe(model, utts, DecodeConfig(batch_size=3, draft=False), progress=False)
     assert not calls
-    drafted = transcribe(model, utts, DecodeConfig(batch_size=3, draft=True), progress=False)
+    drafted = transcribe(model, utts, DecodeConfig(batch_size=3, draft=True, draft_slack=None), progress=False)
     assert len(calls) == 2  # both batches went through the draft path
     assert drafted.token_ids == plain.token_ids
     assert drafted.texts == plain.texts and drafted.truncated == plain.truncated
+
+
+def test_draft_slack_cuts_only_what_runs_past_the_draft(tmp_path, monkeypatch):
+    model, utts = _tiny_ctc_model(tmp_path)
+    plain = transcribe(model, utts, DecodeConfig(batch_size=8, draft=False), progress=False)
+    drafts = []
+    monkeypatch.setattr(generation, "speculative_greedy",
+                        lambda llm, e, m, c, d, *a, **k: drafts.extend(d) or speculative_greedy(llm, e, m, c, d, *a, **k))
+    slack, cfg = 2, DecodeConfig(batch_size=8, draft_slack=2)
+    capped = transcribe(model, utts, cfg, progress=False)
+    frames = [sf.info(u.audio).frames for u in utts]
+    order = sorted(range(len(utts)), key=lambda i: -frames[i])  # transcribe's batch order
+    # a draft is the projector's guesses + the end id; the audio budget still applies too
+    limits = {i: min(len(d) - 1 + slack, generation.token_budget(frames[i] / 16000, cfg)) for i, d in zip(order, drafts)}
+    assert any(len(plain.token_ids[i]) > limits[i] for i in limits)  # the random LLM runs on past some drafts
+    for i, limit in limits.items():
+        assert capped.token_ids[i] == plain.token_ids[i][:limit]  # greedy's own tokens, cut at the limit
+    assert capped.truncated == sum(len(plain.token_ids[i]) >= limit for i, limit in limits.items())

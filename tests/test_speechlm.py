@@ -12,7 +12,7 @@ import torch
 
 from speechlm_lib.encoders import ENCODERS
 from speechlm_lib.generation import DecodeConfig, token_budget, transcribe
-from speechlm_lib.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig, pick_examples
+from speechlm_lib.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig, example_sets, pick_examples
 from speechlm_lib.records import Report, Utterance
 from speechlm_lib.speechlm import IGNORE, SpeechLM
 from speechlm_lib.speechlm_data import Collate, SpeechLMDataset
@@ -76,6 +76,37 @@ def test_pick_examples_spreads_over_distinct_texts():
     assert pick_examples(texts, 3) == ["sentence 0", "sentence 3", "sentence 6"]
     assert pick_examples(texts, 0) == [] and pick_examples([], 4) == []
     assert pick_examples(["a", "a", "b"], 5) == ["a", "b"]
+
+
+def test_example_sets_are_disjoint_and_start_with_pick_examples():
+    texts = [f"sentence {i}" for i in range(40)]
+    sets = example_sets(texts, 5, 4)
+    assert len(sets) == 4 and all(len(s) == 5 for s in sets)
+    assert sets[0] == pick_examples(texts, 5)
+    assert len({t for s in sets for t in s}) == 20  # no transcript shown twice
+    assert example_sets(texts[:5], 5, 4) == [texts[:5]]  # too few texts for more than one set
+
+
+def test_choose_examples_keeps_the_set_with_the_best_dev_wer(tmp_path, monkeypatch):
+    from speechlm_lib import alignment
+    from speechlm_lib.speechlm_config import Stage2Config
+
+    cfg = Stage2Config.preset("smoke")
+    cfg.model.prompt_examples, cfg.model.prompt_example_sets = 2, 3
+    model, dev = _model(), _utts(tmp_path, 2)
+    texts = [f"sentence {i}" for i in range(12)]
+    ds = SpeechLMDataset(dev, model.encoder, model.prompts)  # built before the choice, as in training
+    score = {"sentence 2": 0.5, "sentence 4": 0.2, "sentence 0": 0.9}  # by each set's first transcript
+    seen = []
+    monkeypatch.setattr(alignment, "evaluate_wer", lambda m, utts, *a, **k: seen.append(
+        list(m.prompts.config.examples)) or {"wer": score[m.prompts.config.examples[0]], "seconds": 0.1})
+    tried = alignment.choose_examples(cfg, model, texts, dev)
+    assert [t["examples"] for t in tried] == seen == example_sets(texts, 2, 3)
+    assert [t["wer"] for t in tried] == [0.9, 0.5, 0.2]
+    assert model.prompts.config.examples == ["sentence 4", "sentence 10"]
+    assert "sentence 4" in model.prompts.render() and "sentence 4" in ds.prompts.render()  # the dataset sees it
+    cfg.model.prompt_example_sets = 1
+    assert alignment.choose_examples(cfg, model, texts, dev) == []  # one set: nothing to try
 
 
 def test_instruction_is_a_parameter():

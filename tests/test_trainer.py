@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from speechlm_lib import train_utils
 from speechlm_lib.batching import BucketBatchSampler
+from speechlm_lib.train_utils import resolve_dtype
 from speechlm_lib.trainer import (Callback, LivePlot, PrintLogger, TrainConfig, Trainer, cosine_with_warmup,
                                   latest_checkpoint, resolve_mixed_precision)
 
@@ -124,6 +126,22 @@ def test_schedule_and_precision_helpers():
         assert resolve_mixed_precision("auto") == "no"
     with pytest.raises(ValueError):
         resolve_mixed_precision("fp8")
+
+
+def test_llm_dtype_auto_follows_the_hardware(monkeypatch):
+    assert resolve_dtype(None) is None and resolve_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="llm_dtype"):
+        resolve_dtype("bfloat17")
+    detect = train_utils.cpu_has_fast_bf16
+    for flags, fast in (("fpu avx2 avx512f avx512_vnni", False), ("fpu avx512f avx512_bf16", True),
+                        ("fpu amx_bf16 amx_tile", True)):
+        monkeypatch.setattr(train_utils.Path, "read_text", lambda self, f=flags: f"flags\t\t: {f}\n")
+        assert detect() is fast
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for fast, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(train_utils, "cpu_has_fast_bf16", lambda f=fast: f)
+        assert resolve_dtype("auto") is want
 
 
 class Interrupt(Callback):
