@@ -232,7 +232,8 @@ class SpeechLM(nn.Module):
         settings = dict(self.projector.settings)
         for k in ("in_dim", "out_dim", "stride"):
             settings.pop(k)
-        return {"encoder": self.encoder.settings(), "llm": {"source": self.llm_source},
+        dtype = str(self.llm.get_input_embeddings().weight.dtype).removeprefix("torch.")
+        return {"encoder": self.encoder.settings(), "llm": {"source": self.llm_source, "dtype": dtype},
                 "projector": {"name": self.projector_name, "stride": self.projector.stride, "kwargs": settings},
                 "prompt": asdict(self.prompts.config),
                 "freeze_encoder": self.freeze_encoder, "freeze_llm": self.freeze_llm}
@@ -261,7 +262,8 @@ class SpeechLM(nn.Module):
             enc = cfg["encoder"]
             encoder = ENCODERS.build(enc["encoder"], source=enc["name"], **enc.get("options", {}))
         if llm is None:
-            llm, tokenizer = load_llm(cfg["llm"]["source"])
+            # in the dtype it was saved with (older saves name none: float32)
+            llm, tokenizer = load_llm(cfg["llm"]["source"], dtype=getattr(torch, cfg["llm"].get("dtype", "float32")))
         model = cls(encoder, llm, tokenizer, projector=cfg["projector"]["name"], stride=cfg["projector"]["stride"],
                     projector_kwargs=cfg["projector"]["kwargs"], prompt=PromptConfig(**cfg["prompt"]),
                     freeze_encoder=cfg["freeze_encoder"], freeze_llm=cfg["freeze_llm"],

@@ -155,7 +155,7 @@ def _gpu() -> Stage2Config:
         model=ModelConfig(encoder_source="openai/whisper-small", llm="HuggingFaceTB/SmolLM2-360M-Instruct",
                           llm_dtype="bfloat16", projector="ctc",
                           projector_kwargs={"hidden": 2048, "hard": True, "context": 2},
-                          prompt_examples=5),
+                          prompt_examples=5, prompt_example_sets=4),
         pretrain=TrainConfig(max_steps=2000, lr=2e-3, warmup_steps=100, log_every=50, eval_every=500,
                              mixed_precision="bf16"),
         # batch 64: on an H100 an update of 16 took 0.26 s (benchmarks/device_logs); one update runs ~20k

@@ -380,7 +380,7 @@ utts = [Utterance(**u) for u in json.loads(sys.argv[2])]
 ds = SpeechLMDataset(utts, m.encoder, m.prompts)
 with torch.no_grad():
     loss = m(**Collate(m.encoder, m.prompts.pad_id)([ds[i] for i in range(len(ds))]))["loss"]
-print(json.dumps({"loss": float(loss), "counts": m.parameter_counts()["projector"]}))
+print(json.dumps({"loss": float(loss), "counts": m.parameter_counts()["projector"], "dtype": str(m.llm.dtype)}))
 """
 
 
@@ -409,6 +409,10 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["loss"] == pytest.approx(loss, abs=1e-4)
     assert got["counts"]["trainable"] == m.parameter_counts()["projector"]["trainable"]
+    assert cfg["llm"]["dtype"] == "float32" and got["dtype"] == "torch.float32"
+    m.llm.to(torch.bfloat16)  # an LLM loaded in bf16 (llm_dtype="auto" on such a CPU) comes back in bf16
+    m.save_pretrained(tmp_path / "saved_bf16")
+    assert SpeechLM.from_pretrained(tmp_path / "saved_bf16", encoder=enc).llm.dtype == torch.bfloat16
 
 
 def test_loading_a_folder_without_a_model_is_a_clear_error(tmp_path):
