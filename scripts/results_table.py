@@ -1,7 +1,8 @@
 """Make the README's results table from runs/<profile>/results.json.
 
     python scripts/results_table.py            # print the table for the cpu profile
-    python scripts/results_table.py --write    # replace the table between the README's markers
+    python scripts/results_table.py --write    # replace the tables between the README's markers:
+                                               # every profile with a runs/<profile>/results.json
 """
 from __future__ import annotations
 
@@ -31,23 +32,35 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def profile_text(profile: str) -> str | None:
+    """The heading and table of one profile's results, or None when it has none."""
+    path = ROOT / "runs" / profile / "results.json"
+    if not path.is_file():
+        return None
+    return f"Profile `{profile}`, from `{path.relative_to(ROOT)}`:\n\n" + table(json.loads(path.read_text()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--write", action="store_true", help="rewrite README.md between the markers")
+    ap.add_argument("--write", action="store_true", help="rewrite README.md between the markers (all profiles)")
     args = ap.parse_args()
-    path = ROOT / "runs" / args.profile / "results.json"
-    if not path.is_file():
-        print(f"{path}: no results yet; run the tutorial first", file=sys.stderr)
-        return 1
-    text = f"Profile `{args.profile}`, from `{path.relative_to(ROOT)}`:\n\n" + table(json.loads(path.read_text()))
     if not args.write:
+        text = profile_text(args.profile)
+        if text is None:
+            print(f"runs/{args.profile}/results.json: no results yet; run the tutorial first", file=sys.stderr)
+            return 1
         print(text)
         return 0
+    texts = [t for t in (profile_text(p) for p in ("cpu", "gpu")) if t is not None]
+    if not texts:
+        print("runs/*/results.json: no results yet; run the tutorial first", file=sys.stderr)
+        return 1
     readme = (ROOT / "README.md").read_text()
     head, rest = readme.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    (ROOT / "README.md").write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    body = "\n\n".join(texts)
+    (ROOT / "README.md").write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
     return 0
 
 

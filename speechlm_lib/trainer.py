@@ -50,7 +50,8 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warm-up from 0 to `lr` over this many updates, then cosine decay
     grad_accum: int = 1  # micro-batches accumulated into one optimizer update
     clip_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping; the norm is still logged)
-    mixed_precision: str = "auto"  # 'auto': bf16 on a GPU with bf16, else fp16 on GPU, 'no' on CPU; or no/bf16/fp16
+    mixed_precision: str = "auto"  # 'auto': bf16 on a GPU with bf16, else fp16 on GPU, 'no' on CPU; 'fast': also
+    #   bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX); or no/bf16/fp16
     log_every: int = 10  # average and log training metrics every this many updates
     eval_every: int = 0  # call `evaluate(model)` every this many updates (0 = only at the end)
     save_every: int = 0  # save a checkpoint every this many updates and at the end (0 = never)

@@ -2,9 +2,13 @@
 CTC pre-alignment learns, and a SpeechLM with it saves and reloads."""
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from speechlm_lib.alignment import build_speechlm
 from speechlm_lib.ctc_projector import CTCAlignment, CTCProjector, _compress, ctc_vocabulary
@@ -13,6 +17,7 @@ from speechlm_lib.projectors import PROJECTORS
 from speechlm_lib.speechlm import SpeechLM
 from speechlm_lib.speechlm_config import ModelConfig
 from speechlm_lib.tiny_models import tiny_llm, tiny_whisper
+from speechlm_lib.trainer import Trainer, TrainConfig
 
 TEXTS = ["hello world", "the quick brown fox", "you are tiny"]
 
@@ -101,9 +106,8 @@ def test_labels_map_llm_ids_to_classes_and_leave_out_the_rest(model):
     assert labels.tolist() == [4, 1, 2] and lengths.tolist() == [2, 1]
 
 
-def test_pre_alignment_learns_the_labels_without_running_the_llm(model):
-    torch.manual_seed(0)
-    objective = CTCAlignment(model)
+def label_batch(model) -> tuple[dict, list[list[int]]]:
+    """Random encoder states for TEXTS and their answer tokens: a CTC pre-alignment batch."""
     states = torch.randn(3, 40, model.encoder.dim)
     targets = [model.prompts.target(t) for t in TEXTS]
     ids = torch.zeros(3, max(map(len, targets)), dtype=torch.long)
@@ -111,6 +115,14 @@ def test_pre_alignment_learns_the_labels_without_running_the_llm(model):
         ids[i, : len(t)] = torch.tensor(t)
     batch = {"states": states, "state_lengths": torch.tensor([40, 30, 24]), "target_ids": ids,
              "target_lengths": torch.tensor([len(t) for t in targets])}
+    return batch, targets
+
+
+def test_pre_alignment_learns_the_labels_without_running_the_llm(model):
+    torch.manual_seed(0)
+    objective = CTCAlignment(model)
+    batch, targets = label_batch(model)
+    states = batch["states"]
     llm_calls = []
     hook = model.llm.register_forward_hook(lambda *a: llm_calls.append(1))
     opt = torch.optim.Adam(model.projector.parameters(), lr=3e-3)
@@ -125,6 +137,22 @@ def test_pre_alignment_learns_the_labels_without_running_the_llm(model):
     assert float(loss.detach()) < 0.2 * first
     want = [t[:-1] for t in targets]  # the end-of-turn token is not a CTC label
     assert objective.greedy(states, batch["state_lengths"]) == want
+
+
+def test_pre_alignment_trains_under_bf16_autocast(model):
+    """The cpu preset's CTC stage runs under bf16 autocast where the CPU has it (mixed_precision='fast')."""
+    torch.manual_seed(0)
+    saved = copy.deepcopy(model.projector.state_dict())
+    objective = CTCAlignment(model)
+    batch, _ = label_batch(model)
+    before = float(objective(**batch)["loss"].detach())
+    cfg = TrainConfig(max_steps=40, lr=3e-3, warmup_steps=1, mixed_precision="bf16", log_every=10, log_with=None,
+                      progress=False)
+    result = Trainer(cfg, objective, DataLoader([batch] * 40, batch_size=None)).run()
+    after = float(objective(**batch)["loss"].detach())
+    model.projector.load_state_dict(saved)
+    assert result["final"]["step"] == 40 and all(math.isfinite(h["loss"]) for h in result["history"])
+    assert after < 0.5 * before
 
 
 def test_save_and_load_keep_the_vocabulary_and_weights(model, tmp_path):

@@ -139,9 +139,11 @@ def test_llm_dtype_auto_follows_the_hardware(monkeypatch):
         assert detect() is fast
     monkeypatch.undo()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for fast, want in ((True, torch.bfloat16), (False, None)):
+    for fast, want, precision in ((True, torch.bfloat16, "bf16"), (False, None, "no")):
         monkeypatch.setattr(train_utils, "cpu_has_fast_bf16", lambda f=fast: f)
         assert resolve_dtype("auto") is want
+        assert resolve_mixed_precision("fast") == precision  # 'fast' training follows the CPU too
+        assert resolve_mixed_precision("auto") == "no"  # 'auto' keeps fp32 on every CPU
 
 
 class Interrupt(Callback):
