@@ -6,9 +6,10 @@
   (offline), a few dozen utterances, a handful of steps. Numbers are not meaningful.
 * ``cpu``   -- the real default on a 2-core CPU: same models, the ``ctc`` projector
   (`ctc_projector`, with two Transformer layers over its tokens): 650 cheap CTC pre-alignment
-  updates of 32 (~6 min), then 30 LLM-loss updates of 8 through the frozen LLM (bfloat16 where the
-  CPU has it natively, ``llm_dtype="auto"``), keeping the dev-best weights (`keep_best`); cached
-  encoder states; 200 test utterances.
+  updates of 32 (~4 min, under bf16 autocast where the CPU has it natively), demonstrations chosen
+  on 96 dev utterances, then 30 LLM-loss updates of 8 at lr 3e-5 through the frozen LLM (bfloat16
+  there too, ``llm_dtype="auto"``), keeping the dev-best weights (`keep_best`); cached encoder
+  states; 200 test utterances.
   Plain SLAM-ASR (``linear``, LLM loss only) needs thousands of updates to align --
   hours on this CPU -- so it appears in the notebook's comparison runs.
 * ``gpu``   -- Whisper small + SmolLM2-360M-Instruct by hub id, bf16 through accelerate, the

@@ -23,7 +23,12 @@ def resolve_mixed_precision(name: str) -> str:
         return name
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if name == "fast" and cpu_has_fast_bf16() else "no"
+    return "bf16" if name == "fast" and bf16_is_fast() else "no"
+
+
+def bf16_is_fast() -> bool:
+    """Whether bfloat16 is native here: a GPU with bf16, or a CPU with hardware bf16 (`cpu_has_fast_bf16`)."""
+    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_fast_bf16()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -47,8 +52,7 @@ def resolve_dtype(name: str | None) -> torch.dtype | None:
     if name is None:
         return None
     if name == "auto":
-        fast = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_fast_bf16()
-        return torch.bfloat16 if fast else None
+        return torch.bfloat16 if bf16_is_fast() else None
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"llm_dtype must be 'auto', None or a torch dtype name like 'bfloat16', got {name!r}")
