@@ -7,6 +7,7 @@
 Each ``--variant NAME [KEY=VALUE ...]`` trains a fresh projector with the preset changed by the
 settings (`Stage2Config.override`; none = the preset itself) and scores
 test WER / CER, and WER on the first 300 training utterances (how well it fits what it heard),
+the share of test words it misses by how often they occur in training (unseen, rare, common),
 averaged over ``--seeds`` (runs differ by a few WER points from the seed alone).
 A variant takes 2-4 minutes on the 2-core CPU (no LLM runs). Recorded in results.json as
 ``stage2_ctc_projector`` with one metric group per variant.
@@ -28,6 +29,7 @@ from speechlm_lib.encoders import ENCODERS
 from speechlm_lib.sources import load_whisper
 from speechlm_lib.speechlm_config import Stage2Config
 from speechlm_lib.speechlm_data import SpeechLMDataset
+from speechlm_lib.text import FREQUENCY_GROUPS, errors_by_frequency, word_counts
 
 
 def run_variant(profile: str, settings: list[str], whisper, llm_parts: dict, seed: int) -> dict:
@@ -52,7 +54,9 @@ def run_variant(profile: str, settings: list[str], whisper, llm_parts: dict, see
     test = ctc_wer(objective, SpeechLMDataset(cache.fill(splits["test"], encoder, progress=False), encoder,
                                               model.prompts, cache=cache))
     seen = ctc_wer(objective, SpeechLMDataset(splits["train"][:300], encoder, model.prompts, cache=cache))
+    split = errors_by_frequency(test["refs"], test["hyps"], word_counts(u.text for u in splits["train"]))
     return {"test_wer": test["wer"], "test_cer": test["cer"], "train_subset_wer": seen["wer"],
+            **{f"test_word_error_{g}": split[g]["error"] for g in FREQUENCY_GROUPS},
             "pretrain_seconds": seconds, "parameters": model.projector.num_parameters()}
 
 
@@ -72,7 +76,9 @@ def main() -> None:
         out["test_wer_by_seed"] = [round(r["test_wer"], 4) for r in runs]
         metrics[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
         print(f"{name}: test WER {out['test_wer']:.3f} (seeds {out['test_wer_by_seed']}) CER {out['test_cer']:.3f}; "
-              f"WER on 300 training utterances {out['train_subset_wer']:.3f}; {int(out['parameters']):,} parameters; "
+              f"WER on 300 training utterances {out['train_subset_wer']:.3f}; test words missed, unseen / rare / common "
+              + " / ".join(f"{out[f'test_word_error_{g}']:.3f}" for g in FREQUENCY_GROUPS)
+              + f"; {int(out['parameters']):,} parameters; "
               f"{out['pretrain_seconds']:.0f} s a run", flush=True)
     command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
     results.record(args.record_as, metrics, command=command, profile_name=args.profile, replace=True)

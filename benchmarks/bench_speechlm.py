@@ -44,7 +44,7 @@ from speechlm_lib.records import Report
 from speechlm_lib.sources import load_whisper
 from speechlm_lib.speechlm_config import Stage2Config
 from speechlm_lib.speechlm_data import SpeechLMDataset, make_loader
-from speechlm_lib.text import normalize, wer
+from speechlm_lib.text import FREQUENCY_GROUPS, errors_by_frequency, normalize, wer, word_counts
 from speechlm_lib.train_utils import default_device
 from speechlm_lib.trainer import Trainer, TrainConfig
 from speechlm_lib.whisper_baseline import whisper_transcribe
@@ -215,7 +215,8 @@ def bench_whisper(whisper, processor, test, metrics: dict) -> list[str]:
 
 def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
     """WER of each system (name -> hypotheses in test order) on the test utterances whose words
-    all occur in the training transcripts, and on the rest (unseen names, mostly)."""
+    all occur in the training transcripts, and on the rest (unseen names, mostly); and the share of
+    test words each system misses by how often the word occurs in training (`text.errors_by_frequency`)."""
     seen = {w for u in train for w in normalize(u.text).split()}
     known = [all(w in seen for w in normalize(u.text).split()) for u in test]
     metrics["test_utterances_seen_words"] = sum(known)
@@ -229,6 +230,15 @@ def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
     print(f"{sum(known)} of {len(test)} test utterances have only words seen in training; WER there / elsewhere: "
           + "; ".join(f"{n} {metrics.get(f'{n}_wer_seen_words', float('nan')):.3f} / "
                       f"{metrics.get(f'{n}_wer_unseen_words', float('nan')):.3f}" for n in systems))
+    counts = word_counts(u.text for u in train)
+    for name, hyps in systems.items():
+        split = errors_by_frequency([u.text for u in test], hyps, counts)
+        for group in FREQUENCY_GROUPS:
+            metrics[f"test_words_share_{group}"] = split[group]["share"]
+            metrics[f"{name}_word_error_{group}"] = split[group]["error"]
+        print(f"{name}: words missed, unseen / rare (< 10 in training) / common: "
+              + " / ".join(f"{split[g]['error']:.1%} of {split[g]['share']:.1%}" for g in FREQUENCY_GROUPS)
+              + f"; insertions {split['insertions']:.1%}")
 
 
 def record(args, metrics: dict, seconds: float, first: bool = False) -> None:

@@ -22,3 +22,27 @@ def test_empty_references_are_ignored_and_lengths_checked():
 
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         wer(["a", "b"], ["a"])
+
+
+def test_errors_by_frequency_splits_wer_by_training_count():
+    from speechlm_lib.text import errors_by_frequency, word_counts
+
+    counts = word_counts(["the cat sat", "the cat ran", "the dog"] * 4 + ["a bird"])
+    refs = ["The cat sat on Zork.", "A bird ran"]
+    hyps = ["the cat sat on zoik extra", "bird ran"]
+    out = errors_by_frequency(refs, hyps, counts, rare_below=3)
+    # reference words: the cat sat (common) on zork (unseen) / a bird (rare) ran (common)
+    assert {g: out[g]["words"] for g in ("unseen", "rare", "common")} == {"unseen": 2, "rare": 2, "common": 4}
+    assert out["unseen"]["error"] == 0.5 and out["rare"]["error"] == 0.5  # zork -> zoik; a deleted and out["common"]["error"] == 0.0
+    assert out["insertions"] == 1 / 8
+    total = sum(out[g]["points"] for g in ("unseen", "rare", "common")) + out["insertions"]
+    assert abs(total - wer(refs, hyps)) < 1e-9
+
+
+def test_errors_by_frequency_of_perfect_hypotheses_is_zero():
+    from speechlm_lib.text import errors_by_frequency, word_counts
+
+    refs = ["hello world", "good morning"]
+    out = errors_by_frequency(refs, refs, word_counts(["hello"]))
+    assert out["unseen"]["words"] == 3 and out["rare"]["words"] == 1
+    assert all(out[g]["points"] == 0 for g in ("unseen", "rare", "common")) and out["insertions"] == 0
