@@ -217,11 +217,9 @@ def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
     """WER of each system (name -> hypotheses in test order) on the test utterances whose words
     all occur in the training transcripts, and on the rest (unseen names, mostly); and the share of
     test words each system misses by how often the word occurs in training (`text.errors_by_frequency`)."""
-    seen = {w for u in train for w in normalize(u.text).split()}
+    seen = word_counts(u.text for u in train)  # word -> count in the training transcripts
     known = [all(w in seen for w in normalize(u.text).split()) for u in test]
     metrics["test_utterances_seen_words"] = sum(known)
-    words = [w for u in test for w in normalize(u.text).split()]
-    metrics["test_words_unseen_share"] = sum(w not in seen for w in words) / max(1, len(words))
     for name, hyps in systems.items():
         for tag, want in (("seen_words", True), ("unseen_words", False)):
             pick = [i for i, k in enumerate(known) if k == want]
@@ -230,15 +228,15 @@ def by_seen_words(test, train, systems: dict, metrics: dict) -> None:
     print(f"{sum(known)} of {len(test)} test utterances have only words seen in training; WER there / elsewhere: "
           + "; ".join(f"{n} {metrics.get(f'{n}_wer_seen_words', float('nan')):.3f} / "
                       f"{metrics.get(f'{n}_wer_unseen_words', float('nan')):.3f}" for n in systems))
-    counts = word_counts(u.text for u in train)
     for name, hyps in systems.items():
-        split = errors_by_frequency([u.text for u in test], hyps, counts)
-        for group in FREQUENCY_GROUPS:
-            metrics[f"test_words_share_{group}"] = split[group]["share"]
-            metrics[f"{name}_word_error_{group}"] = split[group]["error"]
+        split = errors_by_frequency([u.text for u in test], hyps, seen)
+        metrics.update({f"{name}_word_error_{g}": split[g]["error"] for g in FREQUENCY_GROUPS})
         print(f"{name}: words missed, unseen / rare (< 10 in training) / common: "
-              + " / ".join(f"{split[g]['error']:.1%} of {split[g]['share']:.1%}" for g in FREQUENCY_GROUPS)
+              + " / ".join(f"{split[g]['error']:.1%}" for g in FREQUENCY_GROUPS)
               + f"; insertions {split['insertions']:.1%}")
+    # the shares depend on the references only: the last system's split holds them
+    metrics.update({f"test_words_share_{g}": split[g]["share"] for g in FREQUENCY_GROUPS})
+    print("test words unseen / rare / common: " + " / ".join(f"{split[g]['share']:.1%}" for g in FREQUENCY_GROUPS))
 
 
 def record(args, metrics: dict, seconds: float, first: bool = False) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 
 import jiwer
 
@@ -53,13 +54,9 @@ def cer(refs: list[str], hyps: list[str]) -> float:
 FREQUENCY_GROUPS = ("unseen", "rare", "common")  # training count 0, 1..rare_below-1, >= rare_below
 
 
-def word_counts(texts) -> dict[str, int]:
+def word_counts(texts) -> Counter:
     """How often each normalized word occurs in `texts` (the training transcripts)."""
-    counts: dict[str, int] = {}
-    for text in texts:
-        for w in normalize(text).split():
-            counts[w] = counts.get(w, 0) + 1
-    return counts
+    return Counter(w for text in texts for w in normalize(text).split())
 
 
 def errors_by_frequency(refs: list[str], hyps: list[str], counts: dict[str, int], rare_below: int = 10) -> dict:
@@ -76,19 +73,19 @@ def errors_by_frequency(refs: list[str], hyps: list[str], counts: dict[str, int]
     r, h = _pairs(refs, hyps)
     words = {g: [0, 0] for g in FREQUENCY_GROUPS}  # group -> [reference words, missed]
     inserted = 0
-    for out in ([jiwer.process_words(r, h)] if r else []):
-        for ref, chunks in zip(out.references, out.alignments):
-            matched = [False] * len(ref)
-            for c in chunks:
-                if c.type == "equal":
-                    matched[c.ref_start_idx:c.ref_end_idx] = [True] * (c.ref_end_idx - c.ref_start_idx)
-                elif c.type == "insert":
-                    inserted += c.hyp_end_idx - c.hyp_start_idx
-            for w, ok in zip(ref, matched):
-                n = counts.get(w, 0)
-                group = words["unseen" if n == 0 else "rare" if n < rare_below else "common"]
-                group[0] += 1
-                group[1] += not ok
+    out = jiwer.process_words(r, h) if r else None
+    for ref, chunks in zip(out.references, out.alignments) if out else ():
+        matched = [False] * len(ref)
+        for c in chunks:
+            if c.type == "equal":
+                matched[c.ref_start_idx:c.ref_end_idx] = [True] * (c.ref_end_idx - c.ref_start_idx)
+            elif c.type == "insert":
+                inserted += c.hyp_end_idx - c.hyp_start_idx
+        for w, ok in zip(ref, matched):
+            n = counts.get(w, 0)
+            group = words["unseen" if n == 0 else "rare" if n < rare_below else "common"]
+            group[0] += 1
+            group[1] += not ok
     total = max(1, sum(n for n, _ in words.values()))
     result: dict = {g: {"words": n, "share": n / total, "error": e / max(1, n), "points": e / total}
                     for g, (n, e) in words.items()}
