@@ -280,12 +280,13 @@ def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list
     """Small runs that differ only in model fields (`variants`: name -> ModelConfig changes).
 
     Each trains ``cfg.compare_steps`` updates (on the first ``steps x batch`` training
-    utterances, cached; one cache per encoder setting) and reports dev WER, final loss,
+    utterances, cached; one cache per encoder setting) and reports the dev WER after those
+    updates (no `keep_best`, so no evaluation before the first update), final loss,
     audio tokens a second and seconds a step. The LLM (and a loaded Whisper) is shared.
     """
     rows, n_train = [], cfg.compare_steps * cfg.data.batch_size
     for name, changes in variants.items():
-        run_cfg = cfg.with_model(**changes)
+        run_cfg = replace(cfg.with_model(**changes), keep_best=False)  # a row reports its last weights
         run_cfg.train = replace(cfg.train, max_steps=cfg.compare_steps, eval_every=0, progress=progress,
                                 warmup_steps=min(cfg.train.warmup_steps, cfg.compare_steps // 4))
         encoder = None

@@ -23,8 +23,8 @@ projector gives the alignment a direct, cheap signal first:
 After pre-alignment the usual LLM loss (`alignment.train_projector`) trains the
 same MLP end to end through the soft tokens. With ``hard=True`` that gradient is only
 the straight-through estimate, and it is not a descent direction: on an H100, 1000
-LLM-loss updates raised the training loss at lr 2e-4 and at 2e-5 alike (README), so the
-presets keep that stage short, at a low rate, guarded by ``keep_best``.
+LLM-loss updates raised the training loss at lr 2e-4 and at 2e-5 alike
+(docs/stage2_findings.md), so the presets keep that stage short, at a low rate, guarded by ``keep_best``.
 
 Shapes: ``(batch, frames, enc_dim)`` -> logits ``(batch, ceil(frames/stride), V+1)``
 -> embeddings ``(batch, tokens, llm_dim)`` with ``tokens <= ceil(frames/stride)``.

@@ -138,13 +138,13 @@ def _cpu() -> Stage2Config:
     # 650 CTC updates on all 10,000 training utterances: test WER 25 % for the projector alone, against 30 %
     # after 300 on 6,000; 1000 updates gave 25.2 %, no better. In bf16 where the CPU has it ('fast'), an update
     # takes 0.38 s instead of 0.61 s. LLM-loss updates at lr 3e-4 raised dev WER (21.1 -> 26.8 % in 30), at
-    # 3e-5 they leave it about level (benchmarks/bench_speechlm.py; README). On a GPU 6000 updates fit the training
-    # utterances perfectly and gave 25.2 %: the rest is unseen names and voices, not too few updates (README)
+    # 3e-5 they leave it about level. On a GPU 6000 updates fit the training utterances perfectly and gave
+    # 25.2 %: the rest is unseen names and voices, not too few updates (docs/stage2_findings.md)
     return Stage2Config(
         model=ModelConfig(projector="ctc", projector_kwargs={"hidden": 1024, "hard": True, "context": 2},
                           prompt_examples=5, prompt_example_sets=4, llm_dtype="auto"),
         # dev 96: chosen on 32 dev utterances, the demonstrations that won were the third best of four on test
-        # (README, "Why the same code timed slower in a later session")
+        # (docs/stage2_findings.md, "Why the same code timed slower in a later session")
         data=DataConfig(batch_size=8, pretrain_batch_size=32, train_limit=None, dev_limit=96, test_limit=200),
         pretrain=TrainConfig(max_steps=650, lr=2e-3, warmup_steps=30, log_every=10, eval_every=325,
                              log_with=None, mixed_precision="fast"),

@@ -478,3 +478,29 @@ def test_keep_best_ends_with_the_weights_of_the_best_dev_wer(tmp_path, monkeypat
         assert torch.equal(v, seen[best_at][k]), k
     first = next(iter(seen[0]))
     assert not torch.equal(seen[0][first], seen[3][first])  # training did move the weights
+
+
+def test_compare_scores_each_variant_once_after_its_updates(tmp_path, monkeypatch):
+    """A comparison row is the dev WER of its last weights: no extra evaluation before training."""
+    from speechlm_lib import alignment
+    from speechlm_lib.speechlm_config import Stage2Config
+
+    monkeypatch.setenv("SPEECHLM_CACHE", str(tmp_path / "cache"))
+    scored = []
+
+    def scripted(dev, cfg, cache=None, dev_dataset=None):
+        def evaluate(model):
+            scored.append(model.projector.stride)
+            return {"wer": 0.25 * model.projector.stride}
+        return evaluate
+
+    monkeypatch.setattr(alignment, "make_evaluator", scripted)
+    llm, tok = tiny_llm()
+    cfg = Stage2Config.preset("smoke").override(["train.progress=False", "compare_steps=2", "data.batch_size=2"])
+    utts = _utts(tmp_path, 4)
+    linear = {"projector": "linear", "projector_kwargs": {"hidden": 32}}
+    rows = alignment.compare(cfg, {"k=2": {**linear, "stride": 2}, "k=4": {**linear, "stride": 4}},
+                             {"train": utts, "dev": utts[:1]}, llm, tok, whisper=tiny_whisper())
+    assert scored == [2, 4]
+    assert [(r["run"], r["dev_wer"]) for r in rows] == [("k=2", 0.5), ("k=4", 1.0)]
+    assert rows[0]["tokens_per_second"] == pytest.approx(2 * rows[1]["tokens_per_second"])
