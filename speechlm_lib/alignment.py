@@ -275,20 +275,38 @@ def emergence(evals: list[dict], key: str = "wer") -> dict:
             "largest_drop": drop, "drop_at_step": at}
 
 
+def comparison_variants(cfg: Stage2Config, stage1_dir: str | Path | None = None) -> dict[str, dict]:
+    """Notebook 02's comparisons (name -> ModelConfig changes): the preset's ``ctc`` projector on
+    Whisper at each of ``cfg.compare_strides``, on Whisper's stock 30-s states, on the stage-1
+    Conformer in `stage1_dir` (when given), and plain SLAM-ASR (``linear``, LLM loss) last."""
+    ctc, k = {"projector": "ctc", "projector_kwargs": cfg.model.projector_kwargs}, cfg.model.stride
+    variants = {f"ctc, whisper k={s}": {**ctc, "stride": s} for s in cfg.compare_strides}
+    variants[f"ctc, whisper k={k}, 30-s padded states"] = {**ctc, "stride": k,
+                                                           "encoder_options": {"pad_to_30s": True}}
+    if stage1_dir is not None:
+        variants["ctc, conformer k=2"] = {**ctc, "encoder": "conformer", "encoder_source": str(stage1_dir),
+                                          "stride": 2}
+    variants[f"plain SLAM-ASR: linear, LLM loss, whisper k={k}"] = {
+        "projector": "linear", "projector_kwargs": {"hidden": 1024}, "stride": k}
+    return variants
+
+
 def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list[Utterance]], llm, tokenizer,
             whisper=None, progress: bool = False) -> list[dict]:
     """Small runs that differ only in model fields (`variants`: name -> ModelConfig changes).
 
-    Each trains ``cfg.compare_steps`` updates (on the first ``steps x batch`` training
-    utterances, cached; one cache per encoder setting) and reports the dev WER after those
-    updates (no `keep_best`, so no evaluation before the first update), final loss,
-    audio tokens a second and seconds a step. The LLM (and a loaded Whisper) is shared.
+    A variant with a ``ctc`` projector (and ``cfg.pretrain`` set) trains ``cfg.compare_ctc_steps``
+    CTC pre-alignment updates on the first ``cfg.compare_ctc_utterances`` training utterances and
+    is scored as the projector alone (best path, no LLM: cheap, so a few minutes give a WER that
+    ranks encoders and stacking rates). Any other projector trains ``cfg.compare_steps`` LLM-loss
+    updates (on the first ``steps x batch`` utterances) and is scored through the frozen LLM.
+    Each row: ``run``, ``objective`` ("ctc" / "llm"), the dev WER and CER of its last weights, final
+    training loss, audio tokens a second, seconds a step and trainable parameters. The LLM (and a
+    loaded Whisper) is shared; features are cached, one cache per encoder setting.
     """
-    rows, n_train = [], cfg.compare_steps * cfg.data.batch_size
+    rows = []
     for name, changes in variants.items():
         run_cfg = replace(cfg.with_model(**changes), keep_best=False)  # a row reports its last weights
-        run_cfg.train = replace(cfg.train, max_steps=cfg.compare_steps, eval_every=0, progress=progress,
-                                warmup_steps=min(cfg.train.warmup_steps, cfg.compare_steps // 4))
         encoder = None
         if run_cfg.model.encoder == "whisper" and whisper is not None:
             encoder = ENCODERS.build("whisper", source=run_cfg.model.encoder_source, model=whisper,
@@ -296,13 +314,34 @@ def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list
         torch.manual_seed(run_cfg.train.seed)
         model = build_speechlm(run_cfg.model, encoder=encoder, llm=llm, tokenizer=tokenizer,
                                texts=[u.text for u in splits["train"]])
-        cache = make_cache(model)
-        train_ds = make_dataset(model, splits["train"][:n_train], run_cfg, cache=cache, progress=progress)
-        dev = cache.fill(splits["dev"], model.encoder, progress=False)
-        result = train_projector(run_cfg, model, train_ds, dev=dev, cache=cache)
-        final = result["final"]
-        rows.append({"run": name, "dev_wer": final.get("wer"), "train_loss": final["train_loss"],
-                     "tokens_per_second": model.token_rate,
-                     "seconds_per_step": result["train_seconds"] / max(1, final["step"]),
-                     "trainable": model.parameter_counts()["all"]["trainable"]})
+        ctc = run_cfg.model.projector == "ctc" and run_cfg.pretrain is not None
+        run = _compare_ctc if ctc else _compare_llm
+        rows.append({"run": name, "objective": "ctc" if ctc else "llm", "tokens_per_second": model.token_rate,
+                     "trainable": model.parameter_counts()["all"]["trainable"],
+                     **run(run_cfg, model, splits, make_cache(model), progress)})
     return rows
+
+
+def _compare_llm(cfg: Stage2Config, model: SpeechLM, splits: dict, cache: FeatureCache, progress: bool) -> dict:
+    cfg.train = replace(cfg.train, max_steps=cfg.compare_steps, eval_every=0, progress=progress,
+                        warmup_steps=min(cfg.train.warmup_steps, cfg.compare_steps // 4))
+    train_ds = make_dataset(model, splits["train"][:cfg.compare_steps * cfg.data.batch_size], cfg, cache=cache,
+                            progress=progress)
+    dev = cache.fill(splits["dev"], model.encoder, progress=False)
+    final = train_projector(cfg, model, train_ds, dev=dev, cache=cache)
+    return {"dev_wer": final["final"].get("wer"), "dev_cer": final["final"].get("cer"),
+            "train_loss": final["final"]["train_loss"],
+            "seconds_per_step": final["train_seconds"] / max(1, final["final"]["step"])}
+
+
+def _compare_ctc(cfg: Stage2Config, model: SpeechLM, splits: dict, cache: FeatureCache, progress: bool) -> dict:
+    steps = cfg.compare_ctc_steps
+    cfg.pretrain = replace(cfg.pretrain, max_steps=steps, eval_every=0, progress=progress,
+                           warmup_steps=min(cfg.pretrain.warmup_steps, steps // 4))
+    train_ds = make_dataset(model, splits["train"][:cfg.compare_ctc_utterances], cfg, cache=cache,
+                            progress=progress)
+    dev_ds = make_dataset(model, splits["dev"], cfg, cache=cache, progress=False)
+    result = pretrain_ctc(cfg, model, train_ds)
+    scores = ctc_wer(CTCAlignment(model), dev_ds)
+    return {"dev_wer": scores["wer"], "dev_cer": scores["cer"], "train_loss": result["final"]["train_loss"],
+            "seconds_per_step": result["seconds"] / max(1, result["final"]["step"])}

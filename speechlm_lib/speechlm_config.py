@@ -78,7 +78,9 @@ class Stage2Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
     keep_best: bool = True  # after LLM-loss training keep the weights with the best dev WER (before training too)
-    compare_steps: int = 60  # updates of each small comparison run (encoders, stacking rates)
+    compare_steps: int = 60  # LLM-loss updates of each small comparison run whose projector is not "ctc"
+    compare_ctc_steps: int = 150  # CTC pre-alignment updates of each comparison run with a "ctc" projector
+    compare_ctc_utterances: int = 1600  # the training utterances those CTC updates cycle over
     compare_strides: tuple[int, ...] = (2, 5, 10)  # stacking rates k compared in those runs
 
     @classmethod
@@ -130,6 +132,8 @@ def _smoke() -> Stage2Config:
                           progress=True),
         decode=DecodeConfig(batch_size=8, max_new_tokens=16),
         compare_steps=2,
+        compare_ctc_steps=2,
+        compare_ctc_utterances=16,
         compare_strides=(5,),
     )
 
@@ -173,6 +177,8 @@ def _gpu() -> Stage2Config:
                           mixed_precision="bf16"),
         decode=DecodeConfig(batch_size=32),
         compare_steps=500,
+        compare_ctc_steps=500,
+        compare_ctc_utterances=16000,
     )
 
 

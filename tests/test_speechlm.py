@@ -481,7 +481,8 @@ def test_keep_best_ends_with_the_weights_of_the_best_dev_wer(tmp_path, monkeypat
 
 
 def test_compare_scores_each_variant_once_after_its_updates(tmp_path, monkeypatch):
-    """A comparison row is the dev WER of its last weights: no extra evaluation before training."""
+    """A comparison row is the dev WER of its last weights: no extra evaluation before training.
+    A ``ctc`` projector trains with CTC and is scored alone; any other through the LLM."""
     from speechlm_lib import alignment
     from speechlm_lib.speechlm_config import Stage2Config
 
@@ -496,11 +497,29 @@ def test_compare_scores_each_variant_once_after_its_updates(tmp_path, monkeypatc
 
     monkeypatch.setattr(alignment, "make_evaluator", scripted)
     llm, tok = tiny_llm()
-    cfg = Stage2Config.preset("smoke").override(["train.progress=False", "compare_steps=2", "data.batch_size=2"])
+    cfg = Stage2Config.preset("smoke").override(["train.progress=False", "pretrain.progress=False",
+                                                 "compare_steps=2", "data.batch_size=2"])
     utts = _utts(tmp_path, 4)
     linear = {"projector": "linear", "projector_kwargs": {"hidden": 32}}
-    rows = alignment.compare(cfg, {"k=2": {**linear, "stride": 2}, "k=4": {**linear, "stride": 4}},
-                             {"train": utts, "dev": utts[:1]}, llm, tok, whisper=tiny_whisper())
-    assert scored == [2, 4]
-    assert [(r["run"], r["dev_wer"]) for r in rows] == [("k=2", 0.5), ("k=4", 1.0)]
+    variants = {"k=2": {**linear, "stride": 2}, "k=4": {**linear, "stride": 4},
+                "ctc": {"projector": "ctc", "projector_kwargs": {"hidden": 32, "hard": True}, "stride": 2}}
+    rows = alignment.compare(cfg, variants, {"train": utts, "dev": utts[:2]}, llm, tok, whisper=tiny_whisper())
+    assert scored == [2, 4]  # the LLM-loss runs, once each; the ctc run never reaches the LLM scorer
+    assert [(r["run"], r["objective"]) for r in rows] == [("k=2", "llm"), ("k=4", "llm"), ("ctc", "ctc")]
+    assert [r["dev_wer"] for r in rows[:2]] == [0.5, 1.0]
+    assert rows[2]["dev_wer"] >= 0.5 and np.isfinite(rows[2]["train_loss"])  # untrained: it hears nothing
     assert rows[0]["tokens_per_second"] == pytest.approx(2 * rows[1]["tokens_per_second"])
+
+
+def test_comparison_variants_change_one_thing_each(tmp_path):
+    from speechlm_lib.alignment import comparison_variants
+    from speechlm_lib.speechlm_config import Stage2Config
+
+    cfg = Stage2Config.preset("cpu")
+    without, with_stage1 = comparison_variants(cfg), comparison_variants(cfg, tmp_path)
+    assert [v.get("stride") for v in without.values()] == [*cfg.compare_strides, cfg.model.stride, cfg.model.stride]
+    assert [v["projector"] for v in without.values()][-1] == "linear"  # plain SLAM-ASR last
+    assert all(v["projector"] == "ctc" and v["projector_kwargs"] == cfg.model.projector_kwargs
+               for v in list(without.values())[:-1])
+    added = set(with_stage1) - set(without)
+    assert len(added) == 1 and with_stage1[added.pop()]["encoder_source"] == str(tmp_path)
