@@ -42,8 +42,8 @@ def main() -> None:
         print(f"{r['run']:<48} {r['objective']:<4} {r['tokens_per_second']:5.1f} tokens/s "
               f"{r['seconds_per_step']:.2f} s/update  dev WER {r['dev_wer']:.4f}  CER {r['dev_cer']:.4f}")
         metrics[r["run"]] = {k: v for k, v in r.items() if k != "run"}
-    metrics["settings"] = {"compare_ctc_steps": cfg.compare_ctc_steps, "compare_ctc_utterances": cfg.compare_ctc_utterances,
-                           "compare_steps": cfg.compare_steps, "dev_utterances": len(splits["dev"])}
+    metrics["settings"] = {"compare_ctc_steps": cfg.compare_ctc_steps, "compare_steps": cfg.compare_steps,
+                           "compare_ctc_utterances": cfg.compare_ctc_utterances, "dev_utterances": len(splits["dev"])}
     results.record("stage2_compare", metrics, command=" ".join([Path(sys.executable).name] + sys.argv),
                    seconds=time.time() - t0, profile_name=args.profile, replace=True)
 
