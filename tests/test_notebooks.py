@@ -38,6 +38,8 @@ def test_committed_without_outputs(nb):
     dirty = [i for i, c in enumerate(cells)
              if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
     assert not dirty, f"{nb.name}: cells {dirty} carry outputs; notebooks are committed stripped"
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), f"{nb.name}: every cell needs its own id (nbformat 4.5)"
 
 
 @pytest.mark.slow
