@@ -35,8 +35,7 @@ def main() -> None:
     whisper, _ = load_whisper(cfg.model.encoder_source)
     llm, tokenizer = load_llm(cfg.model.llm)
     splits = load_splits(cfg)
-    rows = compare(cfg, comparison_variants(cfg, stage1 if stage1.is_dir() else None), splits, llm, tokenizer,
-                   whisper=whisper, progress=True)
+    rows = compare(cfg, comparison_variants(cfg, stage1), splits, llm, tokenizer, whisper=whisper, progress=True)
     metrics = {}
     for r in rows:
         print(f"{r['run']:<48} {r['objective']:<4} {r['tokens_per_second']:5.1f} tokens/s "

@@ -278,12 +278,12 @@ def emergence(evals: list[dict], key: str = "wer") -> dict:
 def comparison_variants(cfg: Stage2Config, stage1_dir: str | Path | None = None) -> dict[str, dict]:
     """Notebook 02's comparisons (name -> ModelConfig changes): the preset's ``ctc`` projector on
     Whisper at each of ``cfg.compare_strides``, on Whisper's stock 30-s states, on the stage-1
-    Conformer in `stage1_dir` (when given), and plain SLAM-ASR (``linear``, LLM loss) last."""
+    Conformer in `stage1_dir` (when that folder exists), and plain SLAM-ASR (``linear``, LLM loss) last."""
     ctc, k = {"projector": "ctc", "projector_kwargs": cfg.model.projector_kwargs}, cfg.model.stride
     variants = {f"ctc, whisper k={s}": {**ctc, "stride": s} for s in cfg.compare_strides}
     variants[f"ctc, whisper k={k}, 30-s padded states"] = {**ctc, "stride": k,
                                                            "encoder_options": {"pad_to_30s": True}}
-    if stage1_dir is not None:
+    if stage1_dir is not None and Path(stage1_dir).is_dir():
         variants["ctc, conformer k=2"] = {**ctc, "encoder": "conformer", "encoder_source": str(stage1_dir),
                                           "stride": 2}
     variants[f"plain SLAM-ASR: linear, LLM loss, whisper k={k}"] = {
@@ -323,21 +323,22 @@ def compare(cfg: Stage2Config, variants: dict[str, dict], splits: dict[str, list
 
 
 def _compare_llm(cfg: Stage2Config, model: SpeechLM, splits: dict, cache: FeatureCache, progress: bool) -> dict:
-    cfg.train = replace(cfg.train, max_steps=cfg.compare_steps, eval_every=0, progress=progress,
-                        warmup_steps=min(cfg.train.warmup_steps, cfg.compare_steps // 4))
-    train_ds = make_dataset(model, splits["train"][:cfg.compare_steps * cfg.data.batch_size], cfg, cache=cache,
+    steps = cfg.compare_steps
+    cfg = replace(cfg, train=replace(cfg.train, max_steps=steps, eval_every=0, progress=progress,
+                                     warmup_steps=min(cfg.train.warmup_steps, steps // 4)))
+    train_ds = make_dataset(model, splits["train"][:steps * cfg.data.batch_size], cfg, cache=cache,
                             progress=progress)
     dev = cache.fill(splits["dev"], model.encoder, progress=False)
-    final = train_projector(cfg, model, train_ds, dev=dev, cache=cache)
-    return {"dev_wer": final["final"].get("wer"), "dev_cer": final["final"].get("cer"),
-            "train_loss": final["final"]["train_loss"],
-            "seconds_per_step": final["train_seconds"] / max(1, final["final"]["step"])}
+    result = train_projector(cfg, model, train_ds, dev=dev, cache=cache)
+    final = result["final"]
+    return {"dev_wer": final.get("wer"), "dev_cer": final.get("cer"), "train_loss": final["train_loss"],
+            "seconds_per_step": result["train_seconds"] / max(1, final["step"])}
 
 
 def _compare_ctc(cfg: Stage2Config, model: SpeechLM, splits: dict, cache: FeatureCache, progress: bool) -> dict:
     steps = cfg.compare_ctc_steps
-    cfg.pretrain = replace(cfg.pretrain, max_steps=steps, eval_every=0, progress=progress,
-                           warmup_steps=min(cfg.pretrain.warmup_steps, steps // 4))
+    cfg = replace(cfg, pretrain=replace(cfg.pretrain, max_steps=steps, eval_every=0, progress=progress,
+                                        warmup_steps=min(cfg.pretrain.warmup_steps, steps // 4)))
     train_ds = make_dataset(model, splits["train"][:cfg.compare_ctc_utterances], cfg, cache=cache,
                             progress=progress)
     dev_ds = make_dataset(model, splits["dev"], cfg, cache=cache, progress=False)

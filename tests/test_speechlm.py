@@ -517,6 +517,7 @@ def test_comparison_variants_change_one_thing_each(tmp_path):
 
     cfg = Stage2Config.preset("cpu")
     without, with_stage1 = comparison_variants(cfg), comparison_variants(cfg, tmp_path)
+    assert comparison_variants(cfg, tmp_path / "missing") == without  # no stage-1 model there: no Conformer row
     assert [v.get("stride") for v in without.values()] == [*cfg.compare_strides, cfg.model.stride, cfg.model.stride]
     assert [v["projector"] for v in without.values()][-1] == "linear"  # plain SLAM-ASR last
     assert all(v["projector"] == "ctc" and v["projector_kwargs"] == cfg.model.projector_kwargs
