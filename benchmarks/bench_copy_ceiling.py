@@ -18,11 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from speechlm_lib import config, results
-from speechlm_lib.ceiling import copy_ceiling
-from speechlm_lib.prompting import pick_examples
-from speechlm_lib.records import read_manifest
-from speechlm_lib.speechlm import load_llm
-from speechlm_lib.speechlm_config import Stage2Config
+from speechlm_lib.data.records import read_manifest
+from speechlm_lib.experiments.copy_ceiling import copy_ceiling
+from speechlm_lib.models.prompting import pick_examples
+from speechlm_lib.models.speechlm import load_llm
+from speechlm_lib.recipes.stage2_align import Stage2Config
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--utts", type=int, default=100, help="test transcripts to copy")
     args = ap.parse_args()
     cfg = Stage2Config.preset(args.profile)
-    from speechlm_lib.corpus import ensure_corpus
+    from speechlm_lib.data.corpus import ensure_corpus
 
     manifests = ensure_corpus(args.profile)
     train = [u.text for u in read_manifest(manifests["train"])[: cfg.data.train_limit]]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from speechlm_lib import config, results
-from speechlm_lib.corpus import BuildReport, CorpusConfig, build_corpus, corpus_stats
+from speechlm_lib.data.corpus import BuildReport, CorpusConfig, build_corpus, corpus_stats
 
 
 def main() -> None:

@@ -22,9 +22,10 @@ from dataclasses import replace
 
 import torch
 
-from speechlm_lib import corpus, results
-from speechlm_lib.ctc_data import loader_padding_fraction, make_loader
-from speechlm_lib.ctc_stage import CTCStageConfig, load_data, score, train_encoder
+from speechlm_lib import results
+from speechlm_lib.data import corpus
+from speechlm_lib.data.ctc_dataset import loader_padding_fraction, make_loader
+from speechlm_lib.recipes.stage1_ctc import CTCStageConfig, load_data, score, train_encoder
 
 
 def main(argv=None) -> dict:

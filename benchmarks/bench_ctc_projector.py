@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from speechlm_lib import config, results
-from speechlm_lib.alignment import build_speechlm, ctc_wer, load_splits, make_cache, pretrain_ctc
-from speechlm_lib.ctc_projector import CTCAlignment
-from speechlm_lib.encoders import ENCODERS
-from speechlm_lib.sources import load_whisper
-from speechlm_lib.speechlm_config import Stage2Config
-from speechlm_lib.speechlm_data import SpeechLMDataset
-from speechlm_lib.text import FREQUENCY_GROUPS, errors_by_frequency, word_counts
+from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
+from speechlm_lib.metrics import FREQUENCY_GROUPS, errors_by_frequency, word_counts
+from speechlm_lib.models.build import build_speechlm
+from speechlm_lib.models.ctc_projector import CTCAlignment
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.sources import load_whisper
+from speechlm_lib.recipes.stage2_align import Stage2Config, ctc_wer, load_splits, make_cache, pretrain_ctc
 
 
 def run_variant(profile: str, settings: list[str], whisper, llm_parts: dict, seed: int) -> dict:

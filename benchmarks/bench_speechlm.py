@@ -35,19 +35,29 @@ from pathlib import Path
 import torch
 
 from speechlm_lib import config, results
-from speechlm_lib.alignment import (CTCAlignment, build_speechlm, choose_examples, ctc_wer, evaluate_wer, load_splits,
-                                    make_cache, pretrain_ctc, train_projector)
-from speechlm_lib.audio import load_audio
-from speechlm_lib.encoders import ENCODERS
-from speechlm_lib.generation import DecodeConfig
-from speechlm_lib.records import Report
-from speechlm_lib.sources import load_whisper
-from speechlm_lib.speechlm_config import Stage2Config
-from speechlm_lib.speechlm_data import SpeechLMDataset, make_loader
-from speechlm_lib.text import FREQUENCY_GROUPS, errors_by_frequency, normalize, wer, word_counts
-from speechlm_lib.train_utils import default_device
-from speechlm_lib.trainer import Trainer, TrainConfig
-from speechlm_lib.whisper_baseline import whisper_transcribe
+from speechlm_lib.data.audio import load_audio
+from speechlm_lib.data.records import Report
+from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
+from speechlm_lib.data.text import normalize
+from speechlm_lib.decoding.generation import DecodeConfig
+from speechlm_lib.decoding.whisper import whisper_transcribe
+from speechlm_lib.metrics import FREQUENCY_GROUPS, errors_by_frequency, wer, word_counts
+from speechlm_lib.models.build import build_speechlm
+from speechlm_lib.models.ctc_projector import CTCAlignment
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.sources import load_whisper
+from speechlm_lib.recipes.stage2_align import (
+    Stage2Config,
+    choose_examples,
+    ctc_wer,
+    evaluate_wer,
+    load_splits,
+    make_cache,
+    pretrain_ctc,
+    train_projector,
+)
+from speechlm_lib.training.trainer import TrainConfig, Trainer
+from speechlm_lib.training.utils import default_device
 
 
 def peak_rss_mb() -> float:

@@ -24,9 +24,11 @@ from dataclasses import replace
 import torch
 from accelerate import PartialState
 
-from speechlm_lib import config, corpus, results
-from speechlm_lib.ctc_stage import CTCStageConfig, load_data, score, train_encoder
-from speechlm_lib.trainer import PrintLogger, cpu_distributed
+from speechlm_lib import config, results
+from speechlm_lib.data import corpus
+from speechlm_lib.recipes.stage1_ctc import CTCStageConfig, load_data, score, train_encoder
+from speechlm_lib.training.callbacks import PrintLogger
+from speechlm_lib.training.utils import cpu_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -5,14 +5,20 @@ Profiles:
   * ``cpu``   -- the default: real results on a laptop CPU in minutes.
   * ``gpu``   -- hub models and larger data, for a machine with a GPU.
 
-Every stage keeps its own ``@dataclass`` config with one preset per profile
-(``XConfig.preset(profile())``); this module only says which profile is on
-and where files live.
+Every stage keeps its own ``@dataclass`` config, a `StageConfig`, with one preset file per
+profile in ``configs/<stage>/<profile>.yaml`` (``XConfig.preset(profile())``); this module says
+which profile is on, where files live, and how a config is read, overridden and saved.
 """
 from __future__ import annotations
 
+import ast
+import copy
 import os
+import types
+import typing
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
+from typing import ClassVar
 
 PROFILES = ("smoke", "cpu", "gpu")
 PROFILE_ENV = "SPEECHLM_PROFILE"
@@ -50,3 +56,125 @@ def cache_dir() -> Path:
 def shared_data_dir() -> Path:
     """The optional real-speech folder beside the repository (``../shared/data``)."""
     return Path(os.environ.get("SPEECHLM_SHARED_DATA", repo_root().parent / "shared" / "data"))
+
+
+def configs_dir() -> Path:
+    """The stages' preset files, ``<repo>/configs/<stage>/<preset>.yaml`` (``$SPEECHLM_CONFIGS`` overrides)."""
+    return Path(os.environ.get("SPEECHLM_CONFIGS", repo_root() / "configs"))
+
+
+class StageConfig:
+    """What every stage's ``@dataclass`` config shares: presets as YAML files, ``key=value`` overrides,
+    and saving the resolved tree beside a checkpoint or in results.json.
+
+    A subclass names its folder under `configs_dir()` in ``config_name``; ``Cfg.preset("cpu")`` reads
+    ``configs/<config_name>/cpu.yaml``. A file may leave fields out (their defaults apply); an unknown
+    key is an error naming the file and the key.
+    """
+
+    config_name: ClassVar[str] = ""
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        """The preset names there are for this stage (the YAML files in its folder)."""
+        return sorted(p.stem for p in (configs_dir() / cls.config_name).glob("*.yaml"))
+
+    @classmethod
+    def preset(cls, name: str):
+        path = configs_dir() / cls.config_name / f"{name}.yaml"
+        if not path.is_file():
+            raise KeyError(f"unknown {cls.config_name} preset {name!r}; known: {', '.join(cls.presets())}")
+        return cls.from_file(path)
+
+    @classmethod
+    def from_file(cls, path: str | Path):
+        """A config from a YAML (or JSON) file; errors name the file."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            return cls.from_dict(data)
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The dataclass tree from plain values (lists become tuples where a field is a tuple)."""
+        return _build(cls, data)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=110)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML (``<dir>/config.yaml`` when `path` is a folder)."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    def override(self, assignments):
+        """A copy with dotted settings changed by ``"key=value"`` strings, e.g.
+        ``["train.max_steps=100", "model.llm=HuggingFaceTB/SmolLM2-360M-Instruct"]``.
+
+        Values are read as Python literals (``100``, ``2e-3``, ``None``, ``{"hidden": 2048}``),
+        anything else as text. An unknown key raises ``KeyError`` naming it."""
+        cfg = copy.deepcopy(self)
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"setting {item!r} is not key=value")
+            *path, leaf = key.strip().split(".")
+            obj = cfg
+            for part in path:
+                obj = getattr(obj, part, None) if is_dataclass(obj) else None
+            if not is_dataclass(obj) or leaf not in {f.name for f in fields(obj)}:
+                raise KeyError(f"unknown setting {key.strip()!r} (a None section cannot be set into)")
+            try:
+                value = ast.literal_eval(raw.strip())
+            except (ValueError, SyntaxError):
+                value = raw.strip()
+            setattr(obj, leaf, value)
+        return cfg
+
+
+def _build(cls, data):
+    """``cls(**data)`` with nested dataclasses and tuples rebuilt from their type hints."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} needs a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+    return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+
+
+def _coerce(hint, value):
+    if value is None:
+        return None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if is_dataclass(option) and isinstance(value, dict):
+            return _build(option, value)
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+    return value
+
+
+def _plain(value):
+    """Tuples as lists, so YAML and JSON write plain sequences."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import profile, runs_dir
+from speechlm_lib.config import profile, runs_dir
 
 
 def results_path(profile_name: str | None = None) -> Path:

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PROFILE_ENV, profile, repo_root, runs_dir
-from . import results
+from speechlm_lib import results
+from speechlm_lib.config import PROFILE_ENV, profile, repo_root, runs_dir
 
 
 def notebooks(folder: Path | None = None) -> list[Path]:

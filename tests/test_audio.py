@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from speechlm_lib.audio import AudioError, check_utterance, load_audio, load_checked, log_mel
-from speechlm_lib.records import Report, Utterance
 from conftest import write_tone
+
+from speechlm_lib.data.audio import AudioError, check_utterance, load_audio, load_checked, log_mel
+from speechlm_lib.data.records import Report, Utterance
 
 
 def test_load_resamples_and_downmixes(tmp_path):

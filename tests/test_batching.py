@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from speechlm_lib.batching import BucketBatchSampler, padding_fraction
+from speechlm_lib.data.batching import BucketBatchSampler, padding_fraction
 
 _RNG = random.Random(0)
 LENGTHS = [_RNG.uniform(0.5, 10.0) for _ in range(200)]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from speechlm_lib.ceiling import copy_ceiling
-from speechlm_lib.prompting import PromptBuilder, PromptConfig
-from speechlm_lib.tiny_models import tiny_llm
+from speechlm_lib.experiments.copy_ceiling import copy_ceiling
+from speechlm_lib.models.prompting import PromptBuilder, PromptConfig
+from speechlm_lib.models.tiny_models import tiny_llm
 
 
 def test_the_llm_sees_prompt_text_prompt_and_output_stops_at_a_newline(monkeypatch):

@@ -3,11 +3,11 @@ import pytest
 import torch
 from conftest import write_tone
 
-from speechlm_lib import ctc
-from speechlm_lib.conformer import ConformerConfig, ConformerCTC, stack_frames, subsampled_lengths
-from speechlm_lib.ctc_data import CTCDataset, collate, make_loader, one_thread
-from speechlm_lib.records import Report, Utterance
-from speechlm_lib.vocab import VOCABS, CharVocab, OutOfVocabulary, encode_all, vocab_from_dict
+from speechlm_lib.data.ctc_dataset import CTCDataset, collate, make_loader, one_thread
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.decoding import ctc
+from speechlm_lib.models.conformer import ConformerConfig, ConformerCTC, stack_frames, subsampled_lengths
+from speechlm_lib.models.vocab import VOCABS, CharVocab, OutOfVocabulary, encode_all, vocab_from_dict
 
 
 # ----- vocabulary -------------------------------------------------------------------------------

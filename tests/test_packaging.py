@@ -1,7 +1,8 @@
 """The pip path, the conda path and the package metadata agree."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

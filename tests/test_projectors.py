@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speechlm_lib.projectors import PROJECTORS, stack_frames
+from speechlm_lib.models.projectors import PROJECTORS, stack_frames
 
 NAMES = ["linear", "conv1d", "qformer", "transformer"]
 

@@ -5,11 +5,17 @@ import json
 from pathlib import Path
 
 import pytest
-
-from speechlm_lib.audio import load_audio
-from speechlm_lib.realdata import ColumnMap, load_hf_dataset, load_local_manifest, speechocean_dir, split_by_speaker
-from speechlm_lib.records import Report, Utterance
 from conftest import write_tone
+
+from speechlm_lib.data.audio import load_audio
+from speechlm_lib.data.realdata import (
+    ColumnMap,
+    load_hf_dataset,
+    load_local_manifest,
+    speechocean_dir,
+    split_by_speaker,
+)
+from speechlm_lib.data.records import Report, Utterance
 
 
 def _folder(tmp_path, n=4):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from speechlm_lib import results
-from speechlm_lib.records import Report, Utterance, read_manifest, write_manifest
+from speechlm_lib.data.records import Report, Utterance, read_manifest, write_manifest
 
 
 def test_round_trip_relative(tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from speechlm_lib import ct2, sources
-from speechlm_lib.audio import load_audio
-from speechlm_lib.text import wer
+from speechlm_lib.data.audio import load_audio
+from speechlm_lib.metrics import wer
+from speechlm_lib.models import ct2, sources
 
 # Greedy tokens (text part) that CTranslate2 4.8.5's own runtime gives for tests/data/clip.wav with the
 # packaged model.bin (float32, prompt <|startoftranscript|><|notimestamps|>): " The quick brown fox jump

@@ -8,14 +8,13 @@ import soundfile as sf
 import torch
 from transformers import DynamicCache
 
-from speechlm_lib import generation
-from speechlm_lib.alignment import build_speechlm
-from speechlm_lib.encoders import ENCODERS
-from speechlm_lib.generation import DecodeConfig, transcribe
-from speechlm_lib.records import Utterance
-from speechlm_lib.speculative import speculative_greedy
-from speechlm_lib.speechlm_config import ModelConfig
-from speechlm_lib.tiny_models import tiny_llm, tiny_whisper
+from speechlm_lib.data.records import Utterance
+from speechlm_lib.decoding import generation
+from speechlm_lib.decoding.generation import DecodeConfig, transcribe
+from speechlm_lib.decoding.speculative import speculative_greedy
+from speechlm_lib.models.build import ModelConfig, build_speechlm
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
 
 PAD = 0
 

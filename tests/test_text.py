@@ -1,5 +1,6 @@
 """The shared normalizer and WER/CER."""
-from speechlm_lib.text import cer, normalize, wer
+from speechlm_lib.data.text import normalize
+from speechlm_lib.metrics import cer, wer
 
 
 def test_normalize_case_punct_digits():
@@ -25,7 +26,7 @@ def test_empty_references_are_ignored_and_lengths_checked():
 
 
 def test_errors_by_frequency_splits_wer_by_training_count():
-    from speechlm_lib.text import errors_by_frequency, word_counts
+    from speechlm_lib.metrics import errors_by_frequency, word_counts
 
     counts = word_counts(["the cat sat", "the cat ran", "the dog"] * 4 + ["a bird"])
     refs = ["The cat sat on Zork.", "A bird ran"]
@@ -41,7 +42,7 @@ def test_errors_by_frequency_splits_wer_by_training_count():
 
 
 def test_errors_by_frequency_of_perfect_hypotheses_is_zero():
-    from speechlm_lib.text import errors_by_frequency, word_counts
+    from speechlm_lib.metrics import errors_by_frequency, word_counts
 
     refs = ["hello world", "good morning"]
     out = errors_by_frequency(refs, refs, word_counts(["hello"]))

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from speechlm_lib import textgen
-from speechlm_lib.textgen import SentenceGenerator, generate
+from speechlm_lib.data import textgen
+from speechlm_lib.data.textgen import SentenceGenerator, generate
 
 
 def test_deterministic_for_a_seed_and_index():
@@ -19,7 +19,7 @@ def test_deterministic_for_a_seed_and_index():
 
 def test_same_sentences_in_every_process():
     """Nothing may depend on Python's per-process hash seed (set iteration order)."""
-    code = "from speechlm_lib.textgen import generate; print(repr(generate(300, seed=3)))"
+    code = "from speechlm_lib.data.textgen import generate; print(repr(generate(300, seed=3)))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(outs) == 1 and repr(generate(300, seed=3)) + "\n" in outs

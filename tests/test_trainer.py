@@ -1,16 +1,15 @@
 """The generic trainer: it learns, accumulates, skips NaN, evaluates, calls back, and resumes exactly."""
-import math
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from speechlm_lib import train_utils
-from speechlm_lib.batching import BucketBatchSampler
-from speechlm_lib.train_utils import resolve_dtype
-from speechlm_lib.trainer import (Callback, LivePlot, PrintLogger, TrainConfig, Trainer, cosine_with_warmup,
-                                  latest_checkpoint, resolve_mixed_precision)
+from speechlm_lib.data.batching import BucketBatchSampler
+from speechlm_lib.training import utils as train_utils
+from speechlm_lib.training.callbacks import Callback, LivePlot, PrintLogger
+from speechlm_lib.training.trainer import TrainConfig, Trainer
+from speechlm_lib.training.utils import cosine_with_warmup, latest_checkpoint, resolve_dtype, resolve_mixed_precision
 
 W = torch.tensor([1.0, -2.0, 3.0, 0.5])
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechlm_lib import audio, tts
-from speechlm_lib.tts import Voice, synthesize
+from speechlm_lib.data import audio, tts
+from speechlm_lib.data.tts import Voice, synthesize
 
 DATA = Path(__file__).parent / "data"
 
@@ -91,3 +91,26 @@ def test_committed_clip():
     data, sr = sf.read(DATA / "clip.wav")
     assert sr == 16_000 and data.ndim == 1 and 2.0 < len(data) / sr < 3.5
     assert (DATA / "clip.txt").read_text().strip() == "the quick brown fox jumps over the lazy dog"
+
+
+def test_resampler_is_exact_whatever_the_summation_order():
+    """The corpus must be bit-identical on every CPU and worker count: the float64 product of whole-number
+    samples and taps equals the same product in exact integer arithmetic, whatever order BLAS sums in."""
+    from math import gcd
+
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-32768, 32767, 22050 * 3).astype(np.int16)
+    y = tts.resample(pcm, 22050, 16000)
+    g = gcd(22050, 16000)
+    up, down, h = 16000 // g, 22050 // g, 16
+    w = tts._block_filter(up, down, h)
+    assert np.array_equal(w, np.round(w))  # whole-number taps
+    n_out = len(pcm) * up // down
+    blocks = -(-n_out // up)
+    padded = np.zeros(blocks * down + 2 * h, np.int64)
+    padded[h - 1:h - 1 + len(pcm)] = pcm
+    frames = np.lib.stride_tricks.sliding_window_view(padded, down + 2 * h)[::down][:blocks]
+    exact = (frames @ w.astype(np.int64).T).reshape(-1)[:n_out]  # integer matmul: no rounding anywhere
+    assert np.array_equal(y, (np.round(exact.astype(np.float64) / 2 ** tts.TAP_BITS) / 32768.0).astype(np.float32))
+    assert np.array_equal(np.round(y.astype(np.float64) * 32768), y.astype(np.float64) * 32768)  # on the 16-bit grid
+    assert np.array_equal(tts.resample(pcm.astype(np.float32) / 32768, 22050, 16000), y)  # floats on the grid: same

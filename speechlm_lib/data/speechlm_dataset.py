@@ -1,0 +1,133 @@
+"""Data for the speech-LLM: manifests -> (encoder input or cached states, prompt ids, target ids).
+
+`SpeechLMDataset` yields one dict an utterance::
+
+    {"features": (..., time) | "states": (frames, enc_dim),
+     "prefix": [ids], "suffix": [ids], "target": [ids + end], "id": str, "text": str, "seconds": float}
+
+`collate` pads those into the batch `SpeechLM.forward` takes; `make_loader`
+groups similar durations with `BucketBatchSampler`.
+
+Later stages reuse this by passing `instruction_fn(utt) -> str` (keyword
+context, translation instructions) and `target_fn(utt) -> str` (the German
+translation instead of the transcript).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechlm_lib.data.audio import load_audio
+from speechlm_lib.data.batching import BucketBatchSampler
+from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.models.encoders import pad_last
+from speechlm_lib.models.prompting import PromptBuilder
+
+
+class SpeechLMDataset(Dataset):
+    """Utterances as model-ready items.
+
+    Args:
+        utts: utterances (from `records.read_manifest`).
+        encoder: the `SpeechEncoder` (featurizes audio, sets the maximum duration).
+        prompts: the model's `PromptBuilder`.
+        cache: a `FeatureCache` -> items carry encoder ``states`` (computed and stored on a
+            miss; `FeatureCache.fill` does it batched beforehand); None -> raw ``features``.
+        instruction_fn: utterance -> instruction (default: the prompt config's instruction).
+        target_fn: utterance -> answer text (default: the transcript).
+        report: utterances over the encoder's maximum duration or with an empty
+            target are skipped at construction and named here.
+    """
+
+    def __init__(self, utts: list[Utterance], encoder, prompts: PromptBuilder, cache: FeatureCache | None = None,
+                 instruction_fn: Callable[[Utterance], str] | None = None,
+                 target_fn: Callable[[Utterance], str] | None = None, report: Report | None = None):
+        self.encoder, self.prompts, self.cache = encoder, prompts, cache
+        self.instruction_fn = instruction_fn or (lambda u: prompts.config.instruction)
+        self.target_fn = target_fn or (lambda u: u.text)
+        report = report if report is not None else Report()
+        self.utts = []
+        for u in utts:
+            if encoder.max_seconds is not None and u.duration > encoder.max_seconds:
+                report.skip(u.id, f"{u.audio}: duration {u.duration:.1f} s is over the encoder's maximum "
+                                  f"of {encoder.max_seconds:.0f} s")
+            elif not (self.target_fn(u) or "").strip():
+                report.skip(u.id, f"{u.audio}: empty target text")
+            else:
+                self.utts.append(u)
+        report.kept += len(self.utts)
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def durations(self) -> list[float]:
+        """Seconds per item (manifest durations), for bucketing."""
+        return [u.duration for u in self.utts]
+
+    def audio_item(self, u: Utterance) -> dict:
+        """``{"states": (frames, dim)}`` with a cache (encoded now on a miss), else ``{"features": ...}``."""
+        if self.cache is not None:
+            states = self.cache.get(u.audio)
+            if states is not None:
+                return {"states": states}
+        wave = load_audio(u.audio, max_seconds=self.encoder.max_seconds)  # AudioError names the file
+        features = self.encoder.featurize(wave)
+        if self.cache is None:
+            return {"features": features}
+        device = next(self.encoder.parameters()).device
+        with torch.no_grad():
+            states, n = self.encoder(*[t.to(device) for t in self.encoder.collate([features])])
+        states = states[0, : int(n[0])].to("cpu", self.cache.dtype)  # the same rounding as a later hit
+        self.cache.put(u.audio, states)
+        return {"states": states.float()}
+
+    def __getitem__(self, i: int) -> dict:
+        u = self.utts[i]
+        prompt = self.prompts.prompt(self.instruction_fn(u))
+        item = self.audio_item(u)
+        item.update(prefix=prompt.prefix, suffix=prompt.suffix, target=self.prompts.target(self.target_fn(u)),
+                    id=u.id, text=self.target_fn(u), seconds=u.duration)
+        return item
+
+
+def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists: ``(batch, max_len)`` long tensor, lengths ``(batch,)``."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.full((len(rows), max(1, int(lengths.max()))), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out, lengths
+
+
+class Collate:
+    """Batch items: pad states ``(batch, frames, dim)`` or features, and the three id rows."""
+
+    def __init__(self, encoder, pad_id: int):
+        self.encoder, self.pad_id = encoder, pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {}
+        if all("states" in it for it in items):
+            states, lengths = pad_last([it["states"].T for it in items])
+            batch.update(states=states.transpose(1, 2), state_lengths=lengths)
+        elif all("features" in it for it in items):
+            batch["features"], batch["feature_lengths"] = self.encoder.collate([it["features"] for it in items])
+        else:
+            raise ValueError("a batch mixes cached states and raw features")
+        for key in ("prefix", "suffix", "target"):
+            batch[f"{key}_ids"], batch[f"{key}_lengths"] = pad_ids([it[key] for it in items], self.pad_id)
+        batch["meta"] = {"id": [it["id"] for it in items], "text": [it["text"] for it in items],
+                         "seconds": [it["seconds"] for it in items]}
+        return batch
+
+
+def make_loader(dataset: SpeechLMDataset, batch_size: int | None = 8, max_batch_seconds: float | None = None,
+                shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """A DataLoader with duration-bucketed batches (`BucketBatchSampler`)."""
+    sampler = BucketBatchSampler(dataset.durations(), batch_size=batch_size, max_batch_seconds=max_batch_seconds,
+                                 shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      collate_fn=Collate(dataset.encoder, dataset.prompts.pad_id))

@@ -1,0 +1,214 @@
+"""Decoding for the speech-LLM: batched greedy / beam search with a KV cache.
+
+Hugging Face `generate` takes the spliced prompt as ``inputs_embeds``. In
+transformers 5 (`generation/utils.py`) a decoder-only model then
+
+* starts `input_ids` empty and returns **only the new tokens**;
+* uses the embeddings for the first (prefill) step only, and forces
+  ``use_cache=True`` so later steps feed one new token against the KV cache;
+* derives position ids from the attention mask (``cumsum - 1``), so prompts
+  must be **left**-padded (`SpeechLM.assemble(padding_side="left")`);
+* sizes the cache for ``prompt length + max_new_tokens``;
+* given ``past_key_values`` for the first positions, prefills only the rest --
+  the prompt prefix every row shares runs once (`_prompt_inputs`).
+
+With a projector that guesses LLM tokens itself (the ``ctc`` projector's best path),
+greedy decoding checks those guesses several tokens per LLM pass instead of running one
+pass per token (`speculative`, `DecodeConfig.draft`): the same transcripts, fewer passes
+(but for answers that run on far past the draft: `DecodeConfig.draft_slack`).
+
+Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
+(`token_budget`) for the longest clip of the batch, and each row is held to
+its own clip's budget, besides the end-of-turn / EOS stop ids. With a draft, a row is
+also held to the draft's length plus `DecodeConfig.draft_slack`. Digital silence (peak below `silence_peak`) gets an empty
+transcript without decoding; a zero-length waveform is an error naming it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from speechlm_lib.data.audio import SAMPLE_RATE, load_audio
+from speechlm_lib.data.records import Utterance
+from speechlm_lib.data.speechlm_dataset import pad_ids
+from speechlm_lib.decoding.speculative import speculative_greedy
+from speechlm_lib.models.encoders import pad_last
+
+
+@dataclass
+class DecodeConfig:
+    """How transcripts are decoded."""
+
+    num_beams: int = 1  # 1 = greedy; >1 = beam search
+    tokens_per_second: float = 8.0  # `a` in the budget a * seconds + b (speech is ~3-4 tokens/s)
+    extra_tokens: int = 16  # `b` in the budget
+    max_new_tokens: int = 256  # hard cap on the budget
+    batch_size: int = 8  # utterances decoded together (sorted by duration)
+    silence_peak: float = 1e-4  # a clip whose peak |sample| is below this is silent -> ""
+    stop_at_newline: bool = True  # a newline also ends a transcript (answers are one line)
+    draft: bool = True  # greedy only: check the projector's own token guesses several per LLM pass
+    #                     (`speculative`; the greedy transcripts in fewer passes; projectors without guesses skip it)
+    draft_block: int = 32  # most drafted tokens checked per row and pass
+    draft_slack: int | None = 8  # with a draft, a row also stops at len(draft) + this many tokens: an answer
+    #   that far past what the projector heard is the LLM running on (on 200 cpu test utterances the
+    #   answers ran at most 6 past their draft, but for one that counted years to its audio budget);
+    #   None = the audio budget alone, exactly the greedy transcripts
+
+
+def token_budget(seconds: float, cfg: DecodeConfig) -> int:
+    """Most new tokens allowed for a clip of `seconds` (always >= 1)."""
+    return max(1, min(cfg.max_new_tokens, math.ceil(cfg.tokens_per_second * seconds + cfg.extra_tokens)))
+
+
+@dataclass
+class Transcription:
+    """Texts (input order) and how long they took."""
+
+    texts: list[str]  # one transcript per input
+    token_ids: list[list[int]] = field(default_factory=list)  # generated ids (stop / pad ids removed)
+    seconds: float = 0.0  # wall time from waveforms to texts (features, encoder, projector, LLM)
+    audio_seconds: float = 0.0  # total duration of the inputs
+    truncated: int = 0  # transcripts that hit the token budget instead of an end token
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: compute seconds per second of audio (lower is faster)."""
+        return self.seconds / max(self.audio_seconds, 1e-9)
+
+
+@torch.no_grad()
+def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[list[int]], int]:
+    """Decode one collated batch (prompt ids + features or states, no targets).
+
+    Returns the new token ids per row (stop and pad ids removed) and the count of
+    rows that hit the token budget.
+    """
+    cfg = cfg or DecodeConfig()
+    inputs = [batch.get(k) for k in ("features", "feature_lengths", "states", "state_lengths")]
+    if cfg.draft and cfg.num_beams == 1:
+        audio, audio_lengths, guesses = model.audio_embeddings_and_guesses(*inputs)
+    else:
+        (audio, audio_lengths), guesses = model.audio_embeddings(*inputs), None
+    embeds, mask, kv = _prompt_inputs(model, batch, audio, audio_lengths, cfg.num_beams)
+    if "meta" in batch:
+        seconds = list(batch["meta"]["seconds"])
+    else:
+        seconds = (audio_lengths.float() / model.token_rate).tolist()
+    budgets = [token_budget(s, cfg) for s in seconds]
+    stops = model.prompts.stops(newline=cfg.stop_at_newline)
+    if guesses is not None:
+        drafts = [g + [model.prompts.end_id] for g in guesses]
+        if cfg.draft_slack is not None:
+            budgets = [max(1, min(b, len(g) + cfg.draft_slack)) for b, g in zip(budgets, guesses)]
+        rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get("past_key_values"), drafts, budgets,
+                                                stops, model.prompts.pad_id, cfg.draft_block)
+        return rows, truncated
+    out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
+                             num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
+                             pad_token_id=model.prompts.pad_id, use_cache=True, **kv)
+    rows, truncated = [], 0
+    for row, budget in zip(out.tolist(), budgets):
+        row = row[:budget]  # the batch ran to its longest clip's budget; hold each row to its own
+        ended = next((i for i, t in enumerate(row) if t in stops), None)
+        truncated += ended is None
+        rows.append(row[:ended] if ended is not None else row)
+    return rows, truncated
+
+
+def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
+    """Left-padded ``inputs_embeds (batch, seq, dim)``, ``attention_mask`` and extra `generate` keywords.
+
+    A prefix shared by every row (the chat template, system message, demonstrations)
+    is not run per row: the rows are ``pad | audio | suffix`` after that prefix, whose
+    keys/values come from `SpeechLM.prefix_kv` as ``past_key_values``. `generate` then
+    prefills only the uncached tail; positions follow the mask (``cumsum - 1``), so the
+    padding between prefix and audio is skipped like left padding.
+    """
+    pre_ids, pre_lengths = batch["prefix_ids"], batch["prefix_lengths"]
+    shared = model.shared_prefix(pre_ids, pre_lengths, for_training=False)
+    if shared is None:
+        embeds, mask, _, _ = model.assemble(audio, audio_lengths, pre_ids, pre_lengths, batch["suffix_ids"],
+                                            batch["suffix_lengths"], padding_side="left")
+        return embeds, mask, {}
+    embeds, mask, _, _ = model.assemble(audio, audio_lengths, pre_ids[:, :0], torch.zeros_like(pre_lengths),
+                                        batch["suffix_ids"], batch["suffix_lengths"], padding_side="left")
+    b, n = embeds.shape[0], len(shared)
+    prefix = model.llm.get_input_embeddings()(pre_ids[:1, :n]).expand(b, -1, -1)  # sliced off by generate
+    return (torch.cat([prefix.to(embeds.dtype), embeds], 1), torch.cat([mask.new_ones((b, n)), mask], 1),
+            {"past_key_values": model.prefix_kv(shared, b * num_beams)})
+
+
+def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:
+    """An Utterance, a path, or a ``(name, wave)`` pair -> (name, wave ``(samples,)``)."""
+    if isinstance(item, Utterance):
+        return item.audio, load_audio(item.audio, max_seconds=max_seconds)
+    if isinstance(item, tuple):
+        name, wave = item
+        if wave.numel() == 0:
+            raise ValueError(f"{name}: zero-length audio")
+        if max_seconds is not None and wave.shape[-1] / SAMPLE_RATE > max_seconds:
+            raise ValueError(f"{name}: duration {wave.shape[-1] / SAMPLE_RATE:.1f} s is over the maximum "
+                             f"of {max_seconds:.0f} s (split it into shorter segments)")
+        return name, wave.float()
+    return str(item), load_audio(item, max_seconds=max_seconds)
+
+
+@torch.no_grad()
+def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction: str | None = None,
+               cache=None, progress: bool = True) -> Transcription:
+    """Transcribe utterances / paths / ``(name, wave)`` pairs with `model` (a `SpeechLM`).
+
+    Audio over the encoder's maximum raises an error naming the file. With a
+    `FeatureCache`, a batch whose clips are all cached skips the encoder.
+    """
+    cfg = cfg or DecodeConfig()
+    model.eval()
+    enc, prompts = model.encoder, model.prompts
+    loaded = [_load(x, enc.max_seconds) for x in items]
+    prompt = prompts.prompt(instruction)
+    order = sorted(range(len(loaded)), key=lambda i: -loaded[i][1].shape[-1])
+    texts, ids = [""] * len(loaded), [[] for _ in loaded]
+    result = Transcription(texts=texts, token_ids=ids)
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(order), cfg.batch_size), desc="decode", disable=not progress):
+        idx = [i for i in order[start: start + cfg.batch_size]
+               if loaded[i][1].abs().max() >= cfg.silence_peak]  # silent clips stay ""
+        if not idx:
+            continue
+        batch = _batch(model, [loaded[i] for i in idx], prompt, cache)
+        rows, truncated = generate(model, batch, cfg)
+        result.truncated += truncated
+        for i, row in zip(idx, rows):
+            ids[i], texts[i] = row, prompts.decode(row)
+    result.seconds = time.perf_counter() - t0
+    result.audio_seconds = sum(w.shape[-1] for _, w in loaded) / SAMPLE_RATE
+    return result
+
+
+def _batch(model, named_waves: list, prompt, cache) -> dict:
+    """Collate waves into a generation batch (features, or cached states) on the model's device."""
+    enc = model.encoder
+    device = next(model.projector.parameters()).device
+    batch = {"meta": {"seconds": [w.shape[-1] / SAMPLE_RATE for _, w in named_waves]}}
+    cached = [_cached(cache, name, w) for name, w in named_waves] if cache is not None else None
+    if cached is not None and all(s is not None for s in cached):
+        states, lengths = pad_last([s.T for s in cached])
+        batch.update(states=states.transpose(1, 2).to(device), state_lengths=lengths.to(device))
+    else:
+        feats, lengths = enc.collate([enc.featurize(w) for _, w in named_waves])
+        batch.update(features=feats.to(device), feature_lengths=lengths.to(device))
+    n = len(named_waves)
+    for key, ids in (("prefix", prompt.prefix), ("suffix", prompt.suffix)):
+        padded, lengths = pad_ids([ids] * n, model.prompts.pad_id)
+        batch[f"{key}_ids"], batch[f"{key}_lengths"] = padded.to(device), lengths.to(device)
+    return batch
+
+
+def _cached(cache, name: str, wave: torch.Tensor):
+    """Cached states keyed like training keys them: by the file when `name` is one, else by the samples."""
+    return cache.get(name) if Path(name).is_file() else cache.get(wave)

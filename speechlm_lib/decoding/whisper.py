@@ -1,0 +1,51 @@
+"""The complete Whisper model as a baseline, and the check that unpadded encoding keeps accuracy.
+
+`whisper_transcribe` decodes with Whisper's own decoder in two ways:
+
+* ``padded=True``  -- the standard pipeline: the processor pads every clip to 30 s
+  (3000 mel frames) and the stock encoder runs on all 1500 positions;
+* ``padded=False`` -- our `WhisperSpeechEncoder` convention: mel frames only up to
+  the clip's length (even), positions ``0..frames/2-1``; the decoder cross-attends
+  to those shorter states (passed as ``encoder_outputs``).
+
+If the transcripts (and WER) agree, the unpadded states carry the same
+information the projector needs -- at a fraction of the encoder's cost.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutput
+
+from speechlm_lib.models.encoders import WhisperSpeechEncoder
+
+
+@torch.no_grad()
+def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool = True, batch_size: int = 8,
+                       num_beams: int = 1, max_new_tokens: int | None = None,
+                       progress: bool = False) -> tuple[list[str], float]:
+    """Transcribe ``(samples,)`` 16 kHz waves with a `WhisperForConditionalGeneration`.
+
+    Returns (texts, seconds). Unpadded decoding runs one clip at a time (Whisper's
+    decoder has no cross-attention mask, so batch padding would be attended).
+    `max_new_tokens` caps each transcript (None: Whisper's own limit, 448 tokens).
+    """
+    limit = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    model.eval()
+    texts, t0 = [], time.perf_counter()
+    step = batch_size if padded else 1
+    encoder = None if padded else WhisperSpeechEncoder(model.get_encoder(), reference="baseline")
+    for i in tqdm(range(0, len(waves), step), desc="whisper", disable=not progress):
+        chunk = [w.numpy() for w in waves[i: i + step]]
+        if padded:
+            feats = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
+            ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit)
+        else:
+            inputs, lengths = encoder.collate([encoder.featurize(torch.from_numpy(chunk[0]))])
+            states, _ = encoder(inputs.to(model.device), lengths.to(model.device))
+            ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams,
+                                 **limit)
+        texts += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    return texts, time.perf_counter() - t0

@@ -1,0 +1,193 @@
+"""A projector that speaks the LLM's vocabulary: CTC-compressed soft tokens.
+
+SLAM-ASR's linear projector learns only through the frozen LLM's loss, and its
+"capability emergence" takes thousands of updates -- hours on a 2-core CPU. This
+projector gives the alignment a direct, cheap signal first:
+
+1. **Pre-alignment** (`CTCAlignment`): stack `stride` frames -> MLP -> logits over
+   a set of LLM token ids (`vocab_ids`, from the training transcripts) plus a CTC
+   blank, trained with CTC on the transcript's own LLM tokens. No LLM runs, so an
+   update costs a fraction of an LLM update (the stage-1 idea, Fathullah et al.,
+   with the LLM's tokens as the output alphabet).
+2. **Soft tokens**: the LLM receives, per frame, the posterior-weighted average of
+   those tokens' *own input embeddings* -- vectors it already knows how to read.
+   With ``hard=True`` it receives the best token's embedding itself (straight-through:
+   the LLM loss still reaches the logits as if soft). Uncertain mixtures lie between
+   tokens, where a frozen LLM reads nonsense; exact tokens look like the text of the
+   prompt's demonstrations (measured in `benchmarks/bench_speechlm.py`).
+3. **Compression**: frames whose best label is blank are dropped and repeated
+   labels merged (CTC compression, Wu et al. 2023 "On decoder-only architecture
+   for speech-to-text and LLM integration"), so the LLM sees about one audio
+   token per text token.
+
+After pre-alignment the usual LLM loss (`alignment.train_projector`) trains the
+same MLP end to end through the soft tokens. With ``hard=True`` that gradient is only
+the straight-through estimate, and it is not a descent direction: on an H100, 1000
+LLM-loss updates raised the training loss at lr 2e-4 and at 2e-5 alike
+(docs/stage2_findings.md), so the presets keep that stage short, at a low rate, guarded by ``keep_best``.
+
+Shapes: ``(batch, frames, enc_dim)`` -> logits ``(batch, ceil(frames/stride), V+1)``
+-> embeddings ``(batch, tokens, llm_dim)`` with ``tokens <= ceil(frames/stride)``.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from speechlm_lib.models.projectors import PROJECTORS, Projector, TransformerProjector, stack_frames
+
+BLANK = 0  # CTC blank index; LLM token vocab_ids[i] is class i + 1
+
+
+def ctc_vocabulary(prompts, texts: Iterable[str]) -> list[int]:
+    """Sorted LLM token ids of the answers to `texts` (end-of-turn id excluded): the classes a
+    ``ctc`` projector may emit. `prompts` is the model's `PromptBuilder`."""
+    return sorted({t for text in texts for t in prompts.target(text)[:-1]})
+
+
+@PROJECTORS.register("ctc")
+class CTCProjector(Projector):
+    """Stack `stride` frames -> Linear -> ReLU -> Dropout -> (`context` Transformer layers over
+    the tokens: a residual stride-1 `TransformerProjector`) -> Linear -> CTC posteriors over
+    `vocab_ids` + blank -> soft (or, with `hard`, exact) LLM embeddings, blank frames dropped
+    (see the module docstring)."""
+
+    name = "ctc"
+    needs_vocabulary = True  # `alignment.build_speechlm` fills `vocab_ids` from the training texts
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int = 5, hidden: int = 1024,
+                 vocab_ids: list[int] | None = None, dropout: float = 0.1, compress: bool = True,
+                 hard: bool = False, context: int = 0):
+        if not vocab_ids:
+            raise ValueError("the ctc projector needs vocab_ids: the LLM token ids it may emit "
+                             "(ctc_projector.ctc_vocabulary(prompts, training texts))")
+        super().__init__(in_dim, out_dim, stride, hidden=hidden, vocab_ids=list(vocab_ids), dropout=dropout,
+                         compress=compress, hard=hard, context=context)
+        self.compress, self.hard = compress, hard
+        self.hidden = nn.Sequential(nn.Linear(in_dim * stride, hidden), nn.ReLU(), nn.Dropout(dropout))
+        # context: a residual stride-1 `transformer` over the tokens -- the MLP alone classifies each
+        # window of `stride` frames by itself, and a word piece often spans more audio than that
+        self.context = (TransformerProjector(hidden, hidden, stride=1, d_model=256, layers=context, dropout=dropout)
+                        if context else None)
+        self.classify = nn.Linear(hidden, len(vocab_ids) + 1)
+        # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
+        self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("table", torch.zeros(len(vocab_ids), out_dim), persistent=False)
+
+    def bind(self, llm) -> None:
+        """Copy the LLM's input embeddings of `vocab_ids` into ``table (V, llm_dim)``."""
+        with torch.no_grad():
+            weight = llm.get_input_embeddings().weight
+            self.table.copy_(weight[self.vocab.to(weight.device)].to(self.table))
+
+    def logits(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch, frames, in_dim)`` -> CTC logits ``(batch, ceil(frames/stride), V + 1)``, lengths."""
+        return self._run(x, lengths)[1:]
+
+    def _run(self, x, lengths):
+        """Hidden ``(batch, tokens, hidden)``, logits ``(batch, tokens, V + 1)``, token lengths."""
+        x, lengths = stack_frames(x, lengths, self.stride)
+        h = self.hidden(x)
+        if self.context is not None:
+            h = h + self.context(h, lengths)[0]
+        return h, self.classify(h), lengths
+
+    @torch.no_grad()
+    def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR."""
+        _, logits, n = self._run(x.to(self.table.dtype), lengths)
+        return self._best_paths(logits, n)
+
+    def _best_paths(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        out = []
+        for row, length in zip(logits.detach().argmax(-1), lengths.tolist()):
+            row = torch.unique_consecutive(row[:length])
+            out.append(self.vocab[row[row != BLANK] - 1].tolist())
+        return out
+
+    def project_and_guess(self, x, lengths):
+        """`forward` and `guess_tokens` from one run (the draft of `speculative` decoding)."""
+        _, logits, n = self._run(x, lengths)
+        return (*self._embed(logits, n, x.dtype), self._best_paths(logits, n))
+
+    def forward(self, x, lengths):
+        """``(batch, frames, in_dim)`` -> soft tokens ``(batch, tokens, out_dim)``, token lengths.
+
+        A soft token is the posterior-weighted mix of the candidate tokens' LLM embeddings
+        (given not blank), so it stays inside their convex hull."""
+        _, logits, lengths = self._run(x, lengths)
+        return self._embed(logits, lengths, x.dtype)
+
+    def _embed(self, logits: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype):
+        """Logits ``(batch, tokens, V + 1)`` -> (compressed) soft or hard tokens, their lengths."""
+        p = logits.float().softmax(-1)
+        q = p[..., 1:] / (1 - p[..., :1]).clamp(min=1e-4)  # tokens given not blank
+        if self.hard:  # the best token's own embedding; gradients pass as if soft (straight-through)
+            q = nn.functional.one_hot(q.argmax(-1), q.shape[-1]).to(q) + q - q.detach()
+        soft = q @ self.table.float()
+        if not self.compress:
+            return soft.to(dtype), lengths
+        rows = [_compress(soft[i, :n], logits[i, :n].argmax(-1), p[i, :n, BLANK]) for i, n in
+                enumerate(lengths.tolist())]
+        out = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        return out.to(dtype), torch.tensor([len(r) for r in rows], device=logits.device)
+
+
+def _compress(soft: torch.Tensor, best: torch.Tensor, blank_p: torch.Tensor) -> torch.Tensor:
+    """One row ``(tokens, dim)``: drop blank frames, average runs of the same best label.
+
+    A row that is all blank keeps its least-blank frame (the LLM always gets audio)."""
+    keep = best != BLANK
+    if not bool(keep.any()):
+        return soft[blank_p.argmin()].unsqueeze(0)
+    prev = torch.cat([best.new_full((1,), BLANK), best[:-1]])
+    segment = torch.cumsum((keep & (best != prev)).long(), 0) - 1  # run index of each kept frame
+    seg, frames = segment[keep], soft[keep]
+    total = frames.new_zeros((int(seg.max()) + 1, soft.shape[1])).index_add(0, seg, frames)
+    count = torch.bincount(seg).unsqueeze(1).to(total)
+    return total / count
+
+
+class CTCAlignment(nn.Module):
+    """Pre-alignment objective for a `SpeechLM` with a ``ctc`` projector: CTC loss of the
+    projector's logits against the target's LLM tokens (mapped to projector classes).
+
+    Takes the same batches as the `SpeechLM` (cached ``states`` or ``features``) and
+    returns ``{"loss", "n_tokens"}``; only the projector trains. Target tokens outside
+    `vocab_ids` (and the end-of-turn id) are left out of the CTC labels.
+    """
+
+    def __init__(self, speechlm):
+        super().__init__()
+        proj = speechlm.projector
+        if not isinstance(proj, CTCProjector):
+            raise TypeError(f"CTC pre-alignment needs the 'ctc' projector, not {speechlm.projector_name!r}")
+        self.speechlm = speechlm
+        size = max(int(proj.vocab.max()), speechlm.prompts.end_id, len(speechlm.prompts.tokenizer)) + 1
+        lookup = torch.zeros(size, dtype=torch.long, device=proj.vocab.device)  # LLM id -> class (0 = none)
+        lookup[proj.vocab] = torch.arange(1, len(proj.vocab) + 1, device=lookup.device)
+        self.register_buffer("lookup", lookup)
+
+    def labels(self, target_ids: torch.Tensor, target_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated CTC labels ``(sum of lengths,)`` and per-row lengths ``(batch,)``."""
+        rows = [self.lookup[target_ids[i, :n]] for i, n in enumerate(target_lengths.tolist())]
+        rows = [r[r > 0] for r in rows]
+        return torch.cat(rows), torch.tensor([len(r) for r in rows], device=target_ids.device)
+
+    def forward(self, target_ids, target_lengths, states=None, state_lengths=None, features=None,
+                feature_lengths=None, **_) -> dict:
+        if states is None:
+            states, state_lengths = self.speechlm.encode(features, feature_lengths)
+        proj = self.speechlm.projector
+        logits, n = proj.logits(states.to(proj.table.dtype), state_lengths)
+        labels, label_lengths = self.labels(target_ids, target_lengths)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (frames, batch, classes)
+        loss = nn.functional.ctc_loss(log_probs, labels, n, label_lengths, blank=BLANK, zero_infinity=True)
+        return {"loss": loss, "n_tokens": int(label_lengths.sum())}
+
+    @torch.no_grad()
+    def greedy(self, states: torch.Tensor, state_lengths: torch.Tensor) -> list[list[int]]:
+        """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR."""
+        return self.speechlm.projector.guess_tokens(states, state_lengths)

@@ -1,0 +1,1 @@
+"""Training: the one generic `Trainer` (accelerate), its callbacks and helpers."""
