@@ -1,21 +1,21 @@
 """speechlm_lib: give a large language model ears.
 
-One concern a module (import what you need; nothing heavy is imported here):
+The tree is the recipe (import what you need; nothing heavy is imported here):
 
-* ``config``      -- the profile switch ($SPEECHLM_PROFILE) and paths
-* ``records``     -- the Utterance record and JSONL manifests
-* ``audio``       -- loading, validation, Whisper-style log-mel features
-* ``text``        -- the shared normalizer, WER and CER
-* ``tts``, ``textgen``, ``corpus`` -- the synthetic eSpeak NG corpus
-* ``realdata``    -- local manifests and `datasets` corpora
-* ``sources``, ``ct2`` -- model names to weights (hub, cache or packaged offline copies)
-* ``trainer``, ``train_utils``, ``batching`` -- the one generic accelerate trainer, its helpers, bucketing
-* ``callbacks``   -- trainer callbacks (printing, live loss plots in notebooks)
-* ``conformer``, ``vocab``, ``ctc``, ``ctc_data``, ``ctc_stage`` -- stage 1: the CTC Conformer encoder
-* ``encoders``, ``projectors``, ``ctc_projector``, ``prompting``, ``speechlm``, ``speechlm_data``, ``feature_cache``,
-  ``generation``, ``speculative``, ``speechlm_config``, ``alignment``, ``ceiling``, ``whisper_baseline``
-  -- stage 2: the speech-LLM
-* ``tiny_models`` -- tiny random models for fast tests
-* ``results``, ``tutorial`` -- results.json and the headless notebook runner
+* ``config``     -- the profile switch ($SPEECHLM_PROFILE), paths, and `StageConfig`: every stage's config
+                    as a dataclass tree, presets in ``configs/<stage>/<profile>.yaml``, ``key=value`` overrides
+* ``data/``      -- ``records`` (the Utterance record, JSONL manifests), ``audio``, ``text`` (the normaliser),
+                    the synthetic corpus (``tts``, ``textgen``, ``corpus``), ``realdata``, ``batching``,
+                    ``feature_cache``, and the datasets the stages train on (``ctc_dataset``, ``speechlm_dataset``)
+* ``models/``    -- ``conformer`` and ``vocab`` (stage 1), ``encoders``, ``projectors`` and ``ctc_projector``,
+                    ``prompting``, ``speechlm`` (encoder -> projector -> LLM), ``build`` (a SpeechLM from a
+                    ModelConfig), ``sources`` and ``ct2`` (hub, cache or packaged offline weights), ``tiny_models``
+* ``training/``  -- ``trainer`` (the one generic accelerate loop), ``callbacks``, ``utils``
+* ``decoding/``  -- ``ctc`` (best paths), ``generation`` and ``speculative`` (the speech-LLM's decoding),
+                    ``whisper`` (the complete Whisper as a baseline)
+* ``metrics``    -- WER, CER, errors by training frequency
+* ``recipes/``   -- one file per stage, its config and end-to-end functions: ``stage1_ctc``, ``stage2_align``
+* ``experiments/`` -- studies on top of a recipe: ``stage2_compare`` (notebook 02's comparisons), ``copy_ceiling``
+* ``results``, ``tutorial``, ``registry`` -- results.json, the headless notebook runner, builder registries
 """
 __version__ = "0.1.0"
