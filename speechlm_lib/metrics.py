@@ -1,4 +1,5 @@
-"""The metrics every stage reports, on `normalize`d text: WER, CER and errors by training frequency."""
+"""The metrics every stage reports: WER, CER and errors by training frequency on `normalize`d text; BLEU
+and chrF for translation; the zero-shot tasks' scores."""
 from __future__ import annotations
 
 from collections import Counter
@@ -68,3 +69,45 @@ def errors_by_frequency(refs: list[str], hyps: list[str], counts: dict[str, int]
                     for g, (n, e) in words.items()}
     result["insertions"] = inserted / total
     return result
+
+
+def bleu(refs: list[str], hyps: list[str]) -> float:
+    """Corpus BLEU (sacrebleu, 0..100, its default 13a tokenisation; cased text as written)."""
+    import sacrebleu
+
+    _check_pairs(refs, hyps)
+    return float(sacrebleu.corpus_bleu(hyps, [refs]).score) if refs else 0.0
+
+
+def chrf(refs: list[str], hyps: list[str]) -> float:
+    """Corpus chrF (sacrebleu, 0..100): character n-gram F-score, kinder than BLEU to short outputs."""
+    import sacrebleu
+
+    _check_pairs(refs, hyps)
+    return float(sacrebleu.corpus_chrf(hyps, [refs]).score) if refs else 0.0
+
+
+def _check_pairs(refs: list[str], hyps: list[str]) -> None:
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+
+
+def caps_score(refs: list[str], hyps: list[str]) -> dict:
+    """The "capital letters" task: share of answers whose letters are all upper case, and their WER."""
+    _check_pairs(refs, hyps)
+    upper = [any(c.isalpha() for c in h) and h == h.upper() for h in hyps]
+    return {"all_caps": sum(upper) / max(1, len(hyps)), "wer": wer(refs, hyps)}
+
+
+def names_score(names: list[list[str]], transcripts: list[str], hyps: list[str]) -> dict:
+    """The "which names" task: ``recall`` of the names in the answers, and ``copied`` -- the share of
+    answers that are the whole transcript again (a model that only transcribes scores recall too)."""
+    if not (len(names) == len(transcripts) == len(hyps)):
+        raise ValueError("names, transcripts and hypotheses differ in length")
+    found = total = copied = 0
+    for want, said, got in zip(names, transcripts, hyps):
+        words = set(normalize(got).split())
+        found += sum(normalize(n) in words for n in want)
+        total += len(want)
+        copied += len(normalize(got).split()) >= 0.8 * len(normalize(said).split())
+    return {"recall": found / max(1, total), "copied": copied / max(1, len(hyps))}

@@ -190,12 +190,6 @@ def test_the_prefix_cache_is_skipped_or_rebuilt_when_it_would_be_stale(model, tm
     ids, lengths = batch["prefix_ids"].clone(), batch["prefix_lengths"]
     ids[1, 0] += 1  # rows with different prompts (per-row instructions) take the full path
     assert model.shared_prefix(ids, lengths) is None
-    weight = model.llm.get_input_embeddings().weight
-    weight.requires_grad_(True)  # a trainable LLM (LoRA, unfrozen) changes the prefix's keys/values
-    try:
-        assert model.shared_prefix(batch["prefix_ids"], lengths) is None
-    finally:
-        weight.requires_grad_(False)
     before = model(**batch)["loss"].detach()
     with torch.no_grad():
         model.llm.get_decoder().layers[0].mlp.down_proj.weight.mul_(1.5)  # an in-place edit of the LLM
@@ -209,6 +203,32 @@ def test_the_prefix_cache_is_skipped_or_rebuilt_when_it_would_be_stale(model, tm
         with torch.no_grad():
             model.llm.get_decoder().layers[0].mlp.down_proj.weight.div_(1.5)
         model.use_prefix_cache = True
+
+
+def test_a_trainable_llm_runs_the_shared_prefix_once_a_batch_with_exact_gradients(model, tmp_path, monkeypatch):
+    """LoRA (any trainable LLM weight) changes the prefix's keys/values: they are recomputed once a batch with
+    gradients, and the loss and gradients equal those of running the prefix in every row."""
+    batch = _batch(model, _utts(tmp_path))
+    weight = model.llm.get_decoder().layers[0].self_attn.q_proj.weight
+    weight.requires_grad_(True)
+    calls = []
+    original = model.prefix_kv
+    monkeypatch.setattr(model, "prefix_kv", lambda ids, rows, fresh=False: calls.append(fresh) or original(
+        ids, rows, fresh=fresh))
+    try:
+        model.use_prefix_cache = False
+        full = model(**batch)["loss"]
+        g_full, = torch.autograd.grad(full, weight)
+        model.use_prefix_cache = True
+        shared = model(**batch)["loss"]
+        g_shared, = torch.autograd.grad(shared, weight)
+    finally:
+        weight.requires_grad_(False)
+        model.use_prefix_cache = True
+    assert calls == [True]  # one prefix run, with gradients, not the kept no-grad copy
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    assert g_full.abs().sum() > 0
+    torch.testing.assert_close(g_shared, g_full, atol=1e-6, rtol=1e-4)
 
 
 def test_left_and_right_padding_give_the_same_next_token_logits(model, tmp_path):

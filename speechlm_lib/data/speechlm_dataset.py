@@ -10,10 +10,12 @@ groups similar durations with `BucketBatchSampler`.
 
 Later stages reuse this by passing `instruction_fn(utt) -> str` (keyword
 context, translation instructions) and `target_fn(utt) -> str` (the German
-translation instead of the transcript).
+translation instead of the transcript); `TaskDataset` holds (utterance, task)
+pairs, so one recording can serve several tasks (stage 3).
 """
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
@@ -91,6 +93,25 @@ class SpeechLMDataset(Dataset):
         item.update(prefix=prompt.prefix, suffix=prompt.suffix, target=self.prompts.target(self.target_fn(u)),
                     id=u.id, text=self.target_fn(u), seconds=u.duration)
         return item
+
+
+class TaskDataset(SpeechLMDataset):
+    """(utterance, `tasks.Task`) pairs as model-ready items: the task gives the answer and an instruction
+    paraphrase (fixed per item for a `seed`, so a resumed run sees the same prompts). Cached states are
+    shared by every task that reads the same recording."""
+
+    def __init__(self, pairs: list, encoder, prompts: PromptBuilder, cache: FeatureCache | None = None,
+                 report: Report | None = None, seed: int = 0):
+        self.tasks = {id(u): t for u, t in pairs}  # construction filters utterances; remember each one's task
+        rngs = {id(u): random.Random(f"{seed}:{i}") for i, (u, _) in enumerate(pairs)}
+        self.instructions = {key: self.tasks[key].instruction(rng) for key, rng in rngs.items()}
+        super().__init__([u for u, _ in pairs], encoder, prompts, cache=cache,
+                         instruction_fn=lambda u: self.instructions[id(u)],
+                         target_fn=lambda u: self.tasks[id(u)].answer(u), report=report)
+
+    def task_names(self) -> list[str]:
+        """The task of each kept item, in order."""
+        return [self.tasks[id(u)].name for u in self.utts]
 
 
 def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,6 +75,10 @@ class CTCProjector(Projector):
         # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
         self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long), persistent=False)
         self.register_buffer("table", torch.zeros(len(vocab_ids), out_dim), persistent=False)
+        # a training regime, not a setting of the weights: in train mode with hard tokens, draw each token's
+        # label from softmax(logits / T) instead of taking the best, so an LLM trained on top meets the kind
+        # of errors the projector makes on unseen voices (stage 3's `exposure`); 0 = always the best path
+        self.sample_temperature = 0.0
 
     def bind(self, llm) -> None:
         """Copy the LLM's input embeddings of `vocab_ids` into ``table (V, llm_dim)``."""
@@ -95,14 +99,20 @@ class CTCProjector(Projector):
         return h, self.classify(h), lengths
 
     @torch.no_grad()
-    def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-        """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR."""
+    def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor, temperature: float = 0.0) -> list[list[int]]:
+        """Best-path LLM token ids per row (repeats merged, blanks dropped): the projector alone as ASR.
+        With `temperature` > 0 each label is drawn from softmax(logits / temperature) instead (what the
+        LLM is shown in training under stage 3's exposure)."""
         _, logits, n = self._run(x.to(self.table.dtype), lengths)
+        if temperature > 0:
+            probs = (logits.float() / temperature).softmax(-1)
+            labels = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+            return self._best_paths(labels, n, labels=True)
         return self._best_paths(logits, n)
 
-    def _best_paths(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    def _best_paths(self, logits: torch.Tensor, lengths: torch.Tensor, labels: bool = False) -> list[list[int]]:
         out = []
-        for row, length in zip(logits.detach().argmax(-1), lengths.tolist()):
+        for row, length in zip(logits if labels else logits.detach().argmax(-1), lengths.tolist()):
             row = torch.unique_consecutive(row[:length])
             out.append(self.vocab[row[row != BLANK] - 1].tolist())
         return out
@@ -124,15 +134,25 @@ class CTCProjector(Projector):
         """Logits ``(batch, tokens, V + 1)`` -> (compressed) soft or hard tokens, their lengths."""
         p = logits.float().softmax(-1)
         q = p[..., 1:] / (1 - p[..., :1]).clamp(min=1e-4)  # tokens given not blank
-        if self.hard:  # the best token's own embedding; gradients pass as if soft (straight-through)
-            q = nn.functional.one_hot(q.argmax(-1), q.shape[-1]).to(q) + q - q.detach()
+        labels = self._labels(logits)
+        if self.hard:  # the chosen token's own embedding; gradients pass as if soft (straight-through)
+            pick = q.argmax(-1) if labels is None else (labels - 1).clamp(min=0)
+            q = nn.functional.one_hot(pick, q.shape[-1]).to(q) + q - q.detach()
         soft = q @ self.table.float()
         if not self.compress:
             return soft.to(dtype), lengths
-        rows = [_compress(soft[i, :n], logits[i, :n].argmax(-1), p[i, :n, BLANK]) for i, n in
-                enumerate(lengths.tolist())]
+        labels = logits.argmax(-1) if labels is None else labels
+        rows = [_compress(soft[i, :n], labels[i, :n], p[i, :n, BLANK]) for i, n in enumerate(lengths.tolist())]
         out = nn.utils.rnn.pad_sequence(rows, batch_first=True)
         return out.to(dtype), torch.tensor([len(r) for r in rows], device=logits.device)
+
+
+    def _labels(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """Sampled labels ``(batch, tokens)`` (blank = 0) in training with `sample_temperature`, else None."""
+        if not (self.training and self.hard and self.sample_temperature > 0):
+            return None
+        probs = (logits.detach().float() / self.sample_temperature).softmax(-1)
+        return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
 
 
 def _compress(soft: torch.Tensor, best: torch.Tensor, blank_p: torch.Tensor) -> torch.Tensor:

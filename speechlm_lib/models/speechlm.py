@@ -15,10 +15,11 @@ target_ids`` with their ``*_lengths``. Rows are assembled one by one, then
 padded on the right (training) or the left (generation); position ids count
 only real tokens, so either side gives the same result.
 
-`save_pretrained(dir)` writes the trainable weights (``trainable.safetensors``)
-and ``speechlm.json``, which names the frozen parts by reference (encoder
-settings with its hub id / path, the LLM's hub id / path) -- a few MB instead
-of the whole model; `from_pretrained(dir)` rebuilds it in a fresh process.
+`save_pretrained(dir)` writes the trainable weights (``trainable.safetensors``),
+LoRA adapters if any (``adapter/``, peft's own format; `lora`) and ``speechlm.json``,
+which names the frozen parts by reference (encoder settings with its hub id / path,
+the LLM's hub id / path) -- a few MB instead of the whole model; `from_pretrained(dir)`
+rebuilds it in a fresh process.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from speechlm_lib.models.prompting import PromptBuilder, PromptConfig
 
 CONFIG_NAME = "speechlm.json"
 WEIGHTS_NAME = "trainable.safetensors"
+ADAPTER_DIR = "adapter"  # LoRA adapters, written by peft's save_pretrained
 IGNORE = -100  # label of positions the loss ignores
 
 
@@ -77,6 +79,8 @@ class SpeechLM(nn.Module):
         self.llm.requires_grad_(not freeze_llm)
         self.use_prefix_cache = True  # reuse a prompt prefix shared by a batch as a key/value cache
         self._prefix_kv: dict = {}  # (prefix ids, device, dtype, weights' version) -> layers' (keys, values)
+        object.__setattr__(self, "peft", None)  # the PeftModel around `llm` once LoRA is added (`lora.add_lora`)
+        self.merged_lora = False  # adapters folded into the LLM's weights (`lora.merge_lora`)
 
     # -- the pieces -------------------------------------------------------------------
     @property
@@ -89,7 +93,7 @@ class SpeechLM(nn.Module):
         super().train(mode)
         if self.freeze_encoder:
             self.encoder.eval()
-        if self.freeze_llm:
+        if self.freeze_llm and self.peft is None:  # with adapters the LLM trains (their dropout)
             self.llm.eval()
         return self
 
@@ -148,9 +152,10 @@ class SpeechLM(nn.Module):
         """Teacher-forced loss on the answer tokens. Returns ``{"loss", "n_tokens", "accuracy"}``.
 
         Only the positions that predict a target token go through the LM head (the
-        prompt's logits are never computed). When every row shares the prefix and the
-        LLM is frozen, the prefix runs once and is reused as a key/value cache
-        (`prefix_cache`). `meta` (ids, texts) is ignored.
+        prompt's logits are never computed). When every row shares the prefix, it runs
+        once and is reused as a key/value cache (`prefix_cache`): computed once and kept
+        while the LLM is frozen, once a batch with gradients while adapters train.
+        `meta` (ids, texts) is ignored.
         """
         audio, audio_lengths = self.audio_embeddings(features, feature_lengths, states, state_lengths)
         shared = self.shared_prefix(prefix_ids, prefix_lengths)
@@ -160,7 +165,7 @@ class SpeechLM(nn.Module):
                                                   suffix_lengths, target_ids, target_lengths, padding_side="right")
         kw = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "use_cache": False}
         if shared is not None:
-            kw.update(self.prefix_cache(shared, mask))
+            kw.update(self.prefix_cache(shared, mask, fresh=self.llm_trains()))
         hidden = self.llm.get_decoder()(**kw).last_hidden_state
         next_labels = labels[:, 1:]
         keep = next_labels != IGNORE  # position t predicts token t + 1
@@ -173,46 +178,54 @@ class SpeechLM(nn.Module):
     # -- the shared prompt prefix as a key/value cache ------------------------------------
     def shared_prefix(self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor,
                       for_training: bool = True) -> tuple[int, ...] | None:
-        """The prefix ids if every row has the same one and caching it is exact, else None.
+        """The prefix ids if every row has the same one, else None (then every row runs its own).
 
-        For training it is exact when the LLM has no trainable weights (the prefix's
-        keys/values then never change); a trainable LLM (LoRA, unfrozen) takes the full
-        path. Under ``no_grad`` (`for_training=False`, decoding) it is always exact.
+        Running a shared prefix once is exact: frozen, its keys/values are computed once and
+        kept; with a trainable LLM (LoRA) `forward` recomputes them once a batch with gradients
+        (the same loss and gradients as running it in every row, at a fraction of the cost).
+        `for_training` is kept for callers; a trainable LLM is handled by `prefix_cache`.
         """
         n = int(prefix_lengths[0])
         if not self.use_prefix_cache or n == 0 or bool((prefix_lengths != n).any()):
             return None
         if bool((prefix_ids[:, :n] != prefix_ids[:1, :n]).any()):
             return None
-        if for_training and any(p.requires_grad for p in self.llm.parameters()):
-            return None
         return tuple(prefix_ids[0, :n].tolist())
+
+    def llm_trains(self) -> bool:
+        """Whether a backward pass would reach LLM weights (adapters or unfrozen layers) right now."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters())
 
     def _llm_version(self) -> int:
         """Changes whenever an LLM weight is modified in place (a stale prefix cache is rebuilt)."""
         return sum(p._version for p in self.llm.parameters())
 
-    def prefix_kv(self, ids: tuple[int, ...], rows: int):
+    def prefix_kv(self, ids: tuple[int, ...], rows: int, fresh: bool = False):
         """A `DynamicCache` holding the prefix `ids`' keys/values for `rows` rows (computed once
-        per prefix, device, dtype and weights' version; rows share one copy until appended to)."""
+        per prefix, device, dtype and weights' version; rows share one copy until appended to).
+        `fresh`: computed now with gradients and not kept (a trainable LLM)."""
         from transformers import DynamicCache
 
         weight = self.llm.get_input_embeddings().weight
         key = (ids, weight.device, weight.dtype, self._llm_version())
-        if key not in self._prefix_kv:
-            with torch.no_grad():
+        if fresh or key not in self._prefix_kv:
+            with torch.set_grad_enabled(fresh):
                 out = self.llm.get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
-            self._prefix_kv = {key: [(layer.keys, layer.values) for layer in out.past_key_values.layers]}
+            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            if fresh:
+                return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                                    for k, v in layers], config=self.llm.config)
+            self._prefix_kv = {key: layers}
         return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                                             for k, v in self._prefix_kv[key]], config=self.llm.config)
 
-    def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor) -> dict:
+    def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor, fresh: bool = False) -> dict:
         """LLM keywords that put the prefix `ids` before every row: ``past_key_values``
         (`prefix_kv`), the attention mask over prefix + rows ``(batch, len(ids) + seq)`` and
         position ids shifted past the prefix."""
         b, n = mask.shape[0], len(ids)
         full_mask = torch.cat([mask.new_ones((b, n)), mask], dim=1)
-        return {"past_key_values": self.prefix_kv(ids, b), "attention_mask": full_mask,
+        return {"past_key_values": self.prefix_kv(ids, b, fresh=fresh), "attention_mask": full_mask,
                 "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + n, "use_cache": True}
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -237,12 +250,18 @@ class SpeechLM(nn.Module):
         return {"encoder": self.encoder.settings(), "llm": {"source": self.llm_source, "dtype": dtype},
                 "projector": {"name": self.projector_name, "stride": self.projector.stride, "kwargs": settings},
                 "prompt": asdict(self.prompts.config),
-                "freeze_encoder": self.freeze_encoder, "freeze_llm": self.freeze_llm}
+                "freeze_encoder": self.freeze_encoder, "freeze_llm": self.freeze_llm,
+                "lora": ADAPTER_DIR if self.peft is not None else None}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``speechlm.json`` + ``trainable.safetensors`` (projector + any unfrozen part)."""
+        if self.merged_lora:
+            raise ValueError("save the model before `merge_lora`: a merged LLM is no longer the one its "
+                             "source names, and the adapters are saved by themselves (a few MB)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.peft is not None:
+            self.peft.save_pretrained(str(directory / ADAPTER_DIR))
         names = {"projector"} | ({"encoder"} if not self.freeze_encoder else set()) | (
             {"llm"} if not self.freeze_llm else set())
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()
@@ -269,6 +288,12 @@ class SpeechLM(nn.Module):
                     projector_kwargs=cfg["projector"]["kwargs"], prompt=PromptConfig(**cfg["prompt"]),
                     freeze_encoder=cfg["freeze_encoder"], freeze_llm=cfg["freeze_llm"],
                     llm_source=cfg["llm"]["source"])
+        if cfg.get("lora"):
+            from peft import PeftModel
+
+            from speechlm_lib.models.lora import attach
+
+            attach(model, PeftModel.from_pretrained(model.llm, str(directory / cfg["lora"])))
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         lost = [k for k in missing if k.startswith("projector.")]

@@ -1,0 +1,73 @@
+"""What the LLM could do before it learned to listen: 50 short questions with known one-word answers.
+
+Stage 3 asks them with the LoRA adapters on and off (`recipes.stage3_lora.text_ability`): SLM froze its
+LLM to keep these abilities, and training adapters on speech tasks may cost some. An answer counts when
+one of its first four words (normalised: case, punctuation and digits aside) is an expected one.
+"""
+from __future__ import annotations
+
+QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
+    ("What is the capital of France?", ("paris",)),
+    ("What is the capital of Japan?", ("tokyo",)),
+    ("What is the capital of Italy?", ("rome",)),
+    ("What is the capital of Germany?", ("berlin",)),
+    ("What is the capital of Spain?", ("madrid",)),
+    ("What is the capital of England?", ("london",)),
+    ("What is the capital of Russia?", ("moscow",)),
+    ("What is the capital of Egypt?", ("cairo",)),
+    ("What is the capital of Canada?", ("ottawa",)),
+    ("What is the capital of China?", ("beijing",)),
+    ("What color is the sky on a clear day?", ("blue",)),
+    ("What color is grass?", ("green",)),
+    ("What color is snow?", ("white",)),
+    ("What color is a ripe banana?", ("yellow",)),
+    ("What color do you get by mixing blue and yellow?", ("green",)),
+    ("How many days are in a week?", ("seven", "7")),
+    ("How many legs does a spider have?", ("eight", "8")),
+    ("How many months are in a year?", ("twelve", "12")),
+    ("How many hours are in a day?", ("twenty-four", "24")),
+    ("How many sides does a triangle have?", ("three", "3")),
+    ("What is two plus two?", ("four", "4")),
+    ("What is three times three?", ("nine", "9")),
+    ("What is ten minus four?", ("six", "6")),
+    ("What is the largest planet in our solar system?", ("jupiter",)),
+    ("Which planet is known as the red planet?", ("mars",)),
+    ("What is the closest star to the Earth?", ("sun",)),
+    ("What do bees make?", ("honey",)),
+    ("What animal says moo?", ("cow",)),
+    ("What animal barks?", ("dog",)),
+    ("What is frozen water called?", ("ice",)),
+    ("What gas do plants take in from the air?", ("carbon",)),
+    ("What do we breathe in to live?", ("oxygen", "air")),
+    ("Which season comes after winter?", ("spring",)),
+    ("Which day comes after Monday?", ("tuesday",)),
+    ("Which month comes after June?", ("july",)),
+    ("What is the opposite of hot?", ("cold",)),
+    ("What is the opposite of up?", ("down",)),
+    ("What is the opposite of day?", ("night",)),
+    ("What is the plural of mouse?", ("mice",)),
+    ("Who wrote Romeo and Juliet?", ("william", "shakespeare")),
+    ("What language is spoken in Brazil?", ("portuguese",)),
+    ("What language is spoken in Mexico?", ("spanish",)),
+    ("What is the largest ocean on Earth?", ("pacific",)),
+    ("What is the tallest animal?", ("giraffe",)),
+    ("What is the chemical symbol for water?", ("h2o",)),
+    ("What is the boiling point of water in Celsius?", ("100", "hundred")),
+    ("How many continents are there?", ("seven", "7")),
+    ("What do you call a baby cat?", ("kitten",)),
+    ("What do you call a baby dog?", ("puppy",)),
+    ("What shape has four equal sides?", ("square",)),
+]
+
+HELD_OUT_TEXT: list[str] = [
+    "The weather was warm, so we walked to the park and sat by the lake for an hour.",
+    "She opened the window and the smell of fresh bread came in from the bakery below.",
+    "After dinner the children read their books while their parents washed the dishes.",
+    "The train was late again, and most of the passengers waited patiently on the platform.",
+    "He wrote a short letter to his grandmother and posted it on the way to school.",
+    "Our team worked through the weekend to finish the report before the deadline.",
+    "The museum opens at nine in the morning and closes at six in the evening.",
+    "A small dog ran across the street and hid under a parked car.",
+    "They planted tomatoes, beans and carrots in the garden behind the house.",
+    "The meeting was moved to Thursday because the manager was travelling.",
+]

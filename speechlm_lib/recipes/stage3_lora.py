@@ -1,0 +1,254 @@
+"""Stage 3, LoRA and multitask instruction tuning (SALM, SLM): the LLM learns to listen, and to do what it is told.
+
+Stage 2 left a frozen LLM that only copies the projector's tokens. Here LoRA adapters on the LLM's
+attention (`models.lora`) train with the same LLM loss, on several tasks at once, each chosen by its
+instruction (`data.tasks`: English ASR, German ASR, English->German translation). Read top to bottom:
+the config (presets in ``configs/stage3_lora/<profile>.yaml``), then the recipe's steps::
+
+    cfg = Stage3Config.preset(profile())
+    model = load_stage2(cfg)                      # notebook 02's saved model
+    add_adapters(cfg, model)                      # LoRA (+ the projector, if it trains along)
+    splits = load_splits(cfg)
+    train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks)
+    result = train_lora(cfg, model, train_ds, dev=splits["dev"])
+    scores = evaluate_tasks(cfg, model, splits["test"])
+
+The problem this stage has to solve: on its own training utterances the stage-2 projector is nearly
+right, so adapters trained on its best path learn to copy and never meet the errors they must repair
+on unseen voices. `ExposureConfig` draws the projector's tokens from its posteriors at a temperature
+while the LLM trains, so the training tokens carry errors like the test tokens do.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from speechlm_lib.config import StageConfig, runs_dir
+from speechlm_lib.data.corpus import ensure_corpus
+from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.data.records import Report, Utterance, read_manifest
+from speechlm_lib.data.speechlm_dataset import TaskDataset, make_loader
+from speechlm_lib.data.tasks import TASKS, Task, task_items
+from speechlm_lib.decoding.generation import DecodeConfig, transcribe
+from speechlm_lib.metrics import bleu, caps_score, cer, chrf, names_score, wer
+from speechlm_lib.models.lora import LoraSettings, add_lora
+from speechlm_lib.models.speechlm import SpeechLM
+from speechlm_lib.training.callbacks import BestWeights, Callback
+from speechlm_lib.training.trainer import TrainConfig, Trainer
+from speechlm_lib.training.utils import resolve_dtype
+
+
+@dataclass
+class ExposureConfig:
+    """How the LLM meets the projector's errors while it trains."""
+
+    sample_temperature: float = 0.0  # draw each audio token from softmax(logits / T) (0 = the best path)
+    projector_dropout: bool = True  # keep the projector's dropout on while the LLM trains (its train mode)
+
+
+@dataclass
+class DataConfig:
+    """Which utterances, per split and language, and how they are batched."""
+
+    batch_size: int = 8  # (utterance, task) pairs a training batch
+    train_limit: int | None = None  # at most this many training utterances (None = all)
+    dev_limit: int = 48  # English dev utterances scored at each evaluation (German ones: dev_limit // 4)
+    test_limit: int | None = 200  # English test utterances per task (German: all of them, up to this)
+    use_cache: bool = True  # cache the frozen encoder's states on disk (shared with stage 2)
+
+
+@dataclass
+class Stage3Config(StageConfig):
+    """Everything stage 3 needs; ``preset(name)`` reads ``configs/stage3_lora/<name>.yaml``."""
+
+    config_name: ClassVar[str] = "stage3_lora"
+    init_from: str | None = None  # a saved stage-2 SpeechLM folder (None = runs/<profile>/stage2_speechlm)
+    llm_dtype: str | None = "auto"  # the LLM's dtype here (train_utils.resolve_dtype; "auto" = bf16 where native)
+    keep_examples: bool = False  # keep stage 2's prompt demonstrations (the adapters learn the task instead)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # rank, alpha, dropout, target modules
+    train_projector: bool = False  # the projector trains along (straight-through its hard tokens)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)  # the projector's errors in training
+    tasks: dict = field(default_factory=lambda: {"asr_en": 1.0, "asr_de": 1.0, "ast_de": 0.3})  # name -> ratio
+    eval_tasks: tuple[str, ...] = ("asr_en", "asr_de", "ast_de", "caps", "names")  # scored on test
+    data: DataConfig = field(default_factory=DataConfig)  # subsets and batching
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy decoding, token budget
+    corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
+    keep_best: bool = True  # end with the adapters of the best dev WER (English ASR), before training included
+
+
+# ----- 1. the model: notebook 02's speech-LLM, plus adapters ----------------------------------------------
+def stage2_dir(cfg: Stage3Config, profile_name: str | None = None) -> Path:
+    """Where the stage-2 model is read from."""
+    from speechlm_lib.config import profile
+
+    return Path(cfg.init_from) if cfg.init_from else runs_dir() / (profile_name or profile()) / "stage2_speechlm"
+
+
+def load_stage2(cfg: Stage3Config, llm=None, tokenizer=None, encoder=None) -> SpeechLM:
+    """The saved stage-2 `SpeechLM` (frozen parts by reference), without its demonstrations unless kept."""
+    from speechlm_lib.models.speechlm import load_llm
+
+    folder = stage2_dir(cfg)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no stage-2 model (run notebooks/02_projector_alignment.ipynb, "
+                                f"or name a saved SpeechLM folder in init_from)")
+    if llm is None:
+        import json
+
+        source = json.loads((folder / "speechlm.json").read_text())["llm"]["source"]
+        llm, tokenizer = load_llm(source, dtype=resolve_dtype(cfg.llm_dtype))
+    model = SpeechLM.from_pretrained(folder, encoder=encoder, llm=llm, tokenizer=tokenizer)
+    if not cfg.keep_examples:
+        model.prompts.set_examples([])
+    return model.to(llm.device)
+
+
+def add_adapters(cfg: Stage3Config, model: SpeechLM) -> dict:
+    """LoRA on the LLM (rank 0: none), the projector frozen or training along, the exposure regime set.
+    Returns the parameter counts (trainable vs frozen per part)."""
+    add_lora(model, cfg.lora)
+    model.projector.requires_grad_(cfg.train_projector)
+    model.projector.sample_temperature = cfg.exposure.sample_temperature
+    if not cfg.exposure.projector_dropout:
+        for m in model.projector.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    return model.parameter_counts()
+
+
+# ----- 2. the data: (utterance, task) pairs -----------------------------------------------------------------
+def load_splits(cfg: Stage3Config, report: Report | None = None) -> dict[str, list[Utterance]]:
+    """train / dev / test of the synthetic corpus, English and German (``<split>_de.jsonl``) together.
+    English dev and test are cut to the limits; German dev to a quarter of the dev limit, test to the limit."""
+    manifests = ensure_corpus(cfg.corpus_profile)
+    d = cfg.data
+    limits = {"train": (d.train_limit, d.train_limit), "dev": (d.dev_limit, max(1, d.dev_limit // 4)),
+              "test": (d.test_limit, d.test_limit)}
+    out = {}
+    for split, (limit_en, limit_de) in limits.items():
+        german = read_manifest(manifests[f"{split}_de"], report) if f"{split}_de" in manifests else []
+        out[split] = read_manifest(manifests[split], report)[:limit_en] + german[:limit_de]
+    return out
+
+
+def make_task_dataset(cfg: Stage3Config, model: SpeechLM, utts: list[Utterance], tasks: dict[str, float],
+                      cache: FeatureCache | None = None, report: Report | None = None,
+                      progress: bool = True) -> TaskDataset:
+    """(utterance, task) pairs by the `tasks` ratios, encoder states cached first (batched)."""
+    report = report if report is not None else Report()
+    pairs = task_items(tasks, utts, report, seed=cfg.train.seed)
+    if cfg.data.use_cache:
+        cache = cache or FeatureCache.for_encoder(model.encoder)
+        kept = {u.audio for u in cache.fill(utts, model.encoder, batch_size=16, report=report, progress=progress)}
+        pairs = [(u, t) for u, t in pairs if u.audio in kept]
+    return TaskDataset(pairs, model.encoder, model.prompts, cache=cache if cfg.data.use_cache else None,
+                       report=report, seed=cfg.train.seed)
+
+
+@torch.no_grad()
+def projector_wer(model: SpeechLM, dataset, temperature: float = 0.0, seed: int = 0, batch_size: int = 32) -> float:
+    """WER of the projector's own tokens on `dataset` (a `SpeechLMDataset` with cached states): its best path,
+    or with `temperature` the tokens drawn as `ExposureConfig` draws them in training. Matching the training
+    tokens' WER to the unseen voices' is what exposure is for."""
+    torch.manual_seed(seed)
+    proj, refs, hyps = model.projector, [], []
+    device = next(proj.parameters()).device
+    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
+        if "states" in batch:
+            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
+        else:
+            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
+        hyps += [model.prompts.decode(row) for row in proj.guess_tokens(states, lengths, temperature)]
+        refs += batch["meta"]["text"]
+    return wer(refs, hyps)
+
+
+# ----- 3. training: the generic Trainer, dev WER of English ASR, the best adapters kept ---------------------
+def train_lora(cfg: Stage3Config, model: SpeechLM, train_ds: TaskDataset, dev: list[Utterance] | None = None,
+               callbacks: list[Callback] = (), cache: FeatureCache | None = None,
+               output_dir: str | Path | None = None) -> dict:
+    """Train the adapters (and the projector if it trains along). Returns the trainer's result plus
+    ``train_seconds`` / ``eval_seconds`` / ``samples_per_second``; saves the model to `output_dir`."""
+    loader = make_loader(train_ds, batch_size=cfg.data.batch_size, seed=cfg.train.seed)
+    eval_seconds = [0.0]
+    evaluate = None
+    if dev:
+        asr = TASKS.build("asr_en")
+        dev_en = [u for u in dev if asr.applies(u)]
+
+        def evaluate(m):  # timed apart, so throughput counts training only
+            t = time.perf_counter()
+            out = score_task(m, asr, dev_en, cfg.decode, cache=cache)
+            eval_seconds[0] += time.perf_counter() - t
+            return {"wer": out["wer"]}
+
+    best = None
+    if evaluate is not None and cfg.keep_best:
+        model.eval()
+        best = BestWeights(model, start=evaluate(model))  # before the trainer's clock starts
+        eval_seconds[0] = 0.0
+        callbacks = [*callbacks, best]
+    trainer = Trainer(cfg.train, model, loader, evaluate=evaluate, callbacks=callbacks, run_config=cfg)
+    result = trainer.run()
+    if best is not None:
+        result["eval"] = [{"step": 0, **best.start}, *result["eval"]]
+        result["best"] = best.restore()
+    result["eval_seconds"] = eval_seconds[0]
+    result["train_seconds"] = result["seconds"] - eval_seconds[0]
+    samples = result["final"]["step"] * cfg.data.batch_size * cfg.train.grad_accum
+    result["samples_per_second"] = samples / max(result["train_seconds"], 1e-9)
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        cfg.save(Path(output_dir) / "config.yaml")
+    return result
+
+
+# ----- 4. evaluation: every task by its own metric ----------------------------------------------------------
+@torch.no_grad()
+def score_task(model: SpeechLM, task: Task, utts: list[Utterance], decode: DecodeConfig | None = None,
+               instruction: str | None = None, cache: FeatureCache | None = None, progress: bool = False) -> dict:
+    """Decode `utts` with the task's instruction (or `instruction`) and score by the task's metric.
+
+    Returns the metric(s), ``rtf``, ``seconds``, ``n`` and ``refs`` / ``hyps`` / ``ids``."""
+    utts = [u for u in utts if task.applies(u)]
+    decode = replace(decode or DecodeConfig(), draft=(decode or DecodeConfig()).draft and task.draft)
+    out = transcribe(model, utts, decode, instruction=instruction or task.train[0], cache=cache, progress=progress)
+    refs = [task.answer(u) for u in utts]
+    scores = {"n": len(utts), "rtf": out.rtf, "seconds": out.seconds, "truncated": out.truncated,
+              "refs": refs, "hyps": out.texts, "ids": [u.id for u in utts]}
+    if task.metric == "wer":
+        scores.update(wer=wer(refs, out.texts), cer=cer(refs, out.texts))
+    elif task.metric == "bleu":
+        scores.update(bleu=bleu(refs, out.texts), chrf=chrf(refs, out.texts))
+    elif task.metric == "caps":
+        scores.update(caps_score([u.text for u in utts], out.texts))
+    elif task.metric == "names":
+        scores.update(names_score([u.keywords for u in utts], [u.text for u in utts], out.texts))
+    else:
+        raise ValueError(f"task {task.name!r}: unknown metric {task.metric!r}")
+    return scores
+
+
+def evaluate_tasks(cfg: Stage3Config, model: SpeechLM, test: list[Utterance], cache: FeatureCache | None = None,
+                   held_out: bool = True, progress: bool = False) -> dict:
+    """Every task in ``cfg.eval_tasks`` on `test` (`score_task`); with `held_out`, each trained task is also
+    asked in its paraphrases never seen in training (``<task>@unseen``, their results pooled)."""
+    results = {}
+    for name in cfg.eval_tasks:
+        task = TASKS.build(name)
+        results[name] = score_task(model, task, test, cfg.decode, cache=cache, progress=progress)
+        if held_out and task.trained and task.held_out:
+            runs = [score_task(model, task, test, cfg.decode, instruction=i, cache=cache) for i in task.held_out]
+            refs = [r for run in runs for r in run["refs"]]
+            hyps = [h for run in runs for h in run["hyps"]]
+            key = "wer" if task.metric == "wer" else "bleu"
+            value = wer(refs, hyps) if key == "wer" else bleu(refs, hyps)
+            results[f"{name}@unseen"] = {key: value, "n": len(hyps), "instructions": list(task.held_out),
+                                         "refs": refs, "hyps": hyps}
+    return results

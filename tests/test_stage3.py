@@ -1,0 +1,209 @@
+"""Stage 3 with tiny random models: LoRA adapters, their save/load and merge, tasks, exposure, text checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.speechlm_dataset import Collate, TaskDataset
+from speechlm_lib.data.tasks import TASKS, get_task, task_items
+from speechlm_lib.decoding.generation import DecodeConfig, transcribe
+from speechlm_lib.experiments.text_ability import adapters_off, answered, text_ability
+from speechlm_lib.models.build import ModelConfig, build_speechlm
+from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.lora import LoraSettings, LowRankLinear, add_lora, lora_parameters, merge_lora
+from speechlm_lib.models.speechlm import SpeechLM, load_llm
+from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2
+from speechlm_lib.recipes.stage3_lora import Stage3Config, add_adapters, score_task
+
+TEXTS = ["hello world", "the quick brown fox jumps", "you are tiny", "tiny words here"]
+GERMAN = "hallo welt"
+
+
+def _utts(tmp_path, n=4, german=1):
+    out = []
+    for i in range(n + german):
+        sec = 1.0 + 0.3 * i
+        wave = np.random.RandomState(i).randn(int(16000 * sec)).astype("float32") * 0.1
+        path = tmp_path / f"u{i}.wav"
+        sf.write(str(path), wave, 16000)
+        if i < n:
+            out.append(Utterance(id=f"u{i}", audio=str(path), text=TEXTS[i % 4], duration=sec,
+                                 keywords=["tiny"] if "tiny" in TEXTS[i % 4] else [],
+                                 translation="hallo" if i % 2 == 0 else None))
+        else:
+            out.append(Utterance(id=f"g{i}", audio=str(path), text=GERMAN, duration=sec, language="de"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A saved tiny LLM and wav2vec2 encoder (so a fresh process can load them by path)."""
+    d = tmp_path_factory.mktemp("parts")
+    return str(save_tiny_llm(d / "llm")), str(save_tiny_wav2vec2(d / "w2v"))
+
+
+def _model(parts, r=4, seed=0):
+    llm_dir, enc_dir = parts
+    llm, tok = load_llm(llm_dir)
+    enc = ENCODERS.build("wav2vec2", source=enc_dir)
+    cfg = ModelConfig(encoder="wav2vec2", encoder_source=enc_dir, llm=llm_dir, projector="ctc", stride=2,
+                      projector_kwargs={"hidden": 32, "hard": True, "dropout": 0.0})
+    torch.manual_seed(seed)
+    model = build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=TEXTS + [GERMAN, "hallo"])
+    if r:
+        add_lora(model, LoraSettings(r=r, alpha=2 * r))
+        with torch.no_grad():  # adapters that do something (B starts at zero)
+            for name, p in lora_parameters(model).items():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_the_from_scratch_lora_layer_is_peft_s_formula():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    mine = LowRankLinear(torch.nn.Linear(6, 5), r=2, alpha=4.0)
+    mine.base.load_state_dict(net[0].state_dict())
+    torch.nn.init.normal_(mine.B)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(mine.base(x), net(x))  # B = 0 would give the frozen layer; here B != 0
+    wrapped = get_peft_model(net, LoraConfig(r=2, lora_alpha=4.0, target_modules=["0"]))
+    layer = wrapped.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(mine.A)
+        layer.lora_B["default"].weight.copy_(mine.B)
+    torch.testing.assert_close(wrapped(x), mine(x))
+    assert [n for n, p in mine.named_parameters() if p.requires_grad] == ["A", "B"]
+
+
+def test_adapters_train_and_nothing_else_of_the_llm(parts, tmp_path):
+    model = _model(parts, r=0)
+    frozen = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
+    cfg = Stage3Config.preset("smoke").override(["lora.r=4", "train_projector=False"])
+    counts = add_adapters(cfg, model)
+    assert counts["llm"]["trainable"] == sum(p.numel() for p in lora_parameters(model).values()) > 0
+    assert counts["projector"]["trainable"] == 0 and counts["encoder"]["trainable"] == 0
+    ds = TaskDataset(task_items({"asr_en": 1.0}, _utts(tmp_path)), model.encoder, model.prompts)
+    batch = Collate(model.encoder, model.prompts.pad_id)([ds[i] for i in range(len(ds))])
+    model.train()
+    loss = model(**batch)["loss"]
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all("lora_" in n for n in grads)
+    for n, p in model.llm.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, frozen[n.replace("base_model.model.", "").replace(".base_layer", "")])
+
+
+def test_adapters_come_back_in_a_fresh_process_with_the_same_transcripts(parts, tmp_path):
+    model = _model(parts)
+    utts = _utts(tmp_path, german=0)
+    cfg = DecodeConfig(batch_size=4, max_new_tokens=6)
+    want = transcribe(model, utts, cfg, progress=False).texts
+    with adapters_off(model):
+        plain = transcribe(model, utts, cfg, progress=False).texts
+    assert want != plain  # the adapters change what is written
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "speechlm.json").read_text())
+    assert saved["lora"] == "adapter" and (tmp_path / "saved/adapter/adapter_config.json").is_file()
+    assert (tmp_path / "saved/adapter/adapter_model.safetensors").stat().st_size < 1_000_000  # adapters only
+    script = ("import json, sys\nfrom speechlm_lib.models.speechlm import SpeechLM\n"
+              "from speechlm_lib.decoding.generation import DecodeConfig, transcribe\n"
+              "m = SpeechLM.from_pretrained(sys.argv[1])\n"
+              "print(json.dumps(transcribe(m, json.loads(sys.argv[2]), DecodeConfig(batch_size=4, max_new_tokens=6),"
+              " progress=False).texts))")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "saved"), json.dumps([u.audio for u in utts])],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == want
+
+
+def test_a_merged_model_writes_the_same_transcripts_and_refuses_to_save(parts, tmp_path):
+    model = _model(parts)
+    utts = _utts(tmp_path)
+    for draft in (True, False):
+        cfg = DecodeConfig(batch_size=4, max_new_tokens=6, draft=draft)
+        before = transcribe(model, utts, cfg, progress=False).texts
+        merged = merge_lora(_model(parts))
+        assert merged.peft is None and not lora_parameters(merged)
+        assert transcribe(merged, utts, cfg, progress=False).texts == before
+    with pytest.raises(ValueError, match="before `merge_lora`"):
+        merged.save_pretrained(tmp_path / "merged")
+
+
+def test_tasks_by_name_with_clear_errors_and_counts(tmp_path):
+    with pytest.raises(KeyError, match="unknown task 'asr_fr'.*asr_de, asr_en, ast_de"):
+        TASKS.build("asr_fr")
+    said = []
+    assert get_task("asr_de", encoder_languages=("en",), warn=said.append).language == "de"
+    assert "trained on en only" in said[0]
+    report = Report()
+    pairs = task_items({"asr_en": 1.0, "asr_de": 1.0, "ast_de": 1.0}, _utts(tmp_path, n=4, german=2), report)
+    names = [t.name for _, t in pairs]
+    assert names.count("asr_en") == 4 and names.count("asr_de") == 2 and names.count("ast_de") == 2
+    assert {item for item, _ in report.skipped} == {"ast_de:u1", "ast_de:u3"}  # no translation: left out, counted
+    assert len({id(u) for u, _ in pairs}) == len(pairs)  # one object a pair, even for a shared recording
+    half = task_items({"asr_en": 1.0, "ast_de": 0.5}, _utts(tmp_path, n=4, german=0))
+    assert [t.name for _, t in half].count("ast_de") == 1  # half the ratio of the largest task
+
+
+def test_task_dataset_asks_each_pair_its_own_task(parts, tmp_path):
+    model = _model(parts, r=0)
+    pairs = task_items({"asr_en": 1.0, "ast_de": 1.0, "asr_de": 1.0}, _utts(tmp_path))
+    ds = TaskDataset(pairs, model.encoder, model.prompts, seed=3)
+    again = TaskDataset(pairs, model.encoder, model.prompts, seed=3)
+    for i in range(len(ds)):
+        task = TASKS.build(ds.task_names()[i])
+        item = ds[i]
+        assert model.prompts.decode(item["target"]) == task.answer(ds.utts[i])
+        prompt = model.tokenizer.decode(item["prefix"] + item["suffix"])
+        assert any(instr in prompt for instr in task.train)
+        assert item["prefix"] + item["suffix"] == again[i]["prefix"] + again[i]["suffix"]  # fixed per seed
+
+
+def test_exposure_draws_tokens_only_in_training(parts, tmp_path):
+    model = _model(parts, r=0)
+    proj = model.projector
+    x, n = torch.randn(2, 40, proj.in_dim), torch.tensor([40, 31])
+    proj.eval()
+    best = proj(x, n)
+    proj.sample_temperature = 5.0
+    torch.testing.assert_close(proj(x, n)[0], best[0])  # eval: always the best path
+    proj.train()
+    torch.manual_seed(0)
+    drawn = proj(x, n)
+    assert drawn[0].shape != best[0].shape or not torch.equal(drawn[0], best[0])
+    rows = proj.table.float()
+    tokens = drawn[0][0, : int(drawn[1][0])].float()
+    assert all(bool(((rows - t).abs().sum(-1) < 1e-4).any()) for t in tokens)  # each is one token's embedding
+    proj.sample_temperature = 0.0
+    torch.testing.assert_close(proj(x, n)[0], best[0])
+
+
+def test_score_task_uses_each_metric(parts, tmp_path):
+    model = _model(parts)
+    utts = _utts(tmp_path)
+    cfg = DecodeConfig(batch_size=4, max_new_tokens=4)
+    for name, key in (("asr_en", "wer"), ("asr_de", "wer"), ("ast_de", "bleu"), ("caps", "all_caps"),
+                      ("names", "recall")):
+        out = score_task(model, TASKS.build(name), utts, cfg)
+        assert key in out and out["n"] == len(out["hyps"]) == len([u for u in utts if TASKS.build(name).applies(u)])
+
+
+def test_text_ability_asks_with_adapters_on_and_off(parts):
+    model = _model(parts)
+    on = text_ability(model, questions=[("Say hi.", ("hi",))], texts=["hello world"])
+    with adapters_off(model):
+        off = text_ability(model, questions=[("Say hi.", ("hi",))], texts=["hello world"])
+    assert on["perplexity"] != off["perplexity"] and on["perplexity"] > 1
+    assert answered("Paris, of course.", ("paris",)) and answered("It is 7.", ("seven", "7"))
+    assert not answered("London", ("paris",))
