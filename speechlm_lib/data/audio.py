@@ -38,13 +38,13 @@ class AudioError(ValueError):
     """A bad audio file or utterance; the message names the file and the problem."""
 
 
-def check_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Path:
+def check_file(path: str | Path, max_bytes: int | None = None) -> Path:
     """Refuse what must not be read: missing, not a regular file, empty, or over `max_bytes`.
 
     Uses only ``stat`` (nothing is read), so an endless file (``/dev/zero``, a FIFO) is
-    refused before any reading or hashing. Returns the path.
+    refused before any reading or hashing. `max_bytes` None: `MAX_FILE_BYTES`. Returns the path.
     """
-    path = Path(path)
+    path, max_bytes = Path(path), MAX_FILE_BYTES if max_bytes is None else max_bytes
     try:
         st = os.stat(path)
     except FileNotFoundError:

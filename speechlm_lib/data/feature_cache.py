@@ -31,12 +31,13 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from speechlm_lib.config import cache_dir
-from speechlm_lib.data.audio import MAX_FILE_BYTES, AudioError, check_file, load_audio
+from speechlm_lib.data import audio as audio_mod
+from speechlm_lib.data.audio import AudioError, check_file, load_audio
 from speechlm_lib.data.records import Report, Utterance
 
 ENTRY_FORMAT = "2"  # entry layout: "states" + metadata {format, key, shape, sha256}
@@ -47,10 +48,11 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def content_key(audio: str | Path | torch.Tensor, max_bytes: int = MAX_FILE_BYTES) -> str:
+def content_key(audio: str | Path | torch.Tensor, max_bytes: int | None = None) -> str:
     """SHA-1 of an audio file's bytes, or of a waveform tensor's float32 samples.
 
-    A file must pass `audio.check_file` first (a regular file of at most `max_bytes`), and
+    A file must pass `audio.check_file` first (a regular file of at most `max_bytes`, default
+    `audio.MAX_FILE_BYTES`), and
     no more than `max_bytes` are ever read: `/dev/zero` or a FIFO raises `AudioError`, never hangs.
     """
     h = hashlib.sha1()
@@ -58,6 +60,7 @@ def content_key(audio: str | Path | torch.Tensor, max_bytes: int = MAX_FILE_BYTE
         h.update(b"wave:" + audio.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
     path, total = check_file(audio, max_bytes), 0
+    max_bytes = audio_mod.MAX_FILE_BYTES if max_bytes is None else max_bytes
     try:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -127,9 +130,10 @@ class FeatureCache:
         p = self.path(key)
         if not p.is_file():
             return None
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                meta, states = f.metadata() or {}, f.get_tensor("states")
+        try:  # read into memory (no mmap: a tensor must not change or fault when its file is rewritten)
+            data = p.read_bytes()
+            header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
+            meta, states = header.get("__metadata__") or {}, safetensors_load(data)["states"]
             problem = self._problem(meta, states, key)
         except Exception as e:  # truncated / garbage files raise SafetensorError, OSError, ...
             problem = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
