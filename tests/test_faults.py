@@ -233,12 +233,8 @@ def test_manifest_duplicate_ids(tmp_path):
     -> line 3 skipped: "duplicate id 'a' (first on line 1)"; rows 1 and 2 kept."""
     m = manifest(tmp_path / "m.jsonl", [row("a", "1.wav"), row("b", "2.wav"), row("a", "3.wav")])
     rep = Report()
-    assert [Path_name(u.audio) for u in read_manifest(m, rep)] == ["1.wav", "2.wav"]
+    assert [os.path.basename(u.audio) for u in read_manifest(m, rep)] == ["1.wav", "2.wav"]
     assert rep.skipped == [(f"{m}:3", "duplicate id 'a' (first on line 1)")]
-
-
-def Path_name(p):
-    return os.path.basename(p)
 
 
 def test_manifest_broken_json_lines(tmp_path):
@@ -276,8 +272,8 @@ def test_text_duplicate_ids_never_swap_labels(tmp_path, vocab):
 
 
 def test_text_empty_and_unencodable_transcripts(tmp_path, vocab):
-    """Stage 1 given transcripts "", "   " and "日本" next to one good one.
-    -> 1 item; "" and "   " skipped as empty transcripts, "日本" as outside the vocabulary."""
+    """Stage 1 given an empty transcript, a blank one (spaces) and "日本" next to one good one.
+    -> 1 item; the empty and blank ones skipped as empty transcripts, "日本" as outside the vocabulary."""
     paths = [wav(tmp_path / f"{i}.wav", seed=i) for i in range(4)]
     ds = CTCDataset([utt(paths[0], "e", ""), utt(paths[1], "s", "   "), utt(paths[2], "j", "日本"),
                      utt(paths[3], "g", "good")], vocab, progress=False)

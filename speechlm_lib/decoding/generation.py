@@ -20,9 +20,9 @@ pass per token (`speculative`, `DecodeConfig.draft`): the same transcripts, fewe
 Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
 (`token_budget`) for the longest clip of the batch, and each row is held to
 its own clip's budget, besides the end-of-turn / EOS stop ids. With a draft, a row is
-also held to the draft's length plus `DecodeConfig.draft_slack`. Digital silence (peak below `silence_peak`) gets an empty
-transcript without decoding; a bad input (files and in-memory waves pass the same `audio` checks) gets "" and is named
-in `Transcription.skipped`, and the rest are transcribed.
+also held to the draft's length plus `DecodeConfig.draft_slack`. Digital silence (peak below `silence_peak`) gets an
+empty transcript without decoding; a bad input (files and in-memory waves pass the same `audio` checks) gets "" and is
+named in `Transcription.skipped`, and the rest are transcribed.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Helpers of the `Trainer`: mixed-precision and LLM dtype choice, CPU-distributed detection,
-checkpoint folders (their manifests and completeness) and the learning-rate schedule (each a pure function, tested on its own)."""
+checkpoint folders (their manifests and completeness) and the learning-rate schedule (each a pure
+function, tested on its own)."""
 from __future__ import annotations
 
 import hashlib
