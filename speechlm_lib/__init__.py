@@ -10,7 +10,8 @@ The tree is the recipe (import what you need; nothing heavy is imported here):
 * ``models/``    -- ``conformer`` and ``vocab`` (stage 1), ``encoders``, ``projectors`` and ``ctc_projector``,
                     ``prompting``, ``speechlm`` (encoder -> projector -> LLM), ``build`` (a SpeechLM from a
                     ModelConfig), ``sources`` and ``ct2`` (hub, cache or packaged offline weights), ``tiny_models``
-* ``training/``  -- ``trainer`` (the one generic accelerate loop), ``callbacks``, ``utils``
+* ``training/``  -- ``trainer`` (the one generic accelerate loop), ``checkpointing`` (atomic, manifest-sealed
+                    checkpoints), ``safety`` (NaN guards, JSON trainer state), ``callbacks``, ``utils``
 * ``decoding/``  -- ``ctc`` (best paths), ``generation`` and ``speculative`` (the speech-LLM's decoding),
                     ``whisper`` (the complete Whisper as a baseline)
 * ``metrics``    -- WER, CER, errors by training frequency

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from speechlm_lib.data.audio import SAMPLE_RATE, load_checked, log_mel
 from speechlm_lib.data.batching import BucketBatchSampler, padding_fraction
-from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.records import Report, Utterance, drop_duplicate_ids
 from speechlm_lib.decoding import ctc
 from speechlm_lib.models.conformer import subsampled_lengths
 from speechlm_lib.models.vocab import encode_all
@@ -39,7 +39,7 @@ from speechlm_lib.models.vocab import encode_all
 class DataReport:
     """What building a dataset dropped, by cause (each a `Report` naming the items)."""
 
-    audio: Report = field(default_factory=Report)  # unreadable / empty / too long audio
+    audio: Report = field(default_factory=Report)  # unreadable / empty / too short / too long audio, duplicate ids
     vocab: Report = field(default_factory=Report)  # transcripts with characters outside the vocabulary
     infeasible: Report = field(default_factory=Report)  # fewer encoder frames than CTC needs
 
@@ -82,6 +82,7 @@ class CTCDataset(Dataset):
                  frames_of=subsampled_lengths, progress: bool = True, desc: str = "features", chunk: int = 256):
         self.vocab, self.n_mels = vocab, n_mels
         self.report = DataReport()
+        utts = drop_duplicate_ids(utts, self.report.audio)  # labels, features and results are paired by id
         labels = encode_all(vocab, [u.text for u in utts], [u.id for u in utts], self.report.vocab)
         encodable = [(u, y) for u, y in zip(utts, labels) if y is not None]
         with one_thread():  # small per-clip ops: extra threads only add synchronisation cost
@@ -94,9 +95,9 @@ class CTCDataset(Dataset):
         items = []
         for start in tqdm(range(0, len(encodable), chunk), desc=desc, disable=not progress, leave=False):
             part = encodable[start:start + chunk]  # chunks bound the waveform memory
-            labels = {u.id: y for u, y in part}
+            labels = {id(u): y for u, y in part}  # by object: a label can never meet another row's audio
             for u, w in load_checked([u for u, _ in part], max_seconds=max_seconds, report=self.report.audio):
-                items.append(Item(u.id, u.text, log_mel(w, self.n_mels).half(), labels[u.id], w.numel() / SAMPLE_RATE,
+                items.append(Item(u.id, u.text, log_mel(w, self.n_mels).half(), labels[id(u)], w.numel() / SAMPLE_RATE,
                                   u.audio))
         return items
 

@@ -23,6 +23,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from speechlm_lib.config import cache_dir, shared_data_dir
+from speechlm_lib.data.audio import AudioError, check_file
 from speechlm_lib.data.records import Report, Utterance, read_manifest
 
 
@@ -33,7 +34,9 @@ def speechocean_dir() -> Path:
 
 def load_local_manifest(folder: str | Path, manifest: str = "transcripts.jsonl",
                         report: Report | None = None, check_audio: bool = True) -> list[Utterance]:
-    """Utterances from ``folder/manifest``; rows whose audio file is missing are skipped and named.
+    """Utterances from ``folder/manifest`` (`records.read_manifest`: bad lines and duplicate ids skipped);
+    rows whose audio file `audio.check_file` refuses (missing, empty, not a regular file, too large)
+    are skipped and named too.
 
     Raises FileNotFoundError naming the folder when it or its manifest is absent.
     """
@@ -45,12 +48,18 @@ def load_local_manifest(folder: str | Path, manifest: str = "transcripts.jsonl",
     utts = read_manifest(folder / manifest, inner)
     report.skipped += inner.skipped
     if check_audio:
-        missing = [u for u in utts if not Path(u.audio).is_file()]
-        for u in missing:
-            report.skip(u.id, f"{u.audio}: file not found")
-        utts = [u for u in utts if Path(u.audio).is_file()]
+        utts = [u for u in utts if _file_ok(u, report)]
     report.kept += len(utts)
     return utts
+
+
+def _file_ok(u: Utterance, report: Report) -> bool:
+    try:
+        check_file(u.audio)
+        return True
+    except AudioError as e:
+        report.skip(u.id, str(e))
+        return False
 
 
 @dataclass
@@ -115,19 +124,26 @@ def load_hf_dataset(name: str, split: str = "train", columns: ColumnMap = Column
     tag = hashlib.sha1(f"{name}:{split}".encode()).hexdigest()[:10]
     out = Path(out_dir) if out_dir else cache_dir() / "datasets" / f"{Path(name).name}-{split}-{tag}"
     report = report if report is not None else Report()
+    seen: set[str] = set()
     utts = [u for i, row in enumerate(tqdm(ds, desc=f"{name}:{split}", leave=False))
-            if (u := _row_to_utterance(row, i, columns, out, report)) is not None]
+            if (u := _row_to_utterance(row, i, columns, out, report, seen)) is not None]
     report.kept += len(utts)
     return utts
 
 
-def _row_to_utterance(row: dict, i: int, columns: ColumnMap, out: Path, report: Report) -> Utterance | None:
+def _row_to_utterance(row: dict, i: int, columns: ColumnMap, out: Path, report: Report,
+                      seen: set[str]) -> Utterance | None:
+    """One dataset row as an `Utterance` (its audio written to ``out/<id>``), or None (skipped, named)."""
     uid = str(row[columns.id]) if columns.id and columns.id in row else f"{i:07d}"
+    if uid in seen:  # its audio file would be the first row's: skip rather than pair text with other audio
+        report.skip(uid, f"row {i}: duplicate id {uid!r} (ids must be unique)")
+        return None
+    seen.add(uid)
     try:
         text = row[columns.text]
         if not isinstance(text, str) or not text.strip():
             raise ValueError("empty transcript")
-        path = _write_audio(row[columns.audio], out / uid)
+        path = check_file(_write_audio(row[columns.audio], out / uid))
         info = sf.info(str(path))
     except Exception as e:  # bulk job: skip, count and name
         report.skip(uid, str(e))

@@ -11,7 +11,9 @@ a bad line: they skip it, and the returned `Report` counts and names it.
 """
 from __future__ import annotations
 
+import codecs
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -35,26 +37,49 @@ class Utterance:
 
     @classmethod
     def from_dict(cls, d: dict, root: Path | None = None) -> "Utterance":
-        """Build from a manifest row; `root` resolves relative audio paths."""
+        """Build from a manifest row; `root` resolves relative audio paths.
+
+        Raises ValueError naming the field for a row that is not an object, lacks ``audio`` or
+        ``text``, or holds a null / non-string ``audio``, ``text`` or ``id``, a non-number
+        ``duration`` or ``keywords`` that are not a list of strings.
+        """
         if not isinstance(d, dict):
             raise ValueError("row is not a JSON object")
         missing = [k for k in ("audio", "text") if k not in d]
         if missing:
             raise ValueError(f"missing field(s) {', '.join(missing)}")
-        audio = str(d["audio"])
+        for k in ("audio", "text"):
+            if not isinstance(d[k], str):
+                raise ValueError(f"field {k!r} is {_kind(d[k])}, not a string")
+        if not d["audio"].strip():
+            raise ValueError("field 'audio' is an empty path")
+        for k in ("id", "speaker", "language", "translation"):
+            if d.get(k) is not None and not isinstance(d[k], (str, int)):
+                raise ValueError(f"field {k!r} is {_kind(d[k])}, not a string")
+        duration = d.get("duration") or 0.0
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
+            raise ValueError(f"field 'duration' is {duration!r}, not a finite number of seconds")
+        keywords = d.get("keywords") or []
+        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
+            raise ValueError("field 'keywords' is not a list of strings")
+        audio = d["audio"]
         if root is not None and not Path(audio).is_absolute():
             audio = str(Path(root) / audio)
-        uid = str(d.get("id") or Path(audio).stem)
+        uid = str(d["id"]) if d.get("id") not in (None, "") else Path(audio).stem
         return cls(
             id=uid,
             audio=audio,
-            text=str(d["text"]),
-            speaker=str(d.get("speaker", "unknown")),
-            duration=float(d.get("duration") or 0.0),
-            language=str(d.get("language", "en")),
-            keywords=list(d.get("keywords") or []),
+            text=d["text"],
+            speaker=str(d.get("speaker") or "unknown"),
+            duration=float(duration),
+            language=str(d.get("language") or "en"),
+            keywords=list(keywords),
             translation=d.get("translation"),
         )
+
+
+def _kind(value) -> str:
+    return "null" if value is None else f"a {type(value).__name__} ({str(value)[:30]!r})"
 
 
 @dataclass
@@ -93,22 +118,60 @@ def write_manifest(path: str | Path, utts: Iterable[Utterance], relative_to: Pat
 
 
 def read_manifest(path: str | Path, report: Report | None = None) -> list[Utterance]:
-    """Read a JSONL manifest. Malformed lines are skipped and named in `report`.
+    """Read a JSONL manifest. Bad lines are skipped and named in `report` as ``file:line``.
 
+    Each line is decoded on its own, so one non-UTF-8 byte costs only its line; a UTF-8
+    byte-order mark before the first row is ignored; a row whose ``id`` repeats an earlier
+    row's is skipped (ids must be unique: stages pair audio, labels and cached states by id).
     Raises FileNotFoundError (naming the file) when the manifest itself is missing.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     report = report if report is not None else Report()
-    utts = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    utts, first_line = [], {}
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
             try:
-                utts.append(Utterance.from_dict(json.loads(line), root=path.parent))
+                u = _parse_line(raw, i, path.parent)
+                if u is None:
+                    continue
+                if u.id in first_line:
+                    raise ValueError(f"duplicate id {u.id!r} (first on line {first_line[u.id]})")
             except (ValueError, TypeError) as e:
                 report.skip(f"{path}:{i}", str(e))
+                continue
+            first_line[u.id] = i
+            utts.append(u)
     report.kept += len(utts)
     return utts
+
+
+def _parse_line(raw: bytes, lineno: int, root: Path) -> Utterance | None:
+    """One manifest line (bytes) -> an `Utterance`, None for a blank line; ValueError says what is wrong."""
+    if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    return Utterance.from_dict(row, root=root)
+
+
+def drop_duplicate_ids(utts: Iterable[Utterance], report: Report | None = None) -> list[Utterance]:
+    """The utterances in order without those whose id repeats an earlier one (skipped and named)."""
+    report = report if report is not None else Report()
+    seen, out = set(), []
+    for u in utts:
+        if u.id in seen:
+            report.skip(u.id, f"{u.audio}: duplicate id {u.id!r} (ids must be unique)")
+        else:
+            seen.add(u.id)
+            out.append(u)
+    return out

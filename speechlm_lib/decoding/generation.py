@@ -20,8 +20,9 @@ pass per token (`speculative`, `DecodeConfig.draft`): the same transcripts, fewe
 Decoding always ends: ``max_new_tokens = min(cap, ceil(a * seconds + b))``
 (`token_budget`) for the longest clip of the batch, and each row is held to
 its own clip's budget, besides the end-of-turn / EOS stop ids. With a draft, a row is
-also held to the draft's length plus `DecodeConfig.draft_slack`. Digital silence (peak below `silence_peak`) gets an empty
-transcript without decoding; a zero-length waveform is an error naming it.
+also held to the draft's length plus `DecodeConfig.draft_slack`. Digital silence (peak below `silence_peak`) gets an
+empty transcript without decoding; a bad input (files and in-memory waves pass the same `audio` checks) gets "" and is
+named in `Transcription.skipped`, and the rest are transcribed.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from speechlm_lib.data.audio import SAMPLE_RATE, load_audio
-from speechlm_lib.data.records import Utterance
+from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, check_wave, load_audio
+from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.speechlm_dataset import pad_ids
 from speechlm_lib.decoding.speculative import speculative_greedy
 from speechlm_lib.models.encoders import pad_last
@@ -74,6 +75,7 @@ class Transcription:
     seconds: float = 0.0  # wall time from waveforms to texts (features, encoder, projector, LLM)
     audio_seconds: float = 0.0  # total duration of the inputs
     truncated: int = 0  # transcripts that hit the token budget instead of an end token
+    skipped: Report = field(default_factory=Report)  # bad inputs (text ""), each named with the problem
 
     @property
     def rtf(self) -> float:
@@ -144,17 +146,15 @@ def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
 
 
 def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:
-    """An Utterance, a path, or a ``(name, wave)`` pair -> (name, wave ``(samples,)``)."""
+    """An Utterance, a path, or a ``(name, wave)`` pair -> (name, wave ``(samples,)``).
+
+    Files go through `audio.load_audio`, in-memory waves through `audio.check_wave` (the same
+    checks); a bad item raises `AudioError` naming it and the problem."""
     if isinstance(item, Utterance):
         return item.audio, load_audio(item.audio, max_seconds=max_seconds)
     if isinstance(item, tuple):
         name, wave = item
-        if wave.numel() == 0:
-            raise ValueError(f"{name}: zero-length audio")
-        if max_seconds is not None and wave.shape[-1] / SAMPLE_RATE > max_seconds:
-            raise ValueError(f"{name}: duration {wave.shape[-1] / SAMPLE_RATE:.1f} s is over the maximum "
-                             f"of {max_seconds:.0f} s (split it into shorter segments)")
-        return name, wave.float()
+        return str(name), check_wave(wave, str(name), max_seconds)
     return str(item), load_audio(item, max_seconds=max_seconds)
 
 
@@ -163,17 +163,23 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
                cache=None, progress: bool = True) -> Transcription:
     """Transcribe utterances / paths / ``(name, wave)`` pairs with `model` (a `SpeechLM`).
 
-    Audio over the encoder's maximum raises an error naming the file. With a
-    `FeatureCache`, a batch whose clips are all cached skips the encoder.
+    A bad item (unreadable, too short or too long, NaN samples) does not stop the others: its
+    text stays "" and ``result.skipped`` names it and the problem; when every item is bad,
+    `AudioError` names the (first) one. With a `FeatureCache`, a
+    batch whose clips are all cached skips the encoder.
     """
     cfg = cfg or DecodeConfig()
     model.eval()
     enc, prompts = model.encoder, model.prompts
-    loaded = [_load(x, enc.max_seconds) for x in items]
+    skipped = Report()
+    loaded = [_load_or_skip(x, enc.max_seconds, skipped) for x in items]
+    if items and not skipped.kept:  # nothing usable: an error naming the (first) bad input
+        reason = skipped.skipped[0][1]
+        raise AudioError(reason if len(items) == 1 else f"all {len(items)} inputs are bad; the first: {reason}")
     prompt = prompts.prompt(instruction)
-    order = sorted(range(len(loaded)), key=lambda i: -loaded[i][1].shape[-1])
+    order = sorted((i for i, x in enumerate(loaded) if x is not None), key=lambda i: -loaded[i][1].shape[-1])
     texts, ids = [""] * len(loaded), [[] for _ in loaded]
-    result = Transcription(texts=texts, token_ids=ids)
+    result = Transcription(texts=texts, token_ids=ids, skipped=skipped)
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(order), cfg.batch_size), desc="decode", disable=not progress):
         idx = [i for i in order[start: start + cfg.batch_size]
@@ -186,8 +192,19 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
         for i, row in zip(idx, rows):
             ids[i], texts[i] = row, prompts.decode(row)
     result.seconds = time.perf_counter() - t0
-    result.audio_seconds = sum(w.shape[-1] for _, w in loaded) / SAMPLE_RATE
+    result.audio_seconds = sum(x[1].shape[-1] for x in loaded if x is not None) / SAMPLE_RATE
     return result
+
+
+def _load_or_skip(item, max_seconds: float | None, skipped: Report):
+    """`_load`, or None with the item named in `skipped` (counted in ``skipped.kept`` otherwise)."""
+    try:
+        out = _load(item, max_seconds)
+    except AudioError as e:
+        skipped.skip(str(item[0] if isinstance(item, tuple) else getattr(item, "id", item)), str(e))
+        return None
+    skipped.kept += 1
+    return out
 
 
 def _batch(model, named_waves: list, prompt, cache) -> dict:

@@ -19,22 +19,46 @@ import torch
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import BaseModelOutput
 
+from speechlm_lib.data.audio import AudioError, check_wave
+from speechlm_lib.data.records import Report
 from speechlm_lib.models.encoders import WhisperSpeechEncoder
 
 
 @torch.no_grad()
 def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool = True, batch_size: int = 8,
-                       num_beams: int = 1, max_new_tokens: int | None = None,
-                       progress: bool = False) -> tuple[list[str], float]:
+                       num_beams: int = 1, max_new_tokens: int | None = None, progress: bool = False,
+                       report: Report | None = None) -> tuple[list[str], float]:
     """Transcribe ``(samples,)`` 16 kHz waves with a `WhisperForConditionalGeneration`.
 
     Returns (texts, seconds). Unpadded decoding runs one clip at a time (Whisper's
     decoder has no cross-attention mask, so batch padding would be attended).
     `max_new_tokens` caps each transcript (None: Whisper's own limit, 448 tokens).
+    Every wave passes `audio.check_wave` (30 s at most); a bad one gets "" and is named
+    (``wave <index>``) in `report`, and the others are transcribed.
     """
     limit = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     model.eval()
-    texts, t0 = [], time.perf_counter()
+    report = report if report is not None else Report()
+    good = {}
+    for i, w in enumerate(waves):
+        try:
+            good[i] = check_wave(w, f"wave {i}", max_seconds=30.0)
+        except AudioError as e:
+            report.skip(f"wave {i}", str(e))
+    report.kept += len(good)
+    texts = [""] * len(waves)
+    t0 = time.perf_counter()
+    index = list(good)
+    for start, got in _decode(model, processor, [good[i] for i in index], padded, batch_size, num_beams, limit,
+                              progress):
+        for j, text in enumerate(got):
+            texts[index[start + j]] = text
+    return texts, time.perf_counter() - t0
+
+
+def _decode(model, processor, waves: list[torch.Tensor], padded: bool, batch_size: int, num_beams: int,
+            limit: dict, progress: bool):
+    """Yield (start index, texts) per chunk of checked waves."""
     step = batch_size if padded else 1
     encoder = None if padded else WhisperSpeechEncoder(model.get_encoder(), reference="baseline")
     for i in tqdm(range(0, len(waves), step), desc="whisper", disable=not progress):
@@ -47,5 +71,4 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
             states, _ = encoder(inputs.to(model.device), lengths.to(model.device))
             ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams,
                                  **limit)
-        texts += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
-    return texts, time.perf_counter() - t0
+        yield i, [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]

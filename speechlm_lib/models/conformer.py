@@ -208,12 +208,16 @@ class ConformerCTC(nn.Module):
 
     # ----- save / load ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and (if any) ``vocab.json`` to `directory`."""
+        """Write ``config.json``, ``model.safetensors`` and (if any) ``vocab.json`` to `directory`.
+
+        Raises ValueError naming the tensors if a weight or buffer (BatchNorm statistics) is NaN/inf:
+        a poisoned model is never saved."""
         directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _check_finite(state, f"{directory}: refusing to save")
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(directory / "model.safetensors"))
+        save_file(state, str(directory / "model.safetensors"))
         if self.vocab is not None:
             (directory / "vocab.json").write_text(json.dumps(self.vocab.to_dict()))
         return directory
@@ -233,8 +237,18 @@ class ConformerCTC(nn.Module):
             from speechlm_lib.models.vocab import vocab_from_dict
             vocab = vocab_from_dict(json.loads((directory / "vocab.json").read_text()))
         model = cls(config, vocab=vocab)
-        model.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+        _check_finite(state, f"{weights}: unusable")
+        model.load_state_dict(state)
         return model.eval()
+
+
+def _check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ValueError (`what`: the file and verb) naming the tensors of `state` holding NaN or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{what}: {len(bad)} tensor(s) hold NaN or inf, e.g. {', '.join(bad[:3])} "
+                         "(a NaN batch reached the weights or BatchNorm statistics)")
 
 
 def _masked_layer(layer, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ Nothing here touches a GPU: models load on the CPU; move them with `accelerate`.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -36,7 +37,8 @@ LLM_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHISPER_DEFAULT = "openai/whisper-tiny.en"
 HUB_TIMEOUT_S = 2.0  # seconds to wait for the hub before falling through to the offline copy
 CACHE_REVISION = 1  # bump when a builder changes, so cached folders are rebuilt
-MARKER = "speechlm_source.json"  # written last into a finished cached folder (provenance)
+MARKER = "speechlm_source.json"  # written last into a finished cached folder (provenance + each file's facts)
+EDGE_BYTES = 1 << 20  # a cached file is checked by its size and a hash of its first and last MiB
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.gguf")  # a cached hub snapshot must hold one of these
 
 # kind -> registry of offline builders, keyed by canonical hub id
@@ -136,25 +138,71 @@ def offline_folder(name: str) -> Path:
     return config.cache_dir() / name.split("/")[-1]
 
 
+def _file_facts(path: Path) -> dict:
+    """Size and a SHA-256 of the first and last MiB of a file: catches truncation and damaged headers
+    without reading a 500 MB weight file whole on every load."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(EDGE_BYTES))
+        if size > EDGE_BYTES:
+            f.seek(max(EDGE_BYTES, size - EDGE_BYTES))
+            h.update(f.read(EDGE_BYTES))
+    return {"size": size, "edges_sha256": h.hexdigest()}
+
+
+def _folder_facts(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): _file_facts(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def built_problem(folder: Path) -> str | None:
+    """Why cached folder `folder` must be (re)built, or None when its marker's revision is current and
+    every file the marker lists is there with its size and edge hash."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except FileNotFoundError:
+        return "not built yet" if not folder.exists() else f"no {MARKER} (an interrupted or older build)"
+    except (OSError, ValueError) as e:
+        return f"unreadable {MARKER} ({type(e).__name__})"
+    if not isinstance(marker, dict) or marker.get("revision") != CACHE_REVISION:
+        return f"built by cache revision {marker.get('revision') if isinstance(marker, dict) else None}, " \
+               f"current is {CACHE_REVISION}"
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{MARKER} lists no files (written by an older version)"
+    for name, want in files.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if _file_facts(p) != want:
+            return f"{name} differs from what was built (truncated or changed)"
+    return None
+
+
 def _is_built(folder: Path) -> bool:
-    marker = folder / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("revision") == CACHE_REVISION
+    return built_problem(folder) is None
 
 
 def build_offline(name: str, kind: str) -> Path:
     """Run the offline builder for `name` once into a temporary folder, then move it into place.
 
-    Returns the cached folder (reused when its marker shows the current `CACHE_REVISION`).
+    Returns the cached folder, reused while `built_problem` finds nothing wrong with it (current
+    `CACHE_REVISION`, every file whole); a truncated or damaged copy is rebuilt, and says so.
     """
     folder = offline_folder(name)
-    if _is_built(folder):
+    problem = built_problem(folder)
+    if problem is None:
         return folder
+    if folder.exists():
+        print(f"rebuilding {folder}: {problem}")
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         info = OFFLINE[kind].build(name, tmp)
-        (tmp / MARKER).write_text(json.dumps({"name": name, "revision": CACHE_REVISION, **info}, indent=1))
+        marker = {"name": name, "revision": CACHE_REVISION, **info, "files": _folder_facts(tmp)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
         if not _is_built(folder):  # another process may have finished first
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)

@@ -14,15 +14,25 @@ the position in the data (epoch + batches consumed), so ``resume=True``
 continues exactly where the run stopped: the same batches in the same order
 with the same random numbers.
 
-A non-finite loss (NaN/inf) does not poison the weights: that micro-batch is
-skipped (a zero loss is back-propagated instead so DDP ranks stay in step) and
-counted in ``skipped_nonfinite``; a non-finite gradient norm skips the update.
+Checkpoints are atomic: written to ``.step_N.partial``, then ``MANIFEST.json`` (each file's
+size and SHA-256) last, then renamed. Resume takes the newest checkpoint whose files match
+its manifest, says which, and names every newer one it passes over (a missing RNG file is a
+mismatch, never a silent change of results). What a resume reads is trusted only as data:
+weights from safetensors, optimizer / RNG / scaler through ``torch.load(weights_only=True)``,
+counters and scheduler from JSON (``trainer_state.json``) -- no pickle that can run code.
+
+A non-finite loss (NaN/inf) does not poison the model: that micro-batch is skipped (a zero
+loss is back-propagated instead so DDP ranks stay in step), its forward pass's changes to
+buffers (BatchNorm running statistics) are undone, and it is counted in ``skipped_nonfinite``;
+an update whose micro-batches were all skipped, or whose gradient norm is non-finite, does
+not call ``optimizer.step()`` (no weight decay, no momentum: weights and optimizer state stay
+exactly as they were). More than ``max_skipped_share`` of the run's micro-batches skipped
+stops the run with `NonFiniteTrainingError`.
 """
 from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +47,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from speechlm_lib.training.callbacks import Callback
+from speechlm_lib.training import checkpointing
+from speechlm_lib.training.safety import BufferSnapshot, NonFiniteTrainingError, skip_limit
 from speechlm_lib.training.utils import (
-    CHECKPOINT_RE,
     allow_precision_change,
     cosine_with_warmup,
     cpu_distributed,
@@ -72,6 +83,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
     keep_checkpoints: int = 2  # keep only the newest this many checkpoints (0 = keep all)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no gradient
+    max_skipped_share: float = 0.25  # stop (NonFiniteTrainingError) once more than this share of the run's
+    #   micro-batches were skipped for a NaN/inf loss or gradient (1.0 = never stop)
 
 
 @dataclass
@@ -81,7 +94,8 @@ class TrainState:
     step: int = 0  # optimizer updates done
     epoch: int = 0  # current pass over the data
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (this process)
-    skipped_nonfinite: int = 0  # micro-batches / updates skipped for NaN or inf
+    skipped_nonfinite: int = 0  # micro-batches with a NaN/inf loss + updates with a NaN/inf gradient norm
+    skipped_updates: int = 0  # optimizer updates not taken (every micro-batch skipped, or NaN/inf gradient)
     history: list = field(default_factory=list)  # training log dicts
     evals: list = field(default_factory=list)  # evaluation dicts (with "step")
 
@@ -134,8 +148,8 @@ class Trainer:
         self.total_steps = self._total_steps(train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self._wrapped, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
-        self.accelerator.register_for_checkpointing(self.scheduler, self.state)
         self._window: dict = {"loss": [], "grad_norm": []}
+        self._accum = {"micro": 0, "bad": 0, "start": None}  # this update's micro-batches, skipped ones, buffers
         self._bar = None
         self._t0 = time.time()
 
@@ -231,17 +245,36 @@ class Trainer:
                 obj.set_epoch(epoch)
 
     def _micro_step(self, batch: dict) -> None:
-        """Forward + backward one micro-batch; update the weights at accumulation boundaries."""
+        """Forward + backward one micro-batch; update the weights at accumulation boundaries.
+
+        A micro-batch with a NaN/inf loss changes nothing: its buffers' updates are undone."""
         with self.accelerator.accumulate(self._wrapped):
+            before = BufferSnapshot(self._wrapped)
+            if self._accum["micro"] == 0:
+                self._accum["start"] = before  # the model as the update found it
+            self._accum["micro"] += 1
             loss = self._wrapped(**batch)["loss"]
             if self._all_finite(loss.detach()):
                 self.accelerator.backward(loss)
                 self._window["loss"].append(loss.detach().float())
             else:
-                self.state.skipped_nonfinite += 1
+                before.restore()
+                self._accum["bad"] += 1
+                self._count_skip()
                 self.accelerator.backward(self._zero_loss())
             if self.accelerator.sync_gradients:
                 self._update()
+
+    def _count_skip(self) -> None:
+        """Count one skip; stop the run once more than `max_skipped_share` of its micro-batches were skipped."""
+        st, c = self.state, self.config
+        st.skipped_nonfinite += 1
+        total = self.total_steps * c.grad_accum
+        if st.skipped_nonfinite > skip_limit(c.max_skipped_share, total):
+            raise NonFiniteTrainingError(
+                f"training stopped at update {st.step}: {st.skipped_nonfinite} of the run's {total} micro-batches "
+                f"had a NaN/inf loss or gradient, more than max_skipped_share={c.max_skipped_share} allows. The "
+                "model is as it was before the skipped batches; look for NaN/inf in the inputs, or lower the lr.")
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every process (all ranks must agree to skip)."""
@@ -255,23 +288,37 @@ class Trainer:
         return sum((p.sum() * 0.0 for p in self._wrapped.parameters() if p.requires_grad), torch.zeros(()))
 
     def _update(self) -> None:
-        """Clip, step optimizer + scheduler (unless the gradient is non-finite), then the periodic jobs."""
+        """Clip and step optimizer + scheduler, unless every micro-batch was skipped or the gradient is
+        non-finite (then weights, optimizer state and buffers stay as the update found them); then the
+        periodic jobs."""
+        all_bad = self._accum["bad"] == self._accum["micro"]
+        start, self._accum = self._accum["start"], {"micro": 0, "bad": 0, "start": None}
+        if all_bad:
+            self.state.skipped_updates += 1
+        else:
+            self._step_optimizer(start)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self._periodic()
+
+    def _step_optimizer(self, start: BufferSnapshot) -> None:
+        """Clip the gradient and step the optimizer, or skip (restoring `start`) on a non-finite norm."""
         params = [p for p in self._wrapped.parameters() if p.requires_grad]
         max_norm = self.config.clip_norm if self.config.clip_norm else float("inf")
         norm = self.accelerator.clip_grad_norm_(params, max_norm)
         norm = torch.as_tensor(norm).float() if norm is not None else torch.tensor(float("nan"))
         if self.accelerator.scaler is None and not torch.isfinite(norm):
-            self.state.skipped_nonfinite += 1  # bf16/fp32: skip the update ourselves
+            start.restore()  # bf16/fp32: skip the update ourselves
+            self.state.skipped_updates += 1
+            self._count_skip()
         else:
             self.optimizer.step()  # fp16: the grad scaler skips inf steps and lowers its scale
             if self.optimizer.step_was_skipped:
-                self.state.skipped_nonfinite += 1
+                self.state.skipped_updates += 1
+                self._count_skip()
             elif torch.isfinite(norm):
                 self._window["grad_norm"].append(norm)
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self._periodic()
 
     def _periodic(self) -> None:
         c, step = self.config, self.state.step
@@ -325,39 +372,16 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Save the full training state to ``<output_dir>/checkpoints/step_N`` (all processes call this),
-        with the run's resolved config as ``config.yaml``. Written to ``.step_N.partial`` and renamed when
-        complete, so a run killed while saving never leaves a ``step_N`` that a resume would pick."""
+        with the run's resolved config as ``config.yaml``; atomic and sealed by a manifest (`checkpointing`)."""
         if not self.config.output_dir:
             raise ValueError("save_checkpoint needs TrainConfig.output_dir")
         path = Path(self.config.output_dir) / "checkpoints" / self._ckpt_name()
-        partial = path.with_name(f".{path.name}.partial")
-        if self.accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(partial))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            if self.run_config is not None:
-                self.run_config.save(partial / "config.yaml")
-            shutil.rmtree(path, ignore_errors=True)
-            partial.rename(path)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process and self.config.keep_checkpoints:
-            old = sorted(p for p in path.parent.iterdir() if CHECKPOINT_RE.match(p.name))
-            for p in old[: -self.config.keep_checkpoints]:
-                shutil.rmtree(p, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        return path
+        return checkpointing.save(self.accelerator, path, self.state, self.scheduler, self.run_config,
+                                  self.config.keep_checkpoints)
 
     def _maybe_resume(self) -> None:
-        if not (self.config.resume and self.config.output_dir):
-            return
-        ckpt = latest_checkpoint(self.config.output_dir)
-        if ckpt is None:
-            self.accelerator.print(f"resume: no checkpoint in {self.config.output_dir}; starting fresh")
-            return
-        self.accelerator.load_state(str(ckpt))
-        self.accelerator.print(f"resumed from {ckpt} at step {self.state.step}")
+        if self.config.resume and self.config.output_dir:
+            checkpointing.resume(self.accelerator, self.config.output_dir, self.state, self.scheduler)
 
     def _begin(self) -> None:
         c = self.config
@@ -379,12 +403,16 @@ class Trainer:
         if self._bar is not None:
             self._bar.close()
         self.accelerator.end_training()
+        if self.state.skipped_nonfinite:
+            self.accelerator.print(f"warning: {self.state.skipped_nonfinite} micro-batch(es) skipped for a NaN/inf "
+                                   f"loss or gradient, {self.state.skipped_updates} update(s) not taken")
         self._callbacks("on_train_end")
         losses = [h["loss"] for h in self.state.history if math.isfinite(h["loss"])]
         final = {"step": self.state.step, "epoch": self.state.epoch,
                  "train_loss": losses[-1] if losses else float("nan"), **final}
         return {"history": self.state.history, "eval": self.state.evals, "final": final,
-                "skipped_nonfinite": self.state.skipped_nonfinite, "seconds": round(time.time() - self._t0, 2)}
+                "skipped_nonfinite": self.state.skipped_nonfinite, "skipped_updates": self.state.skipped_updates,
+                "seconds": round(time.time() - self._t0, 2)}
 
     def _ckpt_name(self) -> str:
         return f"step_{self.state.step:07d}"

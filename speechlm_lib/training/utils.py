@@ -1,10 +1,14 @@
 """Helpers of the `Trainer`: mixed-precision and LLM dtype choice, CPU-distributed detection,
-checkpoint folders and the learning-rate schedule (each a pure function, tested on its own)."""
+checkpoint folders (their manifests and completeness) and the learning-rate schedule (each a pure
+function, tested on its own)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +16,7 @@ from accelerate import PartialState
 from accelerate.state import AcceleratorState
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")  # <output_dir>/checkpoints/step_N
+MANIFEST = "MANIFEST.json"  # written last into a checkpoint: each file's size and SHA-256
 
 
 def resolve_mixed_precision(name: str) -> str:
@@ -88,13 +93,73 @@ def default_device() -> torch.device:
     return PartialState(cpu=cpu_distributed()).device
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``<output_dir>/checkpoints/step_N`` folder, or None."""
+def write_checkpoint_manifest(folder: str | Path, **facts) -> Path:
+    """Write ``MANIFEST.json`` (every file's size and SHA-256, plus `facts`) into a finished checkpoint
+    folder, last and atomically: a folder without it, or whose files differ from it, is incomplete."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"format": 1, **facts, "files": files}, indent=1))
+    tmp.replace(folder / MANIFEST)
+    return folder / MANIFEST
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why checkpoint `folder` cannot be resumed from (no manifest; a file missing, resized or
+    changed), or None when every file its ``MANIFEST.json`` lists is there with its size and hash."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (interrupted while saving, or written by an older version)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {MANIFEST} ({type(e).__name__})"
+    for name, want in files.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != want["size"]:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {want['size']}"
+        if _sha256(p) != want["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest (corrupted)"
+    return None
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Every ``<output_dir>/checkpoints/step_N`` folder, newest first (complete or not)."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(output_dir: str | Path, rejected: list | None = None) -> Path | None:
+    """The newest *complete* ``<output_dir>/checkpoints/step_N`` (`checkpoint_problem` is None), or None.
+
+    Newer incomplete ones are passed over; `rejected` (a list) receives ``(folder, why)`` for each."""
+    for p in checkpoints(output_dir):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p
+        if rejected is not None:
+            rejected.append((p, problem))
+    return None
+
+
+def remove_partial_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Delete the ``.step_N.partial`` folders an interrupted save left behind; returns them."""
+    root = Path(output_dir) / "checkpoints"
+    stale = [p for p in root.glob(".step_*.partial")] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
