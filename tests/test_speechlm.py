@@ -228,7 +228,7 @@ def test_a_trainable_llm_runs_the_shared_prefix_once_a_batch_with_exact_gradient
     assert calls == [True]  # one prefix run, with gradients, not the kept no-grad copy
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     assert g_full.abs().sum() > 0
-    torch.testing.assert_close(g_shared, g_full, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(g_shared, g_full, atol=1e-4 * float(g_full.abs().max()), rtol=1e-3)
 
 
 def test_left_and_right_padding_give_the_same_next_token_logits(model, tmp_path):
