@@ -254,8 +254,8 @@ def record(args, metrics: dict, seconds: float, first: bool = False) -> None:
     each phase (``finished`` stays false until the end), so a run cut short keeps what it measured."""
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
     command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
-    results.record(args.record_as, flat, command=command,
-                   seconds=seconds, profile_name=args.profile, replace=first)
+    results.record(args.record_as, flat, command=command, seconds=seconds, profile_name=args.profile,
+                   replace=first, config=getattr(args, "config_dict", None))
 
 
 def main() -> None:
@@ -271,10 +271,13 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a preset setting, e.g. --set train.max_steps=500 --set model.llm=DIR_OR_HUB_ID")
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics here as JSON")
+    ap.add_argument("--save", type=Path, default=None, metavar="DIR",
+                    help="save the trained speech-LLM there (stage 3 starts from runs/<profile>/stage2_speechlm)")
     args = ap.parse_args()
     metrics: dict = {"finished": False, "reference_matmul_ms_bf16": reference_matmul_ms(torch.bfloat16),
                      "reference_matmul_ms_fp32": reference_matmul_ms(torch.float32)}
     cfg, whisper, processor, model, splits = setup(args, metrics)
+    args.config_dict = cfg.to_dict()  # the resolved config, beside the figures in results.json
     cache, cached_ds, dev = bench_cache(cfg, model, splits, metrics, args.throughput_steps)
     if args.throughput_only:
         metrics["finished"] = True
@@ -284,6 +287,9 @@ def main() -> None:
     record(args, metrics, seconds=metrics["pretrain_seconds"])
     bench_train(cfg, model, cached_ds, dev, cache, metrics)
     record(args, metrics, seconds=metrics["train_seconds"])
+    if args.save:
+        model.save_pretrained(args.save)
+        cfg.save(args.save / "config.yaml")
     scores = bench_decode(cfg, model, splits["test"], metrics, args.rtf_utts, args.rtf_repeats)
     systems = {"speechlm": scores["hyps"], "whisper": bench_whisper(whisper, processor, splits["test"], metrics)}
     if ctc_hyps:
