@@ -252,3 +252,31 @@ def evaluate_tasks(cfg: Stage3Config, model: SpeechLM, test: list[Utterance], ca
             results[f"{name}@unseen"] = {key: value, "n": len(hyps), "instructions": list(task.held_out),
                                          "refs": refs, "hyps": hyps}
     return results
+
+
+# ----- 5. the same test beside stage 2, the projector alone, Whisper, and on real speech --------------------
+def real_speech_test(fractions: dict | None = None, seed: int = 0, limit: int | None = None,
+                     report: Report | None = None) -> list[Utterance]:
+    """The held-out speakers of speechocean762 (``../shared/data``; split by speaker, never by utterance),
+    or [] when the folder is absent. Its transcripts are upper case without punctuation (scoring normalises)."""
+    from speechlm_lib.data.realdata import load_local_manifest, speechocean_dir, split_by_speaker
+
+    folder = speechocean_dir()
+    if not (folder / "transcripts.jsonl").is_file():
+        return []
+    utts = load_local_manifest(folder, report=report)
+    split = split_by_speaker(utts, fractions or {"train": 0.8, "dev": 0.1, "test": 0.1}, seed=seed)
+    return split["test"][:limit]
+
+
+def whisper_wer(utts: list[Utterance], source: str = "openai/whisper-tiny.en", max_new_tokens: int = 96) -> dict:
+    """The complete Whisper (its own encoder and decoder) on the same English utterances: ``{"wer", "rtf", "hyps"}``."""
+    from speechlm_lib.data.audio import load_audio
+    from speechlm_lib.decoding.whisper import whisper_transcribe
+    from speechlm_lib.models.sources import load_whisper
+
+    whisper, processor = load_whisper(source)
+    waves = [load_audio(u.audio) for u in utts]
+    texts, seconds = whisper_transcribe(whisper, processor, waves, max_new_tokens=max_new_tokens)
+    audio = sum(u.duration for u in utts)
+    return {"wer": wer([u.text for u in utts], texts), "rtf": seconds / max(audio, 1e-9), "hyps": texts}
