@@ -76,7 +76,18 @@ def run_train(args, argv) -> int:
     out = spec.run(cfg, run_dir, command_line(argv))
     if out["line"]:
         summary(out["line"])
+    _end_distributed()
     return 0
+
+
+def _end_distributed() -> None:
+    """Close the process group of a multi-process launch (the trainer leaves it open between phases)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 # ----- evaluate --------------------------------------------------------------------------------------

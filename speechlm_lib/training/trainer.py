@@ -378,7 +378,8 @@ class Trainer:
             self.save_checkpoint()
         if self._bar is not None:
             self._bar.close()
-        self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # not `end_training()`: it destroys the process group, and a
+            tracker.finish()                        # stage may train again (CTC pre-alignment, then LLM loss)
         self._callbacks("on_train_end")
         losses = [h["loss"] for h in self.state.history if math.isfinite(h["loss"])]
         final = {"step": self.state.step, "epoch": self.state.epoch,
