@@ -270,3 +270,11 @@ def test_two_process_stage2_keeps_replicas_identical_and_resumes_exactly(tiny, t
     assert init.returncode == 0
     two = load_file(str(tmp_path / "other" / "model" / "trainable.safetensors"))
     assert any(not torch.allclose(two[n], first[n]) for n in first)
+
+
+@pytest.mark.parametrize("name, engine", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")])
+def test_accelerate_config_files_load_with_accelerates_own_reader(name, engine):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.name == engine and cfg.num_processes == 8 and cfg.mixed_precision == "bf16"

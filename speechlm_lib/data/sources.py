@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from speechlm_lib.data.realdata import ColumnMap, load_hf_dataset, load_local_manifest, split_by_speaker
+from speechlm_lib.data.realdata import ColumnMap, load_local_manifest, split_by_speaker
 from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.registry import Registry
 
@@ -134,33 +134,42 @@ def _hf(src: DataSource, report: Report, corpus_profile: str | None) -> dict[str
 
 
 def _read_hf(src: DataSource, split: str, report: Report, kwargs: dict) -> list[Utterance]:
-    tag = hashlib.sha1(f"{src.name}:{src.config}:{split}".encode()).hexdigest()[:10]
-    root = Path(src.audio_dir) if src.audio_dir else None
-    out_dir = (root / f"{split}-{tag}") if root else None
-    if not src.streaming:
-        return load_hf_dataset(src.name, split, src.columns, out_dir=out_dir, max_items=src.max_items,
-                               report=report, **kwargs)
-    return _stream_hf(src, split, out_dir, report, kwargs, tag)
-
-
-def _stream_hf(src: DataSource, split: str, out_dir: Path | None, report: Report, kwargs: dict,
-               tag: str) -> list[Utterance]:
-    """`load_hf_dataset` for ``streaming=True``: rows are read one by one (no whole shard first)."""
-    import datasets
-
+    """One dataset split as utterances (`realdata.load_hf_dataset`'s row rules; the config name and streaming
+    passed through); audio is written once under ``src.audio_dir`` or the cache."""
     from speechlm_lib.config import cache_dir
     from speechlm_lib.data.realdata import _row_to_utterance
 
-    ds = datasets.load_dataset(src.name, split=split, streaming=True, **kwargs)
-    features = ds.features or {}
-    if isinstance(features.get(src.columns.audio), datasets.Audio):
-        ds = ds.cast_column(src.columns.audio, datasets.Audio(decode=False))
-    out = out_dir or cache_dir() / "datasets" / f"{Path(src.name).name}-{split}-{tag}"
+    tag = hashlib.sha1(f"{src.name}:{src.config}:{split}".encode()).hexdigest()[:10]
+    root = Path(src.audio_dir) if src.audio_dir else cache_dir() / "datasets"
+    out = root / f"{Path(src.name).name}-{split}-{tag}"
+    ds = _open(src, split, kwargs)
     rows = islice(ds, src.max_items) if src.max_items is not None else ds
     utts = [u for i, row in enumerate(tqdm(rows, desc=f"{src.name}:{split}", leave=False))
             if (u := _row_to_utterance(row, i, src.columns, out, report)) is not None]
     report.kept += len(utts)
     return utts
+
+
+def _open(src: DataSource, split: str, kwargs: dict):
+    """The split as a (streamed or downloaded) dataset with its audio column left undecoded."""
+    import datasets
+
+    path = Path(src.name).expanduser()
+    if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
+        ds = datasets.load_from_disk(str(path))  # a save_to_disk folder
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise KeyError(f"{path}: no split {split!r}; it has {sorted(ds)}")
+            ds = ds[split]
+    else:
+        ds = datasets.load_dataset(src.name, split=split, streaming=src.streaming, **kwargs)
+    names = ds.column_names or list((ds.features or {}).keys())
+    for col in (src.columns.audio, src.columns.text):
+        if names and col not in names:
+            raise KeyError(f"{src.name}: no column {col!r}; columns are {names} (set data.source.columns)")
+    if isinstance((ds.features or {}).get(src.columns.audio), datasets.Audio):
+        ds = ds.cast_column(src.columns.audio, datasets.Audio(decode=False))
+    return ds
 
 
 def _as_list(value) -> list:
