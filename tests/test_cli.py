@@ -278,3 +278,15 @@ def test_accelerate_config_files_load_with_accelerates_own_reader(name, engine):
 
     cfg = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
     assert cfg.distributed_type.name == engine and cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
+
+
+def test_train_stage1_on_a_manifest_folder(tiny):
+    out = tiny["tmp"] / "stage1"
+    proc = cli(tiny["tmp"], "train", "stage1", "--preset", "smoke", "--out", out, "--set", "data.kind=manifest",
+               "--set", f"data.name={tiny['data']}", "--set", "data.split_by_speaker={'train': 2, 'dev': 1, 'test': 1}",
+               "--set", "train.max_steps=2", "--set", "train.log_with=None")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "results.json").read_text())["stages"]["stage1"]["metrics"]
+    assert m["steps"] == 2 and "test_wer" in m
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (out / "model").iterdir()}
+    assert proc.stderr.strip().splitlines()[-1].startswith("stage1: test WER")
