@@ -11,7 +11,8 @@ CONFIGS = [CorpusConfig, CTCStageConfig, Stage2Config, CompareConfig]
 
 
 def test_every_config_folder_belongs_to_a_config_class():
-    assert {c.config_name for c in CONFIGS} == {p.name for p in configs_dir().iterdir() if p.is_dir()}
+    folders = {p.name for p in configs_dir().iterdir() if p.is_dir()} - {"accelerate"}  # launcher files, not a stage
+    assert {c.config_name for c in CONFIGS} == folders
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.config_name)

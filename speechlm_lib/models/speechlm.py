@@ -272,9 +272,10 @@ class SpeechLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, encoder=None, llm=None, tokenizer=None) -> "SpeechLM":
-        """Rebuild from `save_pretrained` output; frozen parts are loaded from their references
-        unless passed in (`encoder`, `llm` + `tokenizer`)."""
-        directory = Path(directory)
+        """Rebuild from `save_pretrained` output (a folder, or a hub repo id holding one, e.g. a
+        `speechlm export` pushed with `export.push_to_hub`); frozen parts are loaded from their
+        references unless passed in (`encoder`, `llm` + `tokenizer`)."""
+        directory = _local_copy(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory}: no {CONFIG_NAME} (not a saved SpeechLM)")
         cfg = json.loads((directory / CONFIG_NAME).read_text())
@@ -301,6 +302,16 @@ class SpeechLM(nn.Module):
             raise ValueError(f"{directory}: weights do not fit the model (missing {lost[:5]}, "
                              f"unexpected {unexpected[:5]})")
         return model.eval()
+
+
+def _local_copy(name: str | Path) -> Path:
+    """`name` as a folder: an existing path as it is, a hub repo id (``owner/name``) downloaded."""
+    path = Path(name).expanduser()
+    if path.exists() or isinstance(name, Path) or str(name).count("/") != 1 or str(name).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=str(name)))
 
 
 def _pad_rows(rows: list[torch.Tensor], labels: list[torch.Tensor], side: str):

@@ -15,6 +15,7 @@ import torch
 from speechlm_lib.config import StageConfig, runs_dir
 from speechlm_lib.data.ctc_dataset import CTCDataset, collate, make_loader
 from speechlm_lib.data.records import Report, read_manifest
+from speechlm_lib.data.sources import DataSource
 from speechlm_lib.decoding import ctc
 from speechlm_lib.metrics import cer, wer
 from speechlm_lib.models.conformer import ConformerConfig, ConformerCTC, stack_frames
@@ -29,6 +30,8 @@ class CTCStageConfig(StageConfig):
 
     config_name: ClassVar[str] = "stage1_ctc"
     profile: str = "cpu"  # corpus profile (data/synth/<profile>) and runs/<profile>/ folder
+    data: DataSource = field(default_factory=DataSource)  # where train/dev/test come from (`speechlm train stage1`;
+    #   data/sources.py): by default the synthetic corpus of `profile`
     encoder: str = "small"  # ConformerConfig preset: tiny / small / base / large
     encoder_overrides: dict = field(default_factory=dict)  # ConformerConfig fields to change (e.g. n_layers)
     vocab: str = "char"  # vocabulary builder in speechlm_lib.models.vocab.VOCABS: char / sentencepiece

@@ -28,7 +28,8 @@ import torch
 
 from speechlm_lib.config import StageConfig
 from speechlm_lib.data.feature_cache import FeatureCache
-from speechlm_lib.data.records import Report, Utterance, read_manifest
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.sources import DataSource, load_source
 from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics import cer, wer
@@ -44,6 +45,8 @@ from speechlm_lib.training.trainer import TrainConfig, Trainer
 class DataConfig:
     """Which utterances and how they are batched."""
 
+    source: DataSource = field(default_factory=DataSource)  # where train/dev/test come from: the synthetic
+    #   corpus (default), a manifest folder or a `datasets` corpus (data/sources.py; docs/own_data.md)
     batch_size: int = 8  # utterances a training batch
     pretrain_batch_size: int = 32  # utterances a batch of CTC pre-alignment (no LLM runs: larger is cheap)
     max_batch_seconds: float | None = None  # also cap padded audio seconds a batch (None = no cap)
@@ -73,12 +76,11 @@ class Stage2Config(StageConfig):
 
 
 def load_splits(cfg: Stage2Config, report: Report | None = None) -> dict[str, list[Utterance]]:
-    """train / dev / test utterances of the synthetic corpus (built if missing), cut to the limits."""
-    from speechlm_lib.data.corpus import ensure_corpus
-
-    manifests = ensure_corpus(cfg.corpus_profile)
+    """train / dev / test utterances of ``cfg.data.source`` (by default the synthetic corpus of
+    ``cfg.corpus_profile``, built if missing), cut to the limits; a split the source lacks is empty."""
+    splits = load_source(cfg.data.source, report, corpus_profile=cfg.corpus_profile)
     limits = {"train": cfg.data.train_limit, "dev": cfg.data.dev_limit, "test": cfg.data.test_limit}
-    return {split: read_manifest(manifests[split], report)[: limits.get(split)] for split in ("train", "dev", "test")}
+    return {split: splits.get(split, [])[: limits.get(split)] for split in ("train", "dev", "test")}
 
 
 def make_cache(model: SpeechLM, root: str | Path | None = None) -> FeatureCache:

@@ -402,7 +402,8 @@ class Trainer:
             self.save_checkpoint()
         if self._bar is not None:
             self._bar.close()
-        self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # not `end_training()`: it destroys the process group, and a
+            tracker.finish()                        # stage may train again (CTC pre-alignment, then LLM loss)
         if self.state.skipped_nonfinite:
             self.accelerator.print(f"warning: {self.state.skipped_nonfinite} micro-batch(es) skipped for a NaN/inf "
                                    f"loss or gradient, {self.state.skipped_updates} update(s) not taken")

@@ -1,0 +1,165 @@
+"""``speechlm transcribe``: audio files and folders -> transcripts, with any saved model.
+
+Folders are searched recursively for files whose extension soundfile reads (wav, flac, mp3, ogg,
+...); a file named on the command line is always tried. Long recordings are cut into pieces
+(`decoding.chunking`: at most ``--chunk-seconds``, cuts at the quietest point, no overlap). A file
+that cannot be read is named, skipped and counted; the rest are transcribed. Output: JSONL
+(``{"id", "audio", "text", "seconds", "chunks"}`` a line) or plain text (one transcript a line, in
+input order), to ``--out`` or stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from speechlm_lib.cli.common import CLIError, add_config_args, load_config, load_model, run_folder, summary
+from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, load_audio
+from speechlm_lib.data.records import Report
+from speechlm_lib.decoding.chunking import split_long
+
+FILES_PER_GROUP = 32  # files loaded and decoded together (bounds memory on a large folder)
+
+
+def audio_extensions() -> set[str]:
+    """Lower-case extensions of the formats this soundfile (libsndfile) reads, plus common aliases."""
+    formats = {f.lower() for f in sf.available_formats()}
+    exts = {f".{f}" for f in formats}
+    for fmt, more in {"ogg": {".oga", ".opus"}, "aiff": {".aif"}, "wav": {".wave"}}.items():
+        if fmt in formats:
+            exts |= more
+    return exts
+
+
+def find_audio(paths: list[str], report: Report) -> list[tuple[str, Path]]:
+    """``[(id, file)]``: files as given (id = file name), folders searched (id = the path inside it).
+    A path that does not exist is named and skipped."""
+    exts, out = audio_extensions(), []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [(str(f.relative_to(p).with_suffix("")), f) for f in sorted(p.rglob("*"))
+                    if f.is_file() and f.suffix.lower() in exts]
+        elif p.is_file():
+            out.append((p.stem, p))
+        else:
+            report.skip(str(p), "no such file or folder")
+    return out
+
+
+def keyword_instruction(instruction: str, keywords: list[str]) -> str:
+    """The instruction with keyword context (the biasing prompt: "... Keywords: A, B.")."""
+    return f"{instruction} Keywords: {', '.join(keywords)}." if keywords else instruction
+
+
+@dataclass
+class Done:
+    """One transcribed file."""
+
+    id: str
+    audio: str
+    text: str
+    seconds: float
+    chunks: int
+
+
+def transcribe_files(model, files: list[tuple[str, Path]], decode, instruction: str | None,
+                     chunk_seconds: float, report: Report) -> list[Done]:
+    """Transcribe `files` in groups (progress bar over files); unreadable ones go to `report`."""
+    from speechlm_lib.decoding.generation import transcribe
+
+    limit = min(chunk_seconds, model.encoder.max_seconds or chunk_seconds)
+    done = []
+    bar = tqdm(total=len(files), desc="transcribe", unit="file")
+    for g in range(0, len(files), FILES_PER_GROUP):
+        loaded, items = [], []
+        for uid, path in files[g: g + FILES_PER_GROUP]:
+            try:
+                wave = load_audio(path)
+            except AudioError as e:
+                report.skip(str(path), str(e).removeprefix(f"{path}: "))
+                continue
+            pieces = split_long(wave, limit)
+            loaded.append((uid, path, wave.shape[-1] / SAMPLE_RATE, len(pieces)))
+            items += [(f"{path}#{k}", piece) for k, (_, piece) in enumerate(pieces)]
+        texts = transcribe(model, items, decode, instruction=instruction, progress=False).texts if items else []
+        k = 0
+        for uid, path, seconds, n in loaded:
+            text = " ".join(t.strip() for t in texts[k: k + n] if t.strip())
+            done.append(Done(uid, str(path), text, round(seconds, 3), n))
+            k += n
+        bar.update(min(FILES_PER_GROUP, len(files) - g))
+    bar.close()
+    report.kept += len(done)
+    return done
+
+
+WRITERS = {
+    "jsonl": lambda d: json.dumps({"id": d.id, "audio": d.audio, "text": d.text, "seconds": d.seconds,
+                                   "chunks": d.chunks}, ensure_ascii=False),
+    "text": lambda d: d.text,
+}
+
+
+def add_parser(sub) -> None:
+    from speechlm_lib.recipes.stage2_align import Stage2Config
+
+    p = sub.add_parser("transcribe", help="transcribe audio files or folders with a saved model",
+                       description=__doc__, formatter_class=_raw())
+    p.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files and/or folders")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder (speechlm train), its model/ folder, an export folder or a hub repo id")
+    p.add_argument("--out", help="output file (default: stdout)")
+    p.add_argument("--format", choices=sorted(WRITERS), help="jsonl or text (default: from --out's suffix, else jsonl)")
+    p.add_argument("--batch-size", type=int, help="clips decoded together (default: the config's decode.batch_size)")
+    p.add_argument("--keywords", default="", help="comma-separated words to bias towards (added to the instruction)")
+    p.add_argument("--instruction", help="the task instruction (default: the model's own)")
+    p.add_argument("--chunk-seconds", type=float, default=25.0,
+                   help="longer audio is cut into pieces of at most this (and at most the encoder's limit)")
+    add_config_args(p, Stage2Config)
+    p.set_defaults(func=run)
+
+
+def _raw():
+    import argparse
+
+    return argparse.RawDescriptionHelpFormatter
+
+
+def run(args, argv: list[str]) -> int:
+    from speechlm_lib.recipes.stage2_align import Stage2Config
+
+    start, report = time.perf_counter(), Report()
+    files = find_audio(args.inputs, report)
+    if not files:
+        raise CLIError(f"no audio files in {', '.join(args.inputs)} ({report.skipped or 'no readable extensions'})")
+    run_dir = run_folder(args.checkpoint)
+    cfg = load_config(Stage2Config, args, default=run_dir / "config.yaml" if run_dir else None)
+    decode = cfg.decode if args.batch_size is None else _with_batch(cfg.decode, args.batch_size)
+    model = load_model(args.checkpoint)
+    keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
+    instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
+    done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report)
+    fmt = args.format or ("text" if args.out and Path(args.out).suffix == ".txt" else "jsonl")
+    lines = "".join(WRITERS[fmt](d) + "\n" for d in done)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    for item, why in report.skipped:
+        summary(f"skipped {item}: {why}")
+    audio = sum(d.seconds for d in done)
+    summary(f"transcribe: {len(done)} file(s), {audio:.1f} s of audio in {time.perf_counter() - start:.1f} s, "
+            f"skipped {len(report.skipped)}; transcripts -> {args.out or 'stdout'}")
+    return 0 if done else 1
+
+
+def _with_batch(decode, batch_size: int):
+    from dataclasses import replace
+
+    return replace(decode, batch_size=batch_size)
