@@ -6,8 +6,9 @@ from speechlm_lib.data.corpus import CorpusConfig
 from speechlm_lib.experiments.stage2_compare import CompareConfig
 from speechlm_lib.recipes.stage1_ctc import CTCStageConfig
 from speechlm_lib.recipes.stage2_align import Stage2Config
+from speechlm_lib.recipes.stage3_lora import Stage3Config
 
-CONFIGS = [CorpusConfig, CTCStageConfig, Stage2Config, CompareConfig]
+CONFIGS = [CorpusConfig, CTCStageConfig, Stage2Config, CompareConfig, Stage3Config]
 
 
 def test_every_config_folder_belongs_to_a_config_class():

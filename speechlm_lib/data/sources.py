@@ -88,11 +88,12 @@ def _synthetic(src: DataSource, report: Report, corpus_profile: str | None) -> d
     from speechlm_lib.data.records import read_manifest
 
     manifests = ensure_corpus(src.name or corpus_profile)
-    wanted = src.splits or {s: s for s in SPLITS}
-    missing = [v for v in wanted.values() if v not in manifests]
+    wanted = src.splits or {s: s for s in SPLITS}  # a split may name several manifests (e.g. [test, test_de])
+    missing = [n for v in wanted.values() for n in _as_list(v) if n not in manifests]
     if missing:
         raise KeyError(f"synthetic corpus has no split(s) {missing}; it has {sorted(manifests)}")
-    return {split: read_manifest(manifests[name], report) for split, name in wanted.items()}
+    return {split: [u for n in _as_list(names) for u in read_manifest(manifests[n], report)]
+            for split, names in wanted.items()}
 
 
 @SOURCES.register("manifest")

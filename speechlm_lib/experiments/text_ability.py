@@ -68,12 +68,13 @@ def text_ability(model, questions=QUESTIONS, texts=HELD_OUT_TEXT) -> dict:
     model.eval()
     answers = ask(model, [q for q, _ in questions])
     right = [answered(a, expected) for a, (_, expected) in zip(answers, questions)]
-    return {"qa_accuracy": sum(right) / len(questions), "qa_answers": answers, "perplexity": perplexity(model, texts)}
+    return {"qa_accuracy": sum(right) / max(1, len(questions)), "qa_answers": answers,
+            "perplexity": perplexity(model, texts)}
 
 
-def text_ability_on_and_off(model) -> dict:
-    """`text_ability` with the adapters on, and off (the LLM as it was before stage 3)."""
-    on = text_ability(model)
+def text_ability_on_and_off(model, questions: int = len(QUESTIONS)) -> dict:
+    """`text_ability` (the first `questions` questions) with the adapters on, and off (the LLM before stage 3)."""
+    on = text_ability(model, QUESTIONS[:questions])
     with adapters_off(model):
-        off = text_ability(model)
+        off = text_ability(model, QUESTIONS[:questions])
     return {"adapters_on": on, "adapters_off": off}

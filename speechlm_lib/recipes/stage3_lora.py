@@ -28,9 +28,9 @@ from typing import ClassVar
 import torch
 
 from speechlm_lib.config import StageConfig, runs_dir
-from speechlm_lib.data.corpus import ensure_corpus
 from speechlm_lib.data.feature_cache import FeatureCache
-from speechlm_lib.data.records import Report, Utterance, read_manifest
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.sources import DataSource, load_source
 from speechlm_lib.data.speechlm_dataset import TaskDataset, make_loader
 from speechlm_lib.data.tasks import TASKS, Task, task_items
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
@@ -50,12 +50,18 @@ class ExposureConfig:
     projector_dropout: bool = True  # keep the projector's dropout on while the LLM trains (its train mode)
 
 
+def _both_languages() -> DataSource:
+    return DataSource(splits={s: [s, f"{s}_de"] for s in ("train", "dev", "test")})
+
+
 @dataclass
 class DataConfig:
     """Which utterances, per split and language, and how they are batched."""
 
+    source: DataSource = field(default_factory=_both_languages)  # where utterances come from (data.sources): the
+    #   synthetic corpus's English and German manifests, a manifest folder, or a `datasets` corpus
     batch_size: int = 8  # (utterance, task) pairs a training batch
-    train_limit: int | None = None  # at most this many training utterances (None = all)
+    train_limit: int | None = None  # at most this many training utterances of each language (None = all)
     dev_limit: int = 48  # English dev utterances scored at each evaluation (German ones: dev_limit // 4)
     test_limit: int | None = 200  # English test utterances per task (German: all of them, up to this)
     use_cache: bool = True  # cache the frozen encoder's states on disk (shared with stage 2)
@@ -79,6 +85,7 @@ class Stage3Config(StageConfig):
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy decoding, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
     keep_best: bool = True  # end with the adapters of the best dev WER (English ASR), before training included
+    text_questions: int = 50  # text-only questions asked with adapters on and off (data.text_checks; at most 50)
 
 
 # ----- 1. the model: notebook 02's speech-LLM, plus adapters ----------------------------------------------
@@ -123,16 +130,18 @@ def add_adapters(cfg: Stage3Config, model: SpeechLM) -> dict:
 
 # ----- 2. the data: (utterance, task) pairs -----------------------------------------------------------------
 def load_splits(cfg: Stage3Config, report: Report | None = None) -> dict[str, list[Utterance]]:
-    """train / dev / test of the synthetic corpus, English and German (``<split>_de.jsonl``) together.
-    English dev and test are cut to the limits; German dev to a quarter of the dev limit, test to the limit."""
-    manifests = ensure_corpus(cfg.corpus_profile)
+    """train / dev / test from ``cfg.data.source`` (by default the synthetic corpus, English and German),
+    each language cut to its limit: English dev and test to the limits, German dev to a quarter of the dev
+    limit, German test to the test limit."""
+    splits = load_source(cfg.data.source, report, corpus_profile=cfg.corpus_profile)
     d = cfg.data
     limits = {"train": (d.train_limit, d.train_limit), "dev": (d.dev_limit, max(1, d.dev_limit // 4)),
               "test": (d.test_limit, d.test_limit)}
     out = {}
-    for split, (limit_en, limit_de) in limits.items():
-        german = read_manifest(manifests[f"{split}_de"], report) if f"{split}_de" in manifests else []
-        out[split] = read_manifest(manifests[split], report)[:limit_en] + german[:limit_de]
+    for split, (limit_en, limit_other) in limits.items():
+        utts = splits.get(split, [])
+        out[split] = ([u for u in utts if u.language == "en"][:limit_en] +
+                      [u for u in utts if u.language != "en"][:limit_other])
     return out
 
 
