@@ -102,6 +102,25 @@ def test_bad_arguments_end_with_one_clear_line_and_exit_2(tiny, args, words):
 
 
 # ----- train, evaluate, transcribe, export ---------------------------------------------------------
+def test_train_stage3_on_top_of_the_stage2_run(run, tiny):
+    """`speechlm train stage3` adds LoRA to the stage-2 run's model, trains on the manifest folder (English ASR:
+    it has no German and no translations) and saves adapters a fresh process can load."""
+    out = tiny["tmp"] / "run3"
+    src = [a for s in ("data.source.kind=manifest", f"data.source.name={tiny['data']}",
+                       "data.source.splits={}", "data.source.split_by_speaker={'train': 0.5, 'dev': 0.25, 'test': 0.25}",
+                       f"init_from={run['dir'] / 'model'}", "tasks={'asr_en': 1.0}", "eval_tasks=('asr_en',)",
+                       "lora.r=2", "text_questions=0") for a in ("--set", s)]
+    proc = cli(tiny["tmp"], "train", "stage3", "--preset", "smoke", "--out", out, *src)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("stage3: English test WER")
+    assert (out / "model" / "adapter" / "adapter_config.json").is_file()
+    metrics = json.loads((out / "results.json").read_text())["stages"]["stage3"]["metrics"]
+    assert metrics["steps"] == 3 and 0 <= metrics["asr_en_wer"]
+    missing = cli(tiny["tmp"], "train", "stage3", "--preset", "smoke", "--out", tiny["tmp"] / "run3b",
+                  "--set", f"init_from={tiny['tmp'] / 'nowhere'}")
+    assert missing.returncode == 2 and "no stage-2 model" in missing.stderr
+
+
 def test_train_stage2_on_a_manifest_folder_split_by_speaker(run, tiny):
     d = run["dir"]
     assert {"config.yaml", "results.json", "run.json", "test_transcripts.jsonl", "model"} <= {p.name for p in d.iterdir()}

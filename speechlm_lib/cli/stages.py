@@ -11,9 +11,9 @@ call, and writes one run folder::
 
 Adding a stage is one entry::
 
-    STAGES.register("stage3")(Stage(Stage3Config, run_stage3, "LoRA + multitask"))
+    STAGES.register("stage4")(Stage(Stage4Config, run_stage4, "keyword biasing"))
 
-where ``run_stage3(cfg, run_dir, command) -> dict`` returns the summary (``line`` and ``metrics``).
+where ``run_stage4(cfg, run_dir, command) -> dict`` returns the summary (``line`` and ``metrics``).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from speechlm_lib.data.records import Report, write_manifest
 from speechlm_lib.data.sources import describe, load_source
 from speechlm_lib.recipes.stage1_ctc import CTCStageConfig
 from speechlm_lib.recipes.stage2_align import Stage2Config
+from speechlm_lib.recipes.stage3_lora import Stage3Config
 from speechlm_lib.registry import Registry
 
 STAGES = Registry("stage")
@@ -206,3 +207,41 @@ def _write_hyps(path: Path, utts, scores: dict) -> None:
 STAGES.register("stage1")(Stage(CTCStageConfig, run_stage1, "CTC Conformer encoder from scratch (recipes/stage1_ctc.py)"))
 STAGES.register("stage2")(Stage(Stage2Config, run_stage2,
                                 "projector alignment: frozen encoder + frozen LLM (recipes/stage2_align.py)"))
+
+
+# ----- stage 3: LoRA + multitask instruction tuning --------------------------------------------------
+def run_stage3(cfg: Stage3Config, run_dir: Path, command: str) -> dict:
+    """Stage 3 (`recipes.stage3_lora`), as notebook 03 runs it: the stage-2 model in ``init_from`` (default
+    runs/<profile>/stage2_speechlm) gets LoRA adapters, trains on the task mix, and is scored on every task."""
+    from speechlm_lib.data.feature_cache import FeatureCache
+    from speechlm_lib.recipes.stage3_lora import (add_adapters, evaluate_tasks, load_splits, load_stage2,
+                                                  make_task_dataset, stage2_dir, train_lora)
+
+    start, report = _time(), Report()
+    if not stage2_dir(cfg).is_dir():
+        raise CLIError(f"{stage2_dir(cfg)}: no stage-2 model; train one (speechlm train stage2) and pass "
+                       f"--set init_from=<its run>/{MODEL_DIR}")
+    cfg = replace(cfg, train=replace(cfg.train, output_dir=cfg.train.output_dir or str(run_dir)))
+    model = load_stage2(cfg)
+    counts = add_adapters(cfg, model)
+    splits = load_splits(cfg, report)
+    _need(splits, ("train",), cfg.data.source)
+    cache = FeatureCache.for_encoder(model.encoder) if cfg.data.use_cache else None
+    train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, report=report)
+    result = train_lora(cfg, model, train_ds, dev=splits["dev"], cache=cache, output_dir=run_dir / MODEL_DIR)
+    metrics = {"steps": result["final"]["step"], "train_seconds": result["train_seconds"],
+               "trainable_parameters": counts["all"]["trainable"], "train_pairs": len(train_ds),
+               "skipped": len(report.skipped)}
+    if splits["test"]:
+        scores = evaluate_tasks(cfg, model, splits["test"], cache=cache, held_out=False, progress=True)
+        metrics.update({f"{t}_{k}": v for t, s in scores.items() for k, v in s.items() if isinstance(v, (int, float))})
+    cfg.save(run_dir / "config.yaml")
+    write_run(run_dir, "stage3", metrics, command, _time() - start,
+              data=describe(cfg.data.source, cfg.corpus_profile), model=f"{stage2_dir(cfg)} + LoRA r={cfg.lora.r}")
+    wer = f"English test WER {metrics['asr_en_wer']:.3f}" if "asr_en_wer" in metrics else "no test split"
+    return {"metrics": metrics, "line": f"stage3: {wer}, {metrics['steps']} steps in {metrics['train_seconds']:.0f} s"
+                                        f"{_skipped_line(report)}; model -> {run_dir / MODEL_DIR}"}
+
+
+STAGES.register("stage3")(Stage(Stage3Config, run_stage3,
+                                "LoRA + multitask instruction tuning on a stage-2 model (recipes/stage3_lora.py)"))
