@@ -34,11 +34,21 @@ from speechlm_lib.data.tasks import TASKS
 from speechlm_lib.decoding.generation import transcribe
 from speechlm_lib.experiments.text_ability import text_ability_on_and_off
 from speechlm_lib.metrics import errors_by_frequency, wer, word_counts
-from speechlm_lib.models.lora import LoraSettings
 from speechlm_lib.models.speechlm import SpeechLM
-from speechlm_lib.recipes.stage3_lora import (Stage3Config, add_adapters, evaluate_tasks, load_splits, load_stage2,
-                                              make_task_dataset, projector_wer, real_speech_test, score_task,
-                                              stage2_dir, train_lora, whisper_wer)
+from speechlm_lib.recipes.stage3_lora import (
+    Stage3Config,
+    add_adapters,
+    evaluate_tasks,
+    load_splits,
+    load_stage2,
+    make_task_dataset,
+    projector_wer,
+    real_speech_test,
+    score_task,
+    stage2_dir,
+    train_lora,
+    whisper_wer,
+)
 
 
 def record(args, metrics: dict, seconds: float, first: bool = False) -> None:

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors.torch import load_file
-
 from conftest import write_tone
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["hello world", "the quick brown fox", "you are tiny", "transcribe the audio"]

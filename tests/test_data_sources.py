@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-
 from conftest import write_tone
+
 from speechlm_lib.data.realdata import ColumnMap, speechocean_dir
 from speechlm_lib.data.records import Report
 from speechlm_lib.data.sources import DataSource, describe, load_source

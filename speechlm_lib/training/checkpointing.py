@@ -15,6 +15,7 @@ complete one. Nothing a resume reads can run code: safetensors, ``torch.load(wei
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from speechlm_lib.training.safety import TRAINER_STATE, load_trainer_state, save_trainer_state
@@ -74,3 +75,23 @@ def resume(acc, output_dir: str | Path, state, scheduler) -> Path | None:
     note = f" (passing over {len(rejected)} newer incomplete one(s))" if rejected else ""
     acc.print(f"resumed from {ckpt} at step {state.step}, the newest complete checkpoint{note}")
     return ckpt
+
+
+@dataclass
+class TrainState:
+    """Counters saved with each checkpoint (registered with the accelerator)."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # current pass over the data
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (this process)
+    skipped_nonfinite: int = 0  # micro-batches with a NaN/inf loss + updates with a NaN/inf gradient norm
+    skipped_updates: int = 0  # optimizer updates not taken (every micro-batch skipped, or NaN/inf gradient)
+    history: list = field(default_factory=list)  # training log dicts
+    evals: list = field(default_factory=list)  # evaluation dicts (with "step")
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)

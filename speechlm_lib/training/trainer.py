@@ -32,13 +32,11 @@ stops the run with `NonFiniteTrainingError`.
 from __future__ import annotations
 
 import math
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
@@ -46,8 +44,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from speechlm_lib.training.callbacks import Callback
 from speechlm_lib.training import checkpointing
+from speechlm_lib.training.callbacks import Callback
 from speechlm_lib.training.safety import BufferSnapshot, NonFiniteTrainingError, skip_limit
 from speechlm_lib.training.utils import (
     allow_precision_change,
@@ -55,6 +53,7 @@ from speechlm_lib.training.utils import (
     cpu_distributed,
     latest_checkpoint,
     resolve_mixed_precision,
+    rng_neutral_start,
 )
 
 
@@ -87,41 +86,6 @@ class TrainConfig:
     #   micro-batches were skipped for a NaN/inf loss or gradient (1.0 = never stop)
 
 
-@dataclass
-class TrainState:
-    """Counters saved with each checkpoint (registered with the accelerator)."""
-
-    step: int = 0  # optimizer updates done
-    epoch: int = 0  # current pass over the data
-    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (this process)
-    skipped_nonfinite: int = 0  # micro-batches with a NaN/inf loss + updates with a NaN/inf gradient norm
-    skipped_updates: int = 0  # optimizer updates not taken (every micro-batch skipped, or NaN/inf gradient)
-    history: list = field(default_factory=list)  # training log dicts
-    evals: list = field(default_factory=list)  # evaluation dicts (with "step")
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, d: dict) -> None:
-        for k, v in d.items():
-            setattr(self, k, v)
-
-
-def _rng_neutral_start(loader):
-    """Iterate `loader`, undoing the RNG draws its start makes (a resumed epoch's iterator
-    is created after the checkpoint's RNG snapshot; in the original run it came before)."""
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    it = iter(loader)
-    try:
-        first = next(it)
-    except StopIteration:
-        return
-    finally:
-        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
-    yield first
-    yield from it
-
-
 class Trainer:
     """Train `model` on `train_loader`; see the module docstring for the contract.
 
@@ -139,7 +103,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.accelerator = self._make_accelerator()
         set_seed(config.seed)
-        self.state = TrainState()
+        self.state = checkpointing.TrainState()
         self._raw_loader = train_loader
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -219,7 +183,7 @@ class Trainer:
         shard, loader = self.train_loader, self.train_loader
         if st.batch_in_epoch:  # resumed mid-epoch: skip what was consumed, without touching the RNG
             shard = self.accelerator.skip_first_batches(self.train_loader, st.batch_in_epoch)
-            loader = _rng_neutral_start(shard)
+            loader = rng_neutral_start(shard)
         broke = finished = False
         try:
             for batch in loader:

@@ -7,10 +7,12 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.state import AcceleratorState
@@ -168,3 +170,18 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float = 0.
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def rng_neutral_start(loader):
+    """Iterate `loader`, undoing the RNG draws its start makes (a resumed epoch's iterator
+    is created after the checkpoint's RNG snapshot; in the original run it came before)."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    it = iter(loader)
+    try:
+        first = next(it)
+    except StopIteration:
+        return
+    finally:
+        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+    yield first
+    yield from it
