@@ -272,6 +272,7 @@ def main() -> None:
                     help="change a preset setting, e.g. --set train.max_steps=500 --set model.llm=DIR_OR_HUB_ID")
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics here as JSON")
     args = ap.parse_args()
+    config.set_threads()  # $SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores
     metrics: dict = {"finished": False, "reference_matmul_ms_bf16": reference_matmul_ms(torch.bfloat16),
                      "reference_matmul_ms_fp32": reference_matmul_ms(torch.float32)}
     cfg, whisper, processor, model, splits = setup(args, metrics)
