@@ -74,6 +74,10 @@ def _legend_overlap(ax, renderer) -> int:
 def describe(fig) -> dict:
     """What `problems` checks, as plain data: each panel's title and labels, colour bars' labels,
     points under legends, the smallest font and any text outside the canvas."""
+    if not hasattr(fig.canvas, "get_renderer"):  # a closed figure: draw it on an Agg canvas
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     bars = _colorbar_axes(fig)
@@ -129,6 +133,9 @@ def show(fig, display_id: str | bool | None = None):
     through `update`. Outside a notebook it does nothing but close the figure."""
     import matplotlib.pyplot as plt
 
+    for ax in fig.axes:
+        if ax.images:  # a grid over an image (spectrogram, posteriors) only hides it
+            ax.grid(False)
     info = describe(fig)
     handle = None
     try:

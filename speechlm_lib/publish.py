@@ -73,6 +73,62 @@ def widget_outputs(nb: dict) -> list[tuple[int, str]]:
             for o in c.get("outputs", []) if WIDGET_VIEW in o.get("data", {})]
 
 
+#: what marks a warning in a cell's output (Python's warnings, transformers' and the kernel's log lines)
+WARNING_RE = re.compile(r"\b\w*Warning\b|\bWARNING\b|deprecated|\[transformers\]|warnings\.warn")
+
+
+def output_text(out: dict) -> str:
+    """The text an output shows: a stream, a traceback, or a display's plain, markdown or HTML text."""
+    if out.get("output_type") == "stream":
+        return _plain(out.get("text", ""))
+    if out.get("output_type") == "error":
+        return "\n".join(out.get("traceback", []))
+    data = out.get("data", {})
+    text = "\n".join(_plain(data[k]) for k in ("text/plain", "text/markdown", "text/html") if k in data)
+    return re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", "data:...", text)  # embedded audio is not text
+
+
+def problems(nb: dict, profile: str | None = None) -> list[str]:
+    """What a reader must not meet in an executed notebook; empty when it is fit to publish.
+
+    * warnings in any output (`WARNING_RE`), and errors;
+    * an offensive word anywhere in the outputs (`course.OFFENSIVE`);
+    * a progress bar left as a widget (`finalize_widgets` not applied);
+    * a figure not shown through `plots.show`, or one with an unlabelled axis, a missing title, small text,
+      clipped text or a legend over data (`plots.problems`);
+    * in the ``smoke`` profile: a cell tagged ``result`` whose output does not say that its numbers only
+      prove the plumbing (`course.note`).
+    """
+    from speechlm_lib import course, plots
+
+    found = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        texts = [output_text(o) for o in cell.get("outputs", [])]
+        where = f"cell {i + 1}"
+        for out, text in zip(cell.get("outputs", []), texts):
+            if out.get("output_type") == "error":
+                found.append(f"{where}: an error ({out.get('ename')})")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr" and WARNING_RE.search(text):
+                found.append(f"{where}: a warning: {text.strip()[:160]!r}")
+            elif WARNING_RE.search(text) and re.search(r"\w*Warning:|\[transformers\]|WARNING \|", text):
+                found.append(f"{where}: a warning: {text.strip()[:160]!r}")
+        bad = course.offensive_words("\n".join(texts))
+        if bad:
+            found.append(f"{where}: offensive output ({len(bad)} word(s))")
+        if "result" in cell.get("metadata", {}).get("tags", []) and profile == "smoke" \
+                and not any(course.PLUMBING in t for t in texts):
+            found.append(f"{where}: a result cell without the smoke-profile note (course.note())")
+    found += [f"cell {i + 1}: a progress widget ({text[:40]!r}); finalize_widgets" for i, text in widget_outputs(nb)]
+    for i, info in plots.figure_outputs(nb):
+        if info is None:
+            found.append(f"cell {i + 1}: a figure not shown through plots.show")
+        else:
+            found += [f"cell {i + 1}: figure: {p}" for p in plots.problems(info)]
+    return found
+
+
 def publish_run(source: Path, dest: Path) -> list[Path]:
     """Copy the executed notebooks ``source/NN_*.ipynb`` to `dest` (replacing what was there), widgets
     finalised; return the copies. Raises FileNotFoundError when `source` holds none."""

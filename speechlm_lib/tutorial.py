@@ -145,6 +145,8 @@ def execute(nb_path: Path, out_path: Path | None = None, timeout: int = 3600, pr
             raise CellFailed(nb_path.name, index, total, nb.cells[index].source, _error_text(nb.cells[index])) \
                 from err
         finally:
+            if km.has_kernel:  # a kernel manager we made is ours to stop (nbclient stops only its own)
+                km.shutdown_kernel(now=False)
             if out_path is not None:
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 nbformat.write(finalize_widgets(nb), str(out_path))

@@ -118,7 +118,7 @@ class LivePlot(Callback):
             ax.plot(*zip(*self.train), label="training")
         for k, pts in self.evals.items():
             if "loss" in k:
-                ax.plot(*zip(*pts), "o-", label=k.replace("_", " "))
+                ax.plot(*zip(*pts), "o-", label=k.replace("_", " ") if k.startswith("dev") else f"dev {k}")
         ax.set(title="loss", xlabel="optimizer step", ylabel=self.loss_label)
         values = [v for _, v in self.train] + [v for k, p in self.evals.items() if "loss" in k for _, v in p]
         if self.logy and values and min(values) > 0:
@@ -136,6 +136,10 @@ class LivePlot(Callback):
             label = METRIC_LABELS.get(k, k.replace("_", " "))
             ax.set(title=f"dev {label.split(' (')[0]}", xlabel="optimizer step", ylabel=f"dev {label}")
             ax.set_ylim(bottom=0)
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         fig.suptitle(self.title)
         plt.close(fig)  # shown through plots.show, not by the inline backend
         return fig
