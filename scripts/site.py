@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     pages = stage(source, docs, args.profile)
     cfg = docs.parent / f"mkdocs-{args.profile}.yml"
     cfg.write_text(config(docs, out, args.profile, pages))
-    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "--clean", "-f", str(cfg)], check=True)
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # material's end-of-life banner, printed on every build
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "--clean", "-f", str(cfg)], check=True, env=env)
     print(f"site: {out / 'index.html'} ({len(pages)} notebooks from {source})")
     return 0
 
