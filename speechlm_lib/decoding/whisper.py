@@ -89,10 +89,13 @@ class _DropWhisperInternals(logging.Filter):
     (``max_new_tokens`` wins: the tokens are those asked for). Every other message still comes through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        internal = ("Passing `generation_config` together with generation-related arguments" in msg
-                    and "suppress_tokens" in msg) or ("Both `max_new_tokens`" in msg and "`max_length`" in msg)
-        return not internal
+        return not whisper_internal(record.getMessage())
+
+
+def whisper_internal(msg: str) -> bool:
+    """Whether a transformers log message is one `_DropWhisperInternals` drops."""
+    return ("Passing `generation_config` together with generation-related arguments" in msg
+            and "suppress_tokens" in msg) or ("Both `max_new_tokens`" in msg and "`max_length`" in msg)
 
 
 @contextlib.contextmanager
