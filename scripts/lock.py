@@ -37,6 +37,7 @@ def top_level() -> list[Requirement]:
 def closure(roots: list[Requirement]) -> dict[str, tuple[str, str | None]]:
     """``{canonical name: (installed version, marker or None)}`` of `roots` and all they require here."""
     found: dict[str, tuple[str, str | None]] = {}
+    walked: set[tuple[str, tuple[str, ...]]] = set()  # (name, extras): a package asked for with new extras is walked again
     todo = [(r, None, tuple(sorted(r.extras))) for r in roots]
     while todo:
         req, marker, extras = todo.pop()
@@ -45,11 +46,12 @@ def closure(roots: list[Requirement]) -> dict[str, tuple[str, str | None]]:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
             continue  # not for this platform (its marker was false here)
-        if name in found:
-            if found[name][1] is not None and marker is None:
-                found[name] = (found[name][0], None)  # also needed unconditionally
+        if name in found and found[name][1] is not None and marker is None:
+            found[name] = (found[name][0], None)  # also needed unconditionally
+        found.setdefault(name, (dist.version, marker))
+        if (name, extras) in walked:
             continue
-        found[name] = (dist.version, marker)
+        walked.add((name, extras))
         for line in dist.requires or []:
             sub = Requirement(line)
             if sub.marker is not None:
