@@ -27,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
     args = ap.parse_args()
+    config.set_threads()  # $SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores
     cfg, runs = Stage2Config.preset(args.profile), CompareConfig.preset(args.profile)
     stage1 = config.runs_dir() / args.profile / "stage1_encoder"
     if not stage1.is_dir():

@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 1, 3, 5], help="demonstration counts to try")
     ap.add_argument("--utts", type=int, default=100, help="test transcripts to copy")
     args = ap.parse_args()
+    config.set_threads()  # $SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores
     cfg = Stage2Config.preset(args.profile)
     from speechlm_lib.data.corpus import ensure_corpus
 

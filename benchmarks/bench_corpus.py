@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="build here (kept); default: a temporary folder")
     ap.add_argument("--workers", type=int, default=None, help="synthesis processes (default: all cores)")
     args = ap.parse_args()
+    config.set_threads()  # $SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores
 
     cfg = CorpusConfig.preset(args.profile)
     cfg.workers = args.workers

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import torch
 
-from speechlm_lib import results
+from speechlm_lib import config, results
 from speechlm_lib.data import corpus
 from speechlm_lib.data.ctc_dataset import loader_padding_fraction, make_loader
 from speechlm_lib.recipes.stage1_ctc import CTCStageConfig, load_data, score, train_encoder
@@ -32,12 +32,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="cpu")
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's steps")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice; "
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: config.threads(): "
+                   "$SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores; "
                    "1 is much faster when other jobs share the cores)")
     p.add_argument("--no-record", action="store_true", help="print only; do not write results.json")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config.set_threads(args.threads)
     cfg = CTCStageConfig.preset(args.profile)
     if args.max_steps:
         cfg = replace(cfg, train=replace(cfg.train, max_steps=args.max_steps))

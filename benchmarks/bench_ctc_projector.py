@@ -68,6 +68,7 @@ def main() -> None:
                     help="a name, then the preset settings it changes")
     ap.add_argument("--record-as", default="stage2_ctc_projector", help="stage name in results.json")
     args = ap.parse_args()
+    config.set_threads()  # $SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores
     whisper, _ = load_whisper(Stage2Config.preset(args.profile).model.encoder_source)
     llm_parts, metrics = {}, {}
     for name, *settings in args.variant:

@@ -274,6 +274,7 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, metavar="DIR",
                     help="save the trained speech-LLM there (stage 3 starts from runs/<profile>/stage2_speechlm)")
     args = ap.parse_args()
+    config.set_threads()  # $SPEECHLM_THREADS, $OMP_NUM_THREADS or the physical cores
     metrics: dict = {"finished": False, "reference_matmul_ms_bf16": reference_matmul_ms(torch.bfloat16),
                      "reference_matmul_ms_fp32": reference_matmul_ms(torch.float32)}
     cfg, whisper, processor, model, splits = setup(args, metrics)

@@ -18,5 +18,7 @@ The tree is the recipe (import what you need; nothing heavy is imported here):
 * ``recipes/``   -- one file per stage, its config and end-to-end functions: ``stage1_ctc``, ``stage2_align``
 * ``experiments/`` -- studies on top of a recipe: ``stage2_compare`` (notebook 02's comparisons), ``copy_ceiling``
 * ``results``, ``tutorial``, ``registry`` -- results.json, the headless notebook runner, builder registries
+* ``course``, ``plots``, ``publish`` -- what every notebook shares (threads, smoke notes), figures and their
+                    checks, executed notebooks made fit to read (progress bars as text, output checks)
 """
 __version__ = "0.1.0"

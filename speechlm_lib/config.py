@@ -22,6 +22,7 @@ from typing import ClassVar
 
 PROFILES = ("smoke", "cpu", "gpu")
 PROFILE_ENV = "SPEECHLM_PROFILE"
+THREADS_ENV = "SPEECHLM_THREADS"
 
 
 def profile() -> str:
@@ -30,6 +31,59 @@ def profile() -> str:
     if name not in PROFILES:
         raise ValueError(f"${PROFILE_ENV}={name!r} is not a profile; choose one of {', '.join(PROFILES)}")
     return name
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may run on (hyper-threads of one core count once).
+
+    Read from ``/sys/devices/system/cpu/cpu*/topology/thread_siblings_list`` for the CPUs in the
+    process's affinity mask; where that is unreadable, the number of CPUs available."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(path.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def _positive_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r} is not a whole number of threads") from None
+    if value < 1:
+        raise ValueError(f"${name}={raw!r}: need at least 1 thread")
+    return value
+
+
+def threads() -> int:
+    """The torch CPU thread count the library uses: ``$SPEECHLM_THREADS``, else ``$OMP_NUM_THREADS``,
+    else the physical cores (`physical_cores`).
+
+    On a machine shared with other work, fewer threads than cores is faster: each extra thread waits
+    for a core someone else holds (on the 2-core course machine under load, the smoke tutorial took
+    11 min with 2 threads and under 2 min with 1). Set ``SPEECHLM_THREADS=1`` there."""
+    return _positive_int(THREADS_ENV) or _positive_int("OMP_NUM_THREADS") or physical_cores()
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op CPU threads to `n` (None: `threads()`); returns the number set.
+
+    Notebooks call it in their first cell, benchmarks and the tutorial runner at start."""
+    import torch
+
+    n = n or threads()
+    torch.set_num_threads(n)
+    return n
 
 
 def repo_root() -> Path:

@@ -6,7 +6,7 @@
     {"profile": "cpu", "stages": {"stage1_ctc": {"metrics": {...}, "recorded_at": "...",
                                                   "command": "...", "seconds": 301.2}}}
 
-The README's results table is generated from this file (`scripts/results_table.py`).
+docs/results.md is generated from this file (`scripts/results_table.py --write`); the README quotes a few figures.
 """
 from __future__ import annotations
 

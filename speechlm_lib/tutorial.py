@@ -5,17 +5,34 @@ with the active profile, writes the executed copies to
 ``runs/<profile>/notebooks/`` and stamps each stage recorded in
 ``runs/<profile>/results.json`` with the notebook that produced it, its
 wall time and the command that reproduces it.
+
+While it runs it prints a line as each code cell starts (notebook, cell number
+out of the total, time so far), a reminder every 30 s while a long cell runs,
+and each notebook's headline metrics when it ends. A failing cell stops the run
+with the notebook, the cell and its error. The kernels talk to the runner over
+local IPC sockets, so the kernel's "running over TCP without encryption"
+warning does not appear; their torch thread count is `config.threads()`.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 from speechlm_lib import results
-from speechlm_lib.config import PROFILE_ENV, profile, repo_root, runs_dir
+from speechlm_lib.config import PROFILE_ENV, THREADS_ENV, profile, repo_root, runs_dir, threads
+
+#: the metrics printed when a notebook that recorded this stage ends (others: up to 3 ``test_*`` metrics)
+HEADLINES = {
+    "corpus": ("utterances", "hours", "speakers"),
+    "stage1_ctc": ("test_wer", "test_cer"),
+    "stage2_speechlm": ("test_wer", "test_cer", "whisper_tiny_test_wer", "rtf"),
+}
+HEARTBEAT_SECONDS = 30.0
 
 
 def notebooks(folder: Path | None = None) -> list[Path]:
@@ -24,61 +41,168 @@ def notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
 
 
-def execute(nb_path: Path, out_path: Path | None = None, timeout: int = 3600) -> float:
+def clock(seconds: float) -> str:
+    """``75.3`` -> ``'1:15'``; an hour or more -> ``'1:02:03'``."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+class CellFailed(RuntimeError):
+    """A notebook cell raised: names the notebook, the cell and the error."""
+
+    def __init__(self, notebook: str, index: int, total: int, source: str, error: str):
+        self.notebook, self.index, self.total = notebook, index, total
+        lines = source.strip().splitlines()
+        shown = "\n".join("    " + l for l in lines[:12]) + ("\n    ..." if len(lines) > 12 else "")
+        super().__init__(f"{notebook}: cell {index + 1} of {total} failed\n{shown}\n{error.rstrip()}")
+
+
+class Progress:
+    """nbclient hooks that print a line per code cell and a heartbeat during long cells."""
+
+    def __init__(self, name: str, total: int, write=print, heartbeat: float = HEARTBEAT_SECONDS):
+        self.name, self.total, self.write, self.heartbeat = name, total, write, heartbeat
+        self.start = time.perf_counter()
+        self._cell: tuple[int, float] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def elapsed(self) -> str:
+        return clock(time.perf_counter() - self.start)
+
+    def on_cell_start(self, cell, cell_index: int, **_) -> None:
+        if cell.get("cell_type") != "code":
+            return
+        self._cell = (cell_index, time.perf_counter())
+        self.write(f"  {self.name}  cell {cell_index + 1}/{self.total}  [{self.elapsed()}]")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            if self._cell is not None:
+                index, since = self._cell
+                self.write(f"  {self.name}  cell {index + 1}/{self.total} still running "
+                           f"({clock(time.perf_counter() - since)} in this cell)  [{self.elapsed()}]")
+
+    def __enter__(self):
+        if self.heartbeat:
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _error_text(cell) -> str:
+    """The traceback a failed cell left in its outputs, ANSI colours removed."""
+    import re
+
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            text = "\n".join(out.get("traceback", [])) or f"{out.get('ename')}: {out.get('evalue')}"
+            return re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return "(no traceback in the cell's outputs)"
+
+
+def execute(nb_path: Path, out_path: Path | None = None, timeout: int = 3600, progress: bool = False) -> float:
     """Execute one notebook in its own folder; save the executed copy; return seconds.
 
-    Raises `nbclient.exceptions.CellExecutionError` (with the failing cell) on error.
+    The saved copy keeps every output; progress bars (ipywidgets) are replaced by their final text
+    (`publish.finalize_widgets`). Raises `CellFailed` (notebook, cell, source, traceback) on an error.
+    `progress`: print a line per code cell and a heartbeat during long cells.
     """
     import nbformat
+    from jupyter_client import KernelManager
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from speechlm_lib.publish import finalize_widgets
 
     nb = nbformat.read(str(nb_path), as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(nb_path.parent)}})
-    start = time.perf_counter()
-    try:
-        client.execute()
-    finally:
-        if out_path is not None:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, str(out_path))
+    total = len(nb.cells)
+    env_threads = os.environ.get(THREADS_ENV) or str(threads())
+    with tempfile.TemporaryDirectory(prefix="speechlm-kernel-") as sockets:
+        # IPC sockets in a private folder: no TCP ports, no "without encryption" warning
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(nb_path.parent)}})
+        tracker = Progress(nb_path.name, total, heartbeat=HEARTBEAT_SECONDS if progress else 0)
+        if progress:
+            client.on_cell_start = tracker.on_cell_start
+        start = time.perf_counter()
+        env = {**os.environ, THREADS_ENV: env_threads, "SPEECHLM_NOTEBOOK": nb_path.stem}
+        try:
+            with tracker:
+                client.execute(env=env)
+        except CellExecutionError as err:
+            index = next((i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"
+                          and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+            if index is None:
+                raise
+            raise CellFailed(nb_path.name, index, total, nb.cells[index].source, _error_text(nb.cells[index])) \
+                from err
+        finally:
+            if km.has_kernel:  # a kernel manager we made is ours to stop (nbclient stops only its own)
+                km.shutdown_kernel(now=False)
+            if out_path is not None:
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(finalize_widgets(nb), str(out_path))
     return time.perf_counter() - start
 
 
-def run_all(command: str, only: list[str] | None = None) -> dict[str, float]:
+def headline(stage: str, metrics: dict) -> str:
+    """``'stage1_ctc: test_wer 0.527, test_cer 0.154'``: the stage's headline metrics."""
+    keys = HEADLINES.get(stage) or [k for k in metrics if k.startswith("test_")][:3] or list(metrics)[:3]
+    parts = [f"{k} {metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+             for k in keys if k in metrics and metrics[k] is not None]
+    return f"{stage}: " + ", ".join(parts)
+
+
+def run_all(command: str, only: list[str] | None = None, write=print) -> dict[str, float]:
     """Execute the notebooks in order (or those whose names contain one of `only`)."""
     os.environ["SPEECHLM_COMMAND"] = command
     out_dir = runs_dir() / profile() / "notebooks"
+    todo = [nb for nb in notebooks() if not only or any(o in nb.name for o in only)]
     times = {}
-    for nb in notebooks():
-        if only and not any(o in nb.name for o in only):
-            continue
+    for n, nb in enumerate(todo, 1):
         before = results.load().get("stages", {})
-        print(f"[{profile()}] running {nb.name} ...", flush=True)
-        seconds = execute(nb, out_dir / nb.name)
+        write(f"[{profile()}] notebook {n}/{len(todo)}: {nb.name}")
+        seconds = execute(nb, out_dir / nb.name, progress=True)
         times[nb.name] = round(seconds, 1)
-        print(f"[{profile()}] {nb.name} done in {seconds:.1f} s", flush=True)
-        _stamp_new_stages(before, nb.name, seconds, command)
+        new = _stamp_new_stages(before, nb.name, seconds, command)
+        lines = [headline(stage, metrics) for stage, metrics in new.items()] or ["(recorded no results)"]
+        write(f"[{profile()}] {nb.name} done in {clock(seconds)}: " + "; ".join(lines))
     results.record("tutorial", {"notebook_seconds": times, "total_seconds": round(sum(times.values()), 1)},
                    command=command)
     return times
 
 
-def _stamp_new_stages(before: dict, notebook: str, seconds: float, command: str) -> None:
-    """Give every stage this notebook recorded its notebook name, time and command."""
+def _stamp_new_stages(before: dict, notebook: str, seconds: float, command: str) -> dict[str, dict]:
+    """Give every stage this notebook recorded its notebook name, time and command; return their metrics."""
     after = results.load()
+    new = {}
     for name, entry in after["stages"].items():
         if before.get(name, {}).get("recorded_at") != entry.get("recorded_at"):
             results.record(name, {}, command=command, seconds=seconds, notebook=notebook)
+            new[name] = entry.get("metrics", {})
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="run only notebooks whose names contain these")
     args = ap.parse_args(argv)
     command = f"{PROFILE_ENV}={profile()} bash scripts/tutorial.sh"
-    times = run_all(command, args.only)
-    print(f"tutorial ({profile()}): {len(times)} notebooks in {sum(times.values()):.0f} s; "
+    print(f"tutorial ({profile()}): torch threads {threads()} (set {THREADS_ENV} to change)", flush=True)
+    try:
+        times = run_all(command, args.only, write=lambda line: print(line, flush=True))
+    except CellFailed as err:
+        print(f"\nFAILED {err}", file=sys.stderr, flush=True)
+        return 1
+    print(f"tutorial ({profile()}): {len(times)} notebooks in {clock(sum(times.values()))}; "
           f"results in {results.results_path()}")
     return 0
 

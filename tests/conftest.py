@@ -1,5 +1,7 @@
-"""Shared fixtures: small audio files written on the fly, the committed clip."""
+"""Shared fixtures: small audio files written on the fly, the committed clip; no transformers deprecations."""
 from __future__ import annotations
+
+import logging
 
 from pathlib import Path
 
@@ -32,3 +34,28 @@ def clip():
     if not wav.is_file():
         pytest.skip("tests/data/clip.wav is not there")
     return wav, txt.read_text().strip()
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        from speechlm_lib.decoding.whisper import whisper_internal
+
+        msg = record.getMessage()
+        if not whisper_internal(msg):  # what transformers' own Whisper.generate says on every call
+            self.messages.append(msg)
+
+
+@pytest.fixture(autouse=True)
+def no_transformers_deprecations():
+    """transformers logs its deprecations (not `warnings`); a test whose code triggers one fails."""
+    handler = _Collect()
+    log = logging.getLogger("transformers")
+    log.addHandler(handler)
+    yield
+    log.removeHandler(handler)
+    bad = [m for m in handler.messages if "deprecated" in m or "seem to have been set" in m]
+    assert not bad, f"transformers said: {bad}"

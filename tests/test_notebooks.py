@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 
+import nbformat
 import pytest
 
-from speechlm_lib import results
+from speechlm_lib import publish, results
 from speechlm_lib.tutorial import execute, notebooks
 
 NOTEBOOKS = notebooks()
@@ -51,3 +52,6 @@ def test_notebook_runs_in_smoke_profile(nb, smoke_env):
     new = [s for s, e in after.items() if before.get(s, {}).get("recorded_at") != e.get("recorded_at")]
     assert new, f"{nb.name} recorded no results"
     assert all(after[s]["metrics"] for s in new)
+    # what a student reads: no warnings, nothing offensive, labelled figures, bars as text, smoke notes
+    executed = nbformat.read(str(smoke_env / "notebooks" / nb.name), as_version=4)
+    assert publish.problems(executed, "smoke") == []

@@ -14,6 +14,7 @@ from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.decoding.speculative import speculative_greedy
 from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.kv import cache_of
 from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
 
 PAD = 0
@@ -113,7 +114,7 @@ def test_a_cached_prompt_prefix_gives_the_same_tokens(llm):
     full_mask = torch.cat([torch.ones(b, 6, dtype=torch.long), mask], dim=1)
     want, want_truncated = _greedy(llm, full, full_mask, budgets, stops)
     with torch.no_grad():
-        kv = llm.get_decoder()(inputs_embeds=prefix, use_cache=True).past_key_values
+        kv = cache_of(llm.get_decoder()(inputs_embeds=prefix, use_cache=True))
     cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))
                                          for layer in kv.layers], config=llm.config)
     drafts = _drafts(want, stops, "edited", llm.config.vocab_size)

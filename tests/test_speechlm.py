@@ -14,6 +14,7 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.speechlm_dataset import Collate, SpeechLMDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
 from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.kv import CACHE_KW
 from speechlm_lib.models.prompting import PLAIN_ANSWER_CUE, PromptBuilder, PromptConfig, example_sets, pick_examples
 from speechlm_lib.models.speechlm import IGNORE, SpeechLM
 from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2, tiny_llm, tiny_whisper
@@ -348,7 +349,7 @@ def test_decoding_from_the_prefix_cache_equals_the_full_prompt(model, tmp_path, 
     seen, generate = [], model.llm.generate
 
     def spy(**kw):
-        seen.append("past_key_values" in kw)
+        seen.append(CACHE_KW in kw)
         return generate(**kw)
 
     monkeypatch.setattr(model.llm, "generate", spy)

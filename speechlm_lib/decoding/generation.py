@@ -39,6 +39,7 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.speechlm_dataset import pad_ids
 from speechlm_lib.decoding.speculative import speculative_greedy
 from speechlm_lib.models.encoders import pad_last
+from speechlm_lib.models.kv import CACHE_KW
 
 
 @dataclass
@@ -107,7 +108,7 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
         drafts = [g + [model.prompts.end_id] for g in guesses]
         if cfg.draft_slack is not None:
             budgets = [max(1, min(b, len(g) + cfg.draft_slack)) for b, g in zip(budgets, guesses)]
-        rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get("past_key_values"), drafts, budgets,
+        rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get(CACHE_KW), drafts, budgets,
                                                 stops, model.prompts.pad_id, cfg.draft_block)
         return rows, truncated
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
@@ -127,7 +128,7 @@ def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
 
     A prefix shared by every row (the chat template, system message, demonstrations)
     is not run per row: the rows are ``pad | audio | suffix`` after that prefix, whose
-    keys/values come from `SpeechLM.prefix_kv` as ``past_key_values``. `generate` then
+    keys/values come from `SpeechLM.prefix_kv` as the cache keyword (`kv.CACHE_KW`). `generate` then
     prefills only the uncached tail; positions follow the mask (``cumsum - 1``), so the
     padding between prefix and audio is skipped like left padding.
     """
@@ -142,7 +143,7 @@ def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
     b, n = embeds.shape[0], len(shared)
     prefix = model.llm.get_input_embeddings()(pre_ids[:1, :n]).expand(b, -1, -1)  # sliced off by generate
     return (torch.cat([prefix.to(embeds.dtype), embeds], 1), torch.cat([mask.new_ones((b, n)), mask], 1),
-            {"past_key_values": model.prefix_kv(shared, b * num_beams)})
+            {CACHE_KW: model.prefix_kv(shared, b * num_beams)})
 
 
 def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from speechlm_lib.models.kv import CACHE_KW
+
 
 @dataclass
 class _Row:
@@ -137,8 +139,8 @@ def _run(llm, state: dict, prompt) -> None:
     # (measured: ~1.7x slower on CPU for a strided view of the last positions than for a gathered copy)
     last = torch.arange(embeds.shape[1] - keep, embeds.shape[1], device=device)
     kw = {"logits_to_keep": last} if state["trim"] else {}
-    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=state["cache"],
-              use_cache=True, **kw)
+    kw[CACHE_KW] = state["cache"]
+    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
     picks = out.logits[:, -keep:].argmax(-1).tolist()
     for i, (row, f) in enumerate(zip(live, fed)):
         kept = row.keep(f if first else f[1:], picks[i][:len(f) + first], stops)

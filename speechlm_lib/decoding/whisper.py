@@ -13,6 +13,8 @@ information the projector needs -- at a fraction of the encoder's cost.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 
 import torch
@@ -63,12 +65,46 @@ def _decode(model, processor, waves: list[torch.Tensor], padded: bool, batch_siz
     encoder = None if padded else WhisperSpeechEncoder(model.get_encoder(), reference="baseline")
     for i in tqdm(range(0, len(waves), step), desc="whisper", disable=not progress):
         chunk = [w.numpy() for w in waves[i: i + step]]
-        if padded:
-            feats = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
-            ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit)
-        else:
-            inputs, lengths = encoder.collate([encoder.featurize(torch.from_numpy(chunk[0]))])
-            states, _ = encoder(inputs.to(model.device), lengths.to(model.device))
-            ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams,
-                                 **limit)
+        with _quiet_generate():
+            if padded:
+                feats = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt",
+                                                    return_attention_mask=True)
+                ids = model.generate(input_features=feats.input_features.to(model.device, model.dtype),
+                                     attention_mask=feats.attention_mask.to(model.device), num_beams=num_beams,
+                                     **limit)
+            else:
+                inputs, lengths = encoder.collate([encoder.featurize(torch.from_numpy(chunk[0]))])
+                states, _ = encoder(inputs.to(model.device), lengths.to(model.device))
+                ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), num_beams=num_beams,
+                                     **limit)
         yield i, [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+class _DropWhisperInternals(logging.Filter):
+    """Drops two messages transformers' own `WhisperForConditionalGeneration.generate` (5.2x) causes on
+    every call, whatever its caller passes. It hands the generic ``generate`` its prepared generation
+    config (which always holds a ``max_length``) *and* ``suppress_tokens``/``begin_suppress_tokens``
+    (a workaround of theirs, transformers PR #48108). The generic ``generate`` then says that passing
+    both is deprecated, and, when the caller gave ``max_new_tokens``, that both lengths are set
+    (``max_new_tokens`` wins: the tokens are those asked for). Every other message still comes through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not whisper_internal(record.getMessage())
+
+
+def whisper_internal(msg: str) -> bool:
+    """Whether a transformers log message is one `_DropWhisperInternals` drops."""
+    return ("Passing `generation_config` together with generation-related arguments" in msg
+            and "suppress_tokens" in msg) or ("Both `max_new_tokens`" in msg and "`max_length`" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_generate():
+    """Whisper's `generate` without the messages of `_DropWhisperInternals`."""
+    log = logging.getLogger("transformers.generation.utils")
+    drop = _DropWhisperInternals()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)

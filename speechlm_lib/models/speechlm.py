@@ -33,6 +33,7 @@ from torch import nn
 
 from speechlm_lib.models import ctc_projector  # noqa: F401  (registers the "ctc" projector)
 from speechlm_lib.models.encoders import ENCODERS
+from speechlm_lib.models.kv import CACHE_KW, cache_of
 from speechlm_lib.models.projectors import PROJECTORS
 from speechlm_lib.models.prompting import PromptBuilder, PromptConfig
 
@@ -211,7 +212,7 @@ class SpeechLM(nn.Module):
         if fresh or key not in self._prefix_kv:
             with torch.set_grad_enabled(fresh):
                 out = self.llm.get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
-            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            layers = [(layer.keys, layer.values) for layer in cache_of(out).layers]
             if fresh:
                 return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                                                     for k, v in layers], config=self.llm.config)
@@ -220,12 +221,12 @@ class SpeechLM(nn.Module):
                                             for k, v in self._prefix_kv[key]], config=self.llm.config)
 
     def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor, fresh: bool = False) -> dict:
-        """LLM keywords that put the prefix `ids` before every row: ``past_key_values``
-        (`prefix_kv`), the attention mask over prefix + rows ``(batch, len(ids) + seq)`` and
+        """LLM keywords that put the prefix `ids` before every row: the cache (`prefix_kv`, under
+        `kv.CACHE_KW`), the attention mask over prefix + rows ``(batch, len(ids) + seq)`` and
         position ids shifted past the prefix."""
         b, n = mask.shape[0], len(ids)
         full_mask = torch.cat([mask.new_ones((b, n)), mask], dim=1)
-        return {"past_key_values": self.prefix_kv(ids, b, fresh=fresh), "attention_mask": full_mask,
+        return {CACHE_KW: self.prefix_kv(ids, b, fresh=fresh), "attention_mask": full_mask,
                 "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + n, "use_cache": True}
 
     # -- bookkeeping --------------------------------------------------------------------

@@ -62,16 +62,26 @@ def _in_notebook() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
+#: axis labels for eval metrics LivePlot knows; fractions among them are drawn as percentages
+METRIC_LABELS = {"wer": "WER (%)", "cer": "CER (%)", "bleu": "BLEU", "chrf": "chrF"}
+PERCENT_METRICS = {"wer", "cer"}
+
+
 class LivePlot(Callback):
     """Redraw a training-loss curve (and eval metrics) in a notebook cell as training runs.
 
-    Outside a notebook it only collects the points; `figure()` draws them on demand.
+    One quantity an axis: the training loss and any eval metric whose name holds ``loss`` share the
+    left panel; every other eval metric (``wer``, ``cer``, ...) gets a panel of its own, WER and CER
+    in percent. Outside a notebook it only collects the points; `figure()` draws them on demand.
     """
 
-    def __init__(self, every: int = 1, eval_keys: tuple[str, ...] = ("loss",), logy: bool = True):
+    def __init__(self, every: int = 1, eval_keys: tuple[str, ...] = ("loss",), logy: bool = True,
+                 title: str = "training", loss_label: str = "loss (nats per token)"):
         self.every = every  # redraw on every `every`-th log call
-        self.eval_keys = eval_keys  # eval metrics drawn on the same axes (if present)
-        self.logy = logy  # log-scale the y axis (CTC losses span orders of magnitude)
+        self.eval_keys = eval_keys  # eval metrics drawn (losses beside the training loss, others alone)
+        self.logy = logy  # log-scale the loss axis (CTC losses span orders of magnitude)
+        self.title = title  # the figure's title, e.g. "stage 1: CTC training"
+        self.loss_label = loss_label  # the loss axis's label, with its unit
         self.train: list[tuple[int, float]] = []
         self.evals: dict[str, list[tuple[int, float]]] = {}
         self._handle = None
@@ -93,38 +103,57 @@ class LivePlot(Callback):
     def on_train_end(self, trainer):
         self._redraw()
 
+    def _panels(self) -> list[str]:
+        """The metric of each panel after the loss panel."""
+        return [k for k in self.evals if "loss" not in k]
+
     def figure(self):
-        """A matplotlib figure of what was collected so far."""
+        """A matplotlib figure of what was collected so far: the loss panel, then one per other metric."""
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.2))
+        others = self._panels()
+        fig, axes = plt.subplots(1, 1 + len(others), figsize=(5.5 + 4 * len(others), 3.4), squeeze=False)
+        ax = axes[0, 0]
         if self.train:
-            ax.plot(*zip(*self.train), label="train loss")
+            ax.plot(*zip(*self.train), label="training")
         for k, pts in self.evals.items():
-            ax.plot(*zip(*pts), "o-", label=f"eval {k}")
-        ax.set_xlabel("optimizer step")
-        if self.logy and self.train and min(v for _, v in self.train) > 0:
+            if "loss" in k:
+                ax.plot(*zip(*pts), "o-", label=k.replace("_", " ") if k.startswith("dev") else f"dev {k}")
+        ax.set(title="loss", xlabel="optimizer step", ylabel=self.loss_label)
+        values = [v for _, v in self.train] + [v for k, p in self.evals.items() if "loss" in k for _, v in p]
+        if self.logy and values and min(values) > 0:
             from matplotlib.ticker import FormatStrFormatter
 
             ax.set_yscale("log")
             for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
                 axis(FormatStrFormatter("%.3g"))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
-        fig.tight_layout()
-        plt.close(fig)  # shown through display(), not by the inline backend
+        if len(ax.get_lines()) > 1:
+            ax.legend(loc="best")
+        for ax, k in zip(axes[0, 1:], others):
+            scale = 100.0 if k in PERCENT_METRICS else 1.0
+            steps, vals = zip(*self.evals[k])
+            ax.plot(steps, [scale * v for v in vals], "o-", color="C1")
+            label = METRIC_LABELS.get(k, k.replace("_", " "))
+            ax.set(title=f"dev {label.split(' (')[0]}", xlabel="optimizer step", ylabel=f"dev {label}")
+            ax.set_ylim(bottom=0)
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        fig.suptitle(self.title)
+        plt.close(fig)  # shown through plots.show, not by the inline backend
         return fig
 
     def _redraw(self) -> None:
         if not _in_notebook() or not self.train:
             return
-        from IPython.display import display
+        from speechlm_lib import plots
 
         fig = self.figure()
         if self._handle is None:
-            self._handle = display(fig, display_id=True)
+            self._handle = plots.show(fig, display_id=True)
         else:
-            self._handle.update(fig)
+            plots.update(self._handle, fig)
 
 
 class BestWeights(Callback):
