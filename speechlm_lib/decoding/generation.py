@@ -182,9 +182,9 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
     if isinstance(instruction, (list, tuple)):
         if len(instruction) != len(items):
             raise ValueError(f"{len(instruction)} instructions for {len(items)} items")
-        rows = [prompts.prompt(x) for x in instruction]
+        row_prompts = [prompts.prompt(x) for x in instruction]
     else:
-        rows = [prompts.prompt(instruction)] * len(items)
+        row_prompts = [prompts.prompt(instruction)] * len(items)
     order = sorted((i for i, x in enumerate(loaded) if x is not None), key=lambda i: -loaded[i][1].shape[-1])
     texts, ids = [""] * len(loaded), [[] for _ in loaded]
     result = Transcription(texts=texts, token_ids=ids, skipped=skipped)
@@ -194,7 +194,7 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
                if loaded[i][1].abs().max() >= cfg.silence_peak]  # silent clips stay ""
         if not idx:
             continue
-        batch = _batch(model, [loaded[i] for i in idx], [rows[i] for i in idx], cache)
+        batch = _batch(model, [loaded[i] for i in idx], [row_prompts[i] for i in idx], cache)
         rows, truncated = generate(model, batch, cfg)
         result.truncated += truncated
         for i, row in zip(idx, rows):
