@@ -8,14 +8,16 @@ The tree is the recipe (import what you need; nothing heavy is imported here):
                     the synthetic corpus (``tts``, ``textgen``, ``corpus``), ``realdata``, ``batching``,
                     ``feature_cache``, and the datasets the stages train on (``ctc_dataset``, ``speechlm_dataset``)
 * ``models/``    -- ``conformer`` and ``vocab`` (stage 1), ``encoders``, ``projectors`` and ``ctc_projector``,
-                    ``prompting``, ``speechlm`` (encoder -> projector -> LLM), ``build`` (a SpeechLM from a
-                    ModelConfig), ``sources`` and ``ct2`` (hub, cache or packaged offline weights), ``tiny_models``
+                    ``prompting``, ``context`` (keyword lists in the prompt, ICT sampling, the length guard),
+                    ``speechlm`` (encoder -> projector -> LLM), ``build`` (a SpeechLM from a ModelConfig), ``sources`` and ``ct2`` (hub, cache or packaged offline weights), ``tiny_models``
 * ``training/``  -- ``trainer`` (the one generic accelerate loop), ``checkpointing`` (atomic, manifest-sealed
                     checkpoints), ``safety`` (NaN guards, JSON trainer state), ``callbacks``, ``utils``
 * ``decoding/``  -- ``ctc`` (best paths), ``generation`` and ``speculative`` (the speech-LLM's decoding),
                     ``whisper`` (the complete Whisper as a baseline)
-* ``metrics``    -- WER, CER, errors by training frequency
-* ``recipes/``   -- one file per stage, its config and end-to-end functions: ``stage1_ctc``, ``stage2_align``
+* ``metrics``    -- WER, CER, errors by training frequency; ``metrics_bias``: WER / U-WER / B-WER, keyword F1
+                    and false alarms against biasing lists (stage 4)
+* ``recipes/``   -- one file per stage, its config and end-to-end functions: ``stage1_ctc``, ``stage2_align``,
+                    ``stage3_lora``, ``stage4_context`` (keyword biasing by in-context training)
 * ``experiments/`` -- studies on top of a recipe: ``stage2_compare`` (notebook 02's comparisons), ``copy_ceiling``
 * ``results``, ``tutorial``, ``registry`` -- results.json, the headless notebook runner, builder registries
 * ``course``, ``plots``, ``publish`` -- what every notebook shares (threads, smoke notes), figures and their

@@ -7,8 +7,9 @@ from speechlm_lib.experiments.stage2_compare import CompareConfig
 from speechlm_lib.recipes.stage1_ctc import CTCStageConfig
 from speechlm_lib.recipes.stage2_align import Stage2Config
 from speechlm_lib.recipes.stage3_lora import Stage3Config
+from speechlm_lib.recipes.stage4_context import Stage4Config
 
-CONFIGS = [CorpusConfig, CTCStageConfig, Stage2Config, CompareConfig, Stage3Config]
+CONFIGS = [CorpusConfig, CTCStageConfig, Stage2Config, CompareConfig, Stage3Config, Stage4Config]
 
 
 def test_every_config_folder_belongs_to_a_config_class():

@@ -160,9 +160,12 @@ def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction: str | None = None,
+def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction: str | list[str] | None = None,
                cache=None, progress: bool = True) -> Transcription:
     """Transcribe utterances / paths / ``(name, wave)`` pairs with `model` (a `SpeechLM`).
+
+    `instruction`: one for every item, or a list with one per item (stage 4's keyword lists differ per
+    utterance; rows whose prompts differ before the audio then run their own prefix, not a shared one).
 
     A bad item (unreadable, too short or too long, NaN samples) does not stop the others: its
     text stays "" and ``result.skipped`` names it and the problem; when every item is bad,
@@ -177,7 +180,12 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
     if items and not skipped.kept:  # nothing usable: an error naming the (first) bad input
         reason = skipped.skipped[0][1]
         raise AudioError(reason if len(items) == 1 else f"all {len(items)} inputs are bad; the first: {reason}")
-    prompt = prompts.prompt(instruction)
+    if isinstance(instruction, (list, tuple)):
+        if len(instruction) != len(items):
+            raise ValueError(f"{len(instruction)} instructions for {len(items)} items")
+        row_prompts = [prompts.prompt(x) for x in instruction]
+    else:
+        row_prompts = [prompts.prompt(instruction)] * len(items)
     order = sorted((i for i, x in enumerate(loaded) if x is not None), key=lambda i: -loaded[i][1].shape[-1])
     texts, ids = [""] * len(loaded), [[] for _ in loaded]
     result = Transcription(texts=texts, token_ids=ids, skipped=skipped)
@@ -187,7 +195,7 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
                if loaded[i][1].abs().max() >= cfg.silence_peak]  # silent clips stay ""
         if not idx:
             continue
-        batch = _batch(model, [loaded[i] for i in idx], prompt, cache)
+        batch = _batch(model, [loaded[i] for i in idx], [row_prompts[i] for i in idx], cache)
         rows, truncated = generate(model, batch, cfg)
         result.truncated += truncated
         for i, row in zip(idx, rows):
@@ -208,8 +216,9 @@ def _load_or_skip(item, max_seconds: float | None, skipped: Report):
     return out
 
 
-def _batch(model, named_waves: list, prompt, cache) -> dict:
-    """Collate waves into a generation batch (features, or cached states) on the model's device."""
+def _batch(model, named_waves: list, prompts: list, cache) -> dict:
+    """Collate waves into a generation batch (features, or cached states) on the model's device, one
+    `Prompt` a wave."""
     enc = model.encoder
     device = next(model.projector.parameters()).device
     batch = {"meta": {"seconds": [w.shape[-1] / SAMPLE_RATE for _, w in named_waves]}}
@@ -220,9 +229,8 @@ def _batch(model, named_waves: list, prompt, cache) -> dict:
     else:
         feats, lengths = enc.collate([enc.featurize(w) for _, w in named_waves])
         batch.update(features=feats.to(device), feature_lengths=lengths.to(device))
-    n = len(named_waves)
-    for key, ids in (("prefix", prompt.prefix), ("suffix", prompt.suffix)):
-        padded, lengths = pad_ids([ids] * n, model.prompts.pad_id)
+    for key in ("prefix", "suffix"):
+        padded, lengths = pad_ids([getattr(p, key) for p in prompts], model.prompts.pad_id)
         batch[f"{key}_ids"], batch[f"{key}_lengths"] = padded.to(device), lengths.to(device)
     return batch
 

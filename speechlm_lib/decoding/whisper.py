@@ -29,7 +29,7 @@ from speechlm_lib.models.encoders import WhisperSpeechEncoder
 @torch.no_grad()
 def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool = True, batch_size: int = 8,
                        num_beams: int = 1, max_new_tokens: int | None = None, progress: bool = False,
-                       report: Report | None = None) -> tuple[list[str], float]:
+                       report: Report | None = None, prompts: list[str | None] | None = None) -> tuple[list[str], float]:
     """Transcribe ``(samples,)`` 16 kHz waves with a `WhisperForConditionalGeneration`.
 
     Returns (texts, seconds). Unpadded decoding runs one clip at a time (Whisper's
@@ -37,6 +37,12 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
     `max_new_tokens` caps each transcript (None: Whisper's own limit, 448 tokens).
     Every wave passes `audio.check_wave` (30 s at most); a bad one gets "" and is named
     (``wave <index>``) in `report`, and the others are transcribed.
+
+    `prompts` (one text per wave, None or "" for none) is Whisper's own biasing: the text goes in as the
+    previous segment (``<|startofprev|>``, `processor.get_prompt_ids`), which Whisper conditions on. Clips
+    are then decoded one at a time (the prompt is one for a whole batch). Whisper allows at most
+    `WHISPER_PROMPT_MAX` prompt tokens (half its 448 decoder positions): a longer prompt raises ValueError
+    (cut the list first: `models.context.fit_context`).
     """
     limit = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     model.eval()
@@ -51,11 +57,36 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
     texts = [""] * len(waves)
     t0 = time.perf_counter()
     index = list(good)
+    if prompts is not None:
+        if len(prompts) != len(waves):
+            raise ValueError(f"{len(prompts)} prompts for {len(waves)} waves")
+        for i in tqdm(index, desc="whisper+prompt", disable=not progress):
+            texts[i] = _decode_prompted(model, processor, good[i], prompts[i], num_beams, limit)
+        return texts, time.perf_counter() - t0
     for start, got in _decode(model, processor, [good[i] for i in index], padded, batch_size, num_beams, limit,
                               progress):
         for j, text in enumerate(got):
             texts[index[start + j]] = text
     return texts, time.perf_counter() - t0
+
+
+WHISPER_PROMPT_MAX = 223  # prompt tokens Whisper takes (max_target_positions // 2 - 1, as OpenAI's decoder cuts)
+
+
+def prompt_ids(processor, text: str) -> torch.Tensor:
+    """``(tokens,)`` ids of `text` as Whisper's prompt; ValueError if longer than `WHISPER_PROMPT_MAX`."""
+    ids = processor.get_prompt_ids(text, return_tensors="pt")
+    if len(ids) - 1 > WHISPER_PROMPT_MAX:
+        raise ValueError(f"Whisper prompt of {len(ids) - 1} tokens; at most {WHISPER_PROMPT_MAX} fit")
+    return ids
+
+
+def _decode_prompted(model, processor, wave: torch.Tensor, prompt: str | None, num_beams: int, limit: dict) -> str:
+    """One padded clip, with `prompt` as Whisper's previous-text prompt (none for None / "")."""
+    feats = processor.feature_extractor([wave.numpy()], sampling_rate=16000, return_tensors="pt").input_features
+    extra = {"prompt_ids": prompt_ids(processor, prompt).to(model.device)} if prompt and prompt.strip() else {}
+    ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit, **extra)
+    return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
 
 def _decode(model, processor, waves: list[torch.Tensor], padded: bool, batch_size: int, num_beams: int,

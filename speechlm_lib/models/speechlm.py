@@ -272,10 +272,12 @@ class SpeechLM(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, encoder=None, llm=None, tokenizer=None) -> "SpeechLM":
+    def from_pretrained(cls, directory: str | Path, encoder=None, llm=None, tokenizer=None,
+                        trainable_adapters: bool = False) -> "SpeechLM":
         """Rebuild from `save_pretrained` output (a folder, or a hub repo id holding one, e.g. a
         `speechlm export` pushed with `export.push_to_hub`); frozen parts are loaded from their
-        references unless passed in (`encoder`, `llm` + `tokenizer`)."""
+        references unless passed in (`encoder`, `llm` + `tokenizer`). Saved LoRA adapters come back frozen,
+        or ready to train on with `trainable_adapters` (stage 4 continues stage 3's)."""
         directory = _local_copy(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory}: no {CONFIG_NAME} (not a saved SpeechLM)")
@@ -295,7 +297,8 @@ class SpeechLM(nn.Module):
 
             from speechlm_lib.models.lora import attach
 
-            attach(model, PeftModel.from_pretrained(model.llm, str(directory / cfg["lora"])))
+            attach(model, PeftModel.from_pretrained(model.llm, str(directory / cfg["lora"]),
+                                                    is_trainable=trainable_adapters))
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         lost = [k for k in missing if k.startswith("projector.")]

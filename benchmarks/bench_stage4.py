@@ -1,0 +1,128 @@
+"""Benchmark stage 4: speech-supervised in-context training (keyword biasing) on top of the stage-3 model.
+
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu            # the targets below
+    .venv/bin/python benchmarks/bench_stage4.py --profile smoke          # plumbing, a few minutes
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --no-ablation --no-whisper   # the main run only
+
+Starts from ``runs/<profile>/stage3_lora`` (notebook 03). Every test utterance gets a biasing list by the
+LibriSpeech convention (its own keywords + N names never heard in training, N from the preset) and is
+decoded with no list and with each list: by the stage-3 model (before ICT), by the ICT-trained model and
+by Whisper tiny.en (the list as its prompt). Targets (issue 18), N = 100 (the largest N of the preset when
+it has no 100, as the smoke preset):
+  * B-WER with the N = 100 lists <= 0.4 x the no-context B-WER;
+  * U-WER no more than 10 % relative above the no-context U-WER;
+  * B-WER with only the true keywords (N = 0) <= 10 %;
+  * whole-test WER with the N = 100 lists <= 10 %;
+  * stage-4 training takes <= 10 minutes (the cpu profile);
+  * decoding with the N = 100 lists takes <= 1.5 x the time without a list.
+The ablation trains once more per positive ratio (``ratios`` of the preset, ``--ablation-steps`` updates)
+and scores each with the N = 100 lists. Recorded as ``stage4_context_bench`` in runs/<profile>/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from speechlm_lib import config, results
+from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.recipes.stage4_context import (Stage4Config, evaluate_biasing, evaluation_lists, load_splits,
+                                                 load_stage3, make_ict_dataset, table, train_ict, whisper_biasing)
+
+KEYS = ("wer", "u_wer", "b_wer", "precision", "recall", "f1", "false_alarms", "seconds_per_utt", "prompt_tokens",
+        "context_tokens", "lists_cut")
+
+
+def record(args, metrics: dict, first: bool = False) -> None:
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
+    results.record(args.record_as, flat, command=command, seconds=metrics.get("train_seconds"),
+                   profile_name=args.profile, replace=first, config=args.cfg.to_dict())
+
+
+def flatten(prefix: str, scores: dict, metrics: dict) -> None:
+    """``{N: scores}`` -> ``metrics["<prefix>_<N>_<key>"]``."""
+    for n, row in scores.items():
+        for k in KEYS:
+            if k in row:
+                metrics[f"{prefix}_{n}_{k}"] = row[k]
+
+
+def reference_n(cfg: Stage4Config) -> int:
+    """The N of the targets: 100, or the largest of the preset without one."""
+    ns = cfg.evaluation.distractors
+    return 100 if 100 in ns else max(ns)
+
+
+def targets(metrics: dict, n: int) -> dict:
+    m = lambda k, d=1e9: metrics.get(k) if metrics.get(k) is not None else d  # noqa: E731
+    b0, u0 = m("ict_none_b_wer", 0.0), m("ict_none_u_wer", 0.0)
+    return {f"b_wer_N{n}<=0.4x_no_context": m(f"ict_{n}_b_wer") <= 0.4 * b0,
+            f"u_wer_N{n}<=1.1x_no_context": m(f"ict_{n}_u_wer") <= 1.1 * u0,
+            "b_wer_N0<=0.10": m("ict_0_b_wer") <= 0.10, f"wer_N{n}<=0.10": m(f"ict_{n}_wer") <= 0.10,
+            "train_minutes<=10": m("train_seconds") <= 600,
+            f"latency_N{n}<=1.5x_no_context": m(f"ict_{n}_seconds_per_utt") <= 1.5 * m("ict_none_seconds_per_utt", 0)}
+
+
+def ablation(args, cfg: Stage4Config, splits, lists: dict, n: int, encoder, cache, metrics: dict) -> None:
+    """Train once per positive ratio from the stage-3 model; score each with the N-distractor lists."""
+    for ratio in cfg.ratios:
+        run_cfg = replace(cfg, ict=replace(cfg.ict, positive_ratio=ratio),
+                          train=replace(cfg.train, max_steps=args.ablation_steps or cfg.train.max_steps))
+        model = load_stage3(run_cfg, encoder=encoder)
+        train_ict(run_cfg, model, make_ict_dataset(run_cfg, model, splits["train"], cache=cache, progress=False),
+                  cache=cache)
+        scores = evaluate_biasing(run_cfg, model, splits["test"], {"none": None, n: lists[n]}, cache=cache)
+        flatten(f"ratio{ratio:g}", scores, metrics)
+        print(f"positive ratio {ratio}:", table(scores))
+        del model
+        record(args, metrics)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a preset setting")
+    ap.add_argument("--record-as", default="stage4_context_bench", help="stage name in results.json")
+    ap.add_argument("--no-whisper", action="store_true", help="skip the Whisper peer")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the positive-ratio ablation")
+    ap.add_argument("--ablation-steps", type=int, default=None, help="updates of each ablation run (preset's)")
+    args = ap.parse_args()
+    os.environ[config.PROFILE_ENV] = args.profile  # the corpus and the stage-3 folder of that profile
+    cfg = args.cfg = Stage4Config.preset(args.profile).override(args.set)
+    n = reference_n(cfg)
+    metrics: dict = {"finished": False, "cpu_threads": torch.get_num_threads(), "reference_n": n}
+    model = load_stage3(cfg)
+    splits = load_splits(cfg)
+    lists = evaluation_lists(cfg, splits)
+    cache = FeatureCache.for_encoder(model.encoder)
+    metrics["test_utterances"] = len(splits["test"])
+    record(args, metrics, first=True)
+    flatten("stage3", evaluate_biasing(cfg, model, splits["test"], lists, cache=cache), metrics)  # before ICT
+    train_ds = make_ict_dataset(cfg, model, splits["train"], cache=cache)
+    result = train_ict(cfg, model, train_ds, cache=cache, output_dir=config.runs_dir() / args.profile / "stage4_context")
+    metrics.update(train_seconds=result["train_seconds"], train_loss=result["final"].get("train_loss"),
+                   train_examples=len(train_ds), train_with_list=sum(w is not None for w in train_ds.contexts.values()))
+    record(args, metrics)
+    after = evaluate_biasing(cfg, model, splits["test"], lists, cache=cache)
+    flatten("ict", after, metrics)
+    print("ICT:", table(after))
+    record(args, metrics)
+    if cfg.evaluation.whisper and not args.no_whisper:
+        flatten("whisper", whisper_biasing(cfg, splits["test"], lists), metrics)
+        record(args, metrics)
+    if not args.no_ablation:
+        ablation(args, cfg, splits, lists, n, model.encoder, cache, metrics)
+    metrics["targets_met"] = targets(metrics, n)
+    metrics["finished"] = True
+    print(metrics["targets_met"])
+    record(args, {**metrics, **{f"target_{k}": v for k, v in metrics["targets_met"].items()}})
+
+
+if __name__ == "__main__":
+    main()

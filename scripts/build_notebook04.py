@@ -1,0 +1,186 @@
+"""Write notebooks/04_context_biasing.ipynb (without outputs) from the cells below.
+
+    .venv/bin/python scripts/build_notebook04.py
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nbformat
+
+CELLS = [
+    ("md", """# 04 · Contextual biasing: telling the recogniser which names to expect
+
+Our test split was built for this notebook: about one word in eight is a name (a person, a street, a company)
+drawn from a pool that never occurs in training text. A recogniser has never heard them, so it writes something
+that sounds alike. **Contextual biasing** gives it a list of words that may occur (a contact list, the names in
+a meeting invitation) and asks it to prefer them.
+
+A classic recogniser needs machinery for that: a biasing graph or trie, shallow fusion with a list-specific
+language model, re-training when the list changes. A speech-LLM already reads text: the list is *a line of the
+prompt*. SALM (Chen et al. 2024) showed that this works once the model has been trained with such lines —
+**speech-supervised in-context training (ICT)**: most training examples get a list holding their own rare words
+and distractors, so the model learns that the list is a hint, not a script to copy."""),
+    ("code", """import time
+
+import pandas as pd
+
+from speechlm_lib import config, results
+from speechlm_lib.recipes.stage4_context import Stage4Config
+
+PROFILE = config.profile()
+cfg = Stage4Config.preset(PROFILE)  # configs/stage4_context/<profile>.yaml
+SMOKE = PROFILE == "smoke"
+print(f"profile {PROFILE}: ICT p={cfg.ict.probability}, positive ratio {cfg.ict.positive_ratio}, "
+      f"{cfg.ict.min_distractors}-{cfg.ict.max_distractors} distractors, {cfg.train.max_steps} updates; "
+      f"test lists with N = {cfg.evaluation.distractors} distractors")
+if SMOKE:
+    print("SMOKE profile: a tiny corpus and a few updates -- the numbers below only prove the plumbing.")"""),
+    ("md", """## The context line
+
+`models/context.py` turns a list into one line in front of the instruction. The list is cleaned first (spaces
+stripped, empty entries and duplicates dropped); an empty list means no context at all. The project's prompt puts
+the instruction before the audio, so the list comes *before the audio*, inside the chat template's user turn."""),
+    ("code", """from speechlm_lib.models.context import clean_list, with_context
+
+words = [" Barillaro", "Kowalczyk", "barillaro", "", "Ijzerman"]
+print(clean_list(words))
+print(with_context(cfg.instruction, words))
+print(with_context(cfg.instruction, []))"""),
+    ("code", """from speechlm_lib.recipes.stage4_context import load_splits, load_stage3
+
+model = load_stage3(cfg)  # notebook 03's model; its adapters go on training
+splits = load_splits(cfg)
+print({split: len(utts) for split, utts in splits.items()})"""),
+    ("md", """## Training data: ICT lists
+
+Each English transcription example gets a list with probability `p`; the list holds each of the utterance's own
+keywords with probability `positive_ratio` (so the model also meets lists that miss a word that *is* said) and a
+random number of distractors from the names of the other training sentences, in random order."""),
+    ("code", """from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.recipes.stage4_context import make_ict_dataset
+
+cache = FeatureCache.for_encoder(model.encoder)
+train_ds = make_ict_dataset(cfg, model, splits["train"], cache=cache, progress=False)
+lists = list(train_ds.contexts.values())
+print(f"{len(train_ds)} examples, {sum(w is not None for w in lists)} with a list, "
+      f"mean length {sum(len(w) for w in lists if w) / max(1, sum(bool(w) for w in lists)):.1f}")"""),
+    ("md", """One training prompt, token by token: the list and the instruction, then the audio embeddings; only the
+transcript and the end-of-turn token are in the loss."""),
+    ("code", """i = next(i for i, u in enumerate(train_ds.utts) if train_ds.contexts.get(id(u)))
+utt = train_ds.utts[i]
+for segment, text, in_loss in model.prompts.explain(utt.text, n_audio=max(1, int(utt.duration * model.token_rate)),
+                                                    instruction=train_ds.instructions[id(utt)]):
+    print(f"{segment:>7} {'LOSS' if in_loss else '    '} {text!r}")
+ids = model.prompts.prompt(train_ds.instructions[id(utt)]).prefix
+print([model.tokenizer.decode([t]) for t in ids][-24:])"""),
+    ("md", """## Test lists, by the LibriSpeech convention
+
+Le et al. (2021) gave every LibriSpeech test utterance a biasing list: its own rare words plus N distractors
+(100 to 2000) from a pool of rare words. We do the same with the pool of names never heard in training, for
+every N of the preset, plus no list at all. Scores (`metrics_bias.py`): **B-WER** on the list words of the
+reference (an inserted list word is a B error too), **U-WER** on all other words, keyword precision / recall /
+F1, and **false alarms**: list words written that were not said."""),
+    ("code", """from speechlm_lib.recipes.stage4_context import evaluation_lists
+
+test = splits["test"]
+test_lists = evaluation_lists(cfg, splits)
+n_max = max(cfg.evaluation.distractors)
+print(f"utterance {test[0].id}: {test[0].text!r}\\n  keywords {test[0].keywords}\\n  N={n_max} list starts "
+      f"{test_lists[n_max][0][:8]}")"""),
+    ("md", """## Before ICT: the stage-3 model given the same lists
+
+Does the training matter? The stage-3 model never saw a list; the same test, the same lists:"""),
+    ("code", """from speechlm_lib.recipes.stage4_context import evaluate_biasing, table
+
+before = evaluate_biasing(cfg, model, test, test_lists, cache=cache)
+pd.DataFrame(table(before)).set_index("N").round(3)"""),
+    ("md", "## Training"),
+    ("code", """from speechlm_lib.recipes.stage4_context import train_ict
+
+out_dir = config.runs_dir() / PROFILE / "stage4_context"
+result = train_ict(cfg, model, train_ds, cache=cache, output_dir=out_dir)
+print(f"{result['final']['step']} updates in {result['train_seconds']:.0f} s, last loss {result['final'].get('train_loss')}")"""),
+    ("md", """## After ICT, beside Whisper given the same lists
+
+Whisper takes the same line as its *prompt* (`prompt_ids`: the text of a previous segment, which its decoder
+conditions on). Its prompt holds at most 223 tokens, so long lists are cut from their end (`lists_cut`)."""),
+    ("code", """after = evaluate_biasing(cfg, model, test, test_lists, cache=cache)
+frames = {"stage 3": pd.DataFrame(table(before)), "ICT": pd.DataFrame(table(after))}
+if cfg.evaluation.whisper:
+    from speechlm_lib.recipes.stage4_context import whisper_biasing
+
+    peer = whisper_biasing(cfg, test, test_lists)
+    frames["Whisper tiny.en"] = pd.DataFrame(table(peer))
+summary = pd.concat(frames, names=["model"]).reset_index(level=0)
+summary[["model", "N", "wer", "u_wer", "b_wer", "f1", "false_alarms", "seconds_per_utt"]].round(3)"""),
+    ("code", """import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+for name, frame in frames.items():
+    rows = frame[frame["N"] != "none"]
+    for ax, key in zip(axes, ("b_wer", "u_wer")):
+        line, = ax.plot(rows["N"].astype(int) + 1, rows[key], marker="o", label=name)
+        ax.axhline(frame[frame["N"] == "none"][key].iloc[0], ls=":", color=line.get_color())
+for ax, key in zip(axes, ("B-WER (list words)", "U-WER (other words)")):
+    ax.set(xscale="log", xlabel="N + 1 (distractors in the list)", ylabel=key)
+axes[0].legend()
+plt.show()"""),
+    ("md", """The dotted lines are each model without any list. The cost of the list: prompt tokens and decoding time
+per utterance grow with N (SALM's weakness with long lists)."""),
+    ("code", """pd.DataFrame(table(after)).set_index("N")[["prompt_tokens", "seconds_per_utt", "lists_cut"]].round(3)"""),
+    ("md", "## Where the list helps, and where it misleads"),
+    ("code", """from speechlm_lib.metrics_bias import example_rows
+
+n_show = max(cfg.evaluation.distractors)
+rows = example_rows(after[n_show]["ids"], [u.text for u in test], after[n_show]["hyps"], test_lists[n_show],
+                    baseline_hyps=after["none"]["hyps"])
+for kind, title in (("fixed", "the list fixes a name"), ("false_alarm", "a list word written that was not said")):
+    print(f"-- {title}: {len(rows[kind])} utterances")
+    for r in rows[kind][:3]:
+        print(f"   REF  {r['ref']}\\n   NONE {r['baseline']}\\n   LIST {r['hyp']}   ({', '.join(r['words'])})")"""),
+    ("md", "## Live: one utterance with and without its list"),
+    ("code", """from speechlm_lib.decoding.generation import transcribe
+
+utt = next((u for u in test if u.keywords), test[0])
+for words in (None, utt.keywords, test_lists[n_show][test.index(utt)]):
+    t = time.perf_counter()
+    text = transcribe(model, [utt], cfg.decode, instruction=with_context(cfg.instruction, words), progress=False).texts[0]
+    print(f"{'no list' if words is None else f'{len(words)} words':>10}  {time.perf_counter() - t:.2f} s  {text}")
+print(f"{'reference':>10}         {utt.text}")"""),
+    ("md", "## Recording the results"),
+    ("code", """flat = {f"{name}_{n}_{k}": v for name, res in (("stage3", before), ("ict", after)) for n, s in res.items()
+        for k, v in s.items() if isinstance(v, (int, float))}
+flat.update(train_seconds=result["train_seconds"])
+path = results.record("stage4_context", flat, seconds=result["train_seconds"], config=cfg.to_dict())
+print(f"recorded {len(flat)} figures in {path}")"""),
+    ("md", """## Where this stands
+
+The cpu reference run (`benchmarks/bench_stage4.py --profile cpu`, from `runs/cpu/results.json`) and its targets:
+B-WER with 100 distractors at most 0.4 x the no-list B-WER, U-WER at most 10 % above it, B-WER with only the true
+keywords at most 10 %, whole-test WER with 100 distractors at most 10 %, training at most 10 minutes, and the list
+costing at most 50 % more decoding time."""),
+    ("code", """bench = results.load("cpu")["stages"].get("stage4_context_bench", {}).get("metrics", {})
+if not bench:
+    print("No cpu reference run recorded yet: run  .venv/bin/python benchmarks/bench_stage4.py --profile cpu")
+for key, value in bench.items():
+    if key.startswith(("target_", "ict_none_", "ict_100_", "whisper_100_", "train_seconds")):
+        print(f"{key:<40} {value}")"""),
+]
+
+
+def build(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, (kind, src) in enumerate(CELLS):
+        cell = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+        cell.id = hashlib.sha1(f"04:{i}:{src[:40]}".encode()).hexdigest()[:8]
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    nbformat.write(nb, str(path))
+    return path
+
+
+if __name__ == "__main__":
+    print(build(Path(__file__).resolve().parents[1] / "notebooks" / "04_context_biasing.ipynb"))

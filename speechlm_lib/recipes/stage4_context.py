@@ -1,0 +1,239 @@
+"""Stage 4, speech-supervised in-context training (SALM's ICT): tell the recogniser, in plain text, which
+rare names to expect.
+
+Stage 3's LoRA model goes on training with a keyword list in front of the instruction of most examples
+(`models.context`: its own keywords, each kept with the positive ratio, plus distractors from the
+training names; some examples get none). At test time every utterance gets a biasing list by the
+LibriSpeech convention -- its own keywords + N distractors from names never heard in training -- and is
+scored by `metrics_bias.biasing_scores` (WER, U-WER, B-WER, keyword F1, false alarms). Whisper tiny.en,
+given the same list as its prompt, is the peer. Read top to bottom::
+
+    cfg = Stage4Config.preset(profile())
+    model = load_stage3(cfg)                          # notebook 03's model, adapters trainable
+    splits = load_splits(cfg)
+    lists = evaluation_lists(cfg, splits)             # {"none": None, 0: [...], 10: [...], ...}
+    before = evaluate_biasing(cfg, model, splits["test"], lists)   # stage 3 given the lists
+    train_ds = make_ict_dataset(cfg, model, splits["train"])
+    result = train_ict(cfg, model, train_ds)
+    after = evaluate_biasing(cfg, model, splits["test"], lists)
+    peer = whisper_biasing(cfg, splits["test"], lists)
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from speechlm_lib.config import StageConfig, runs_dir
+from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.data.records import Report, Utterance
+from speechlm_lib.data.sources import DataSource
+from speechlm_lib.data.speechlm_dataset import TaskDataset
+from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
+from speechlm_lib.metrics_bias import biasing_scores
+from speechlm_lib.models.context import (ICTConfig, ICTSampler, biasing_lists, clean_list, context_room,
+                                         context_text, fit_context, unseen_pool, with_context)
+from speechlm_lib.models.lora import LoraSettings, add_lora
+from speechlm_lib.models.speechlm import SpeechLM
+from speechlm_lib.recipes import stage3_lora
+from speechlm_lib.recipes.stage3_lora import DataConfig, ExposureConfig
+from speechlm_lib.training.trainer import TrainConfig
+from speechlm_lib.training.utils import resolve_dtype
+
+NO_CONTEXT = "none"  # the condition without any list
+
+
+def _english() -> DataSource:
+    return DataSource(splits={s: [s] for s in ("train", "dev", "test")})
+
+
+def _english_data() -> DataConfig:
+    return DataConfig(source=_english())
+
+
+@dataclass
+class BiasEvalConfig:
+    """How the test is biased and scored."""
+
+    distractors: tuple[int, ...] = (0, 10, 100, 500)  # N per list (besides no context at all)
+    list_seed: int = 0  # the lists depend only on this, N and the utterance's index
+    pool_seed: int = 0  # the generator seed that tops up the unseen-name pool
+    on_overflow: str = "truncate"  # a list over the LLM's window: "truncate" (its end, warned) or "raise"
+    whisper: bool = True  # decode the same lists with Whisper (its prompt) as the peer
+    whisper_source: str = "openai/whisper-tiny.en"  # the peer
+    whisper_max_new_tokens: int = 96  # the peer's answer budget
+
+
+@dataclass
+class Stage4Config(StageConfig):
+    """Everything stage 4 needs; ``preset(name)`` reads ``configs/stage4_context/<name>.yaml``."""
+
+    config_name: ClassVar[str] = "stage4_context"
+    init_from: str | None = None  # a saved stage-3 SpeechLM folder (None = runs/<profile>/stage3_lora)
+    llm_dtype: str | None = "auto"  # the LLM's dtype (train_utils.resolve_dtype; "auto" = bf16 where native)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # only used if the stage-3 model has no adapters
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)  # the projector's errors in training
+    ict: ICTConfig = field(default_factory=ICTConfig)  # how training examples get keyword lists
+    instruction: str = "Transcribe the audio."  # the instruction the lists go in front of at test time
+    tasks: dict = field(default_factory=lambda: {"asr_en": 1.0})  # training tasks (lists go to asr_en items)
+    data: DataConfig = field(default_factory=_english_data)  # subsets and batching (English by default)
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy decoding, token budget
+    evaluation: BiasEvalConfig = field(default_factory=BiasEvalConfig)  # lists, N values, the peer
+    ratios: tuple[float, ...] = (0.5, 0.8, 1.0)  # positive ratios of the ablation (bench_stage4.py)
+    corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
+    keep_best: bool = False  # (train_lora's switch) no dev selection: the dev WER without lists would undo ICT
+
+
+# ----- 1. the model: stage 3's, adapters trainable ----------------------------------------------------------
+def stage3_dir(cfg: Stage4Config) -> Path:
+    """Where the stage-3 model is read from."""
+    from speechlm_lib.config import profile
+
+    return Path(cfg.init_from) if cfg.init_from else runs_dir() / profile() / "stage3_lora"
+
+
+def load_stage3(cfg: Stage4Config, encoder=None, trainable: bool = True, warn=warnings.warn) -> SpeechLM:
+    """The saved stage-3 `SpeechLM` with its adapters (trainable unless `trainable=False`; a model saved
+    without adapters gets fresh ones from ``cfg.lora``), the projector frozen, exposure as configured."""
+    import json
+
+    from speechlm_lib.models.speechlm import load_llm
+
+    folder = stage3_dir(cfg)
+    if not (folder / "speechlm.json").is_file():
+        raise FileNotFoundError(f"{folder}: no stage-3 model (run notebooks/03_lora_multitask.ipynb, or name a "
+                                f"saved SpeechLM folder in init_from)")
+    saved = json.loads((folder / "speechlm.json").read_text())
+    llm, tokenizer = load_llm(saved["llm"]["source"], dtype=resolve_dtype(cfg.llm_dtype))
+    model = SpeechLM.from_pretrained(folder, encoder=encoder, llm=llm, tokenizer=tokenizer,
+                                     trainable_adapters=trainable)
+    if model.peft is None and trainable:
+        add_lora(model, cfg.lora)
+    if model.prompts.config.audio_first:
+        warn(f"{folder}: the prompt puts the audio first, so the keyword list comes after the audio")
+    model.prompts.set_examples([])
+    model.projector.requires_grad_(False)
+    model.projector.sample_temperature = cfg.exposure.sample_temperature
+    return model.to(llm.device).eval()
+
+
+def load_splits(cfg: Stage4Config, report: Report | None = None) -> dict[str, list[Utterance]]:
+    """train / dev / test as stage 3 reads them (`stage3_lora.load_splits`)."""
+    return stage3_lora.load_splits(cfg, report)
+
+
+# ----- 2. the training data: ICT lists in front of the instruction ------------------------------------------
+def make_ict_dataset(cfg: Stage4Config, model: SpeechLM, utts: list[Utterance], cache: FeatureCache | None = None,
+                     report: Report | None = None, progress: bool = True) -> TaskDataset:
+    """Stage 3's (utterance, task) dataset, each English-ASR item's instruction given an ICT list (or none).
+
+    Distractors come from the training utterances' own keywords. The list of each item is fixed by the seed
+    (``dataset.contexts``: id(utterance) -> list or None)."""
+    ds = stage3_lora.make_task_dataset(cfg, model, utts, cfg.tasks, cache=cache, report=report, progress=progress)
+    sampler = ICTSampler(cfg.ict, [k for u in utts for k in u.keywords])
+    room = context_room(model, max((u.duration for u in ds.utts), default=0.0),
+                        token_budget(max((u.duration for u in ds.utts), default=0.0), cfg.decode))
+    ds.contexts = {}
+    for i, u in enumerate(ds.utts):
+        if ds.tasks[id(u)].name != "asr_en":
+            continue
+        words = sampler(u.keywords, random.Random(f"{cfg.train.seed}:ict:{i}"))
+        words = fit_context(words, model.tokenizer, room, cfg.evaluation.on_overflow) if words else None
+        ds.contexts[id(u)] = words
+        ds.instructions[id(u)] = with_context(ds.instructions[id(u)], words, cfg.ict.template)
+    return ds
+
+
+def train_ict(cfg: Stage4Config, model: SpeechLM, train_ds: TaskDataset, cache: FeatureCache | None = None,
+              output_dir: str | Path | None = None) -> dict:
+    """Train the adapters on the ICT data (`stage3_lora.train_lora`, no dev selection)."""
+    return stage3_lora.train_lora(cfg, model, train_ds, dev=None, cache=cache, output_dir=output_dir)
+
+
+# ----- 3. evaluation lists and scores -----------------------------------------------------------------------
+def evaluation_lists(cfg: Stage4Config, splits: dict[str, list[Utterance]]) -> dict:
+    """``{"none": None, N: one list per test utterance, ...}``: own keywords + N unseen distractors."""
+    test = splits["test"]
+    pool = unseen_pool([u.text for u in splits["train"]], [k for s in ("dev", "test") for u in splits.get(s, [])
+                                                            for k in u.keywords],
+                       size=max(cfg.evaluation.distractors, default=0) + 20, seed=cfg.evaluation.pool_seed)
+    lists = {NO_CONTEXT: None}
+    for n in cfg.evaluation.distractors:
+        lists[n] = biasing_lists([u.keywords for u in test], pool, n, seed=cfg.evaluation.list_seed)
+    return lists
+
+
+def fitted_lists(lists: list, tokenizer, room: int, on_overflow: str, template: str) -> tuple[list, int]:
+    """Each list through `fit_context` (bulk: one summary warning instead of one a list). Returns the lists
+    as given to the model and the count that were cut."""
+    out, cut = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for words in lists:
+            kept = fit_context(words, tokenizer, room, on_overflow, template)
+            cut += len(kept) < len(clean_list(words))
+            out.append(kept)
+    if cut:
+        warnings.warn(f"{cut} of {len(lists)} keyword lists were cut to fit the context window", stacklevel=2)
+    return out, cut
+
+
+def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], lists: dict,
+                     cache: FeatureCache | None = None, progress: bool = False) -> dict:
+    """Decode `test` once per condition of `lists` and score each (`biasing_scores`) with its latency
+    (``seconds_per_utt``, ``rtf``) and cost (``prompt_tokens``: mean prompt ids a row, ``context_tokens``).
+    The no-context condition is scored against the true keywords (the N = 0 lists), so its B words are the
+    same as every other condition's."""
+    tok, tpl, out = model.tokenizer, cfg.ict.template, {}
+    bare = model.prompts.prompt(cfg.instruction)
+    room = context_room(model, max((u.duration for u in test), default=0.0),
+                        token_budget(max((u.duration for u in test), default=0.0), cfg.decode))
+    truth = [clean_list(u.keywords) for u in test]
+    for key, given in lists.items():
+        given, cut = fitted_lists(given, tok, room, cfg.evaluation.on_overflow, tpl) if given else ([None] * len(test), 0)
+        instructions = [with_context(cfg.instruction, w, tpl) for w in given]
+        run = transcribe(model, test, cfg.decode, instruction=instructions, cache=cache, progress=progress)
+        scores = biasing_scores([u.text for u in test], run.texts, lists[key] if lists[key] else truth)
+        prompt = [len(p.prefix) + len(p.suffix) for p in map(model.prompts.prompt, instructions)]
+        scores.update(seconds=run.seconds, seconds_per_utt=run.seconds / max(1, len(test)), rtf=run.rtf,
+                      prompt_tokens=sum(prompt) / max(1, len(prompt)),
+                      context_tokens=sum(prompt) / max(1, len(prompt)) - len(bare.prefix) - len(bare.suffix),
+                      lists_cut=cut, hyps=run.texts, ids=[u.id for u in test])
+        out[key] = scores
+    return out
+
+
+def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None) -> dict:
+    """The peer: Whisper given each list as its prompt (the same context line), one clip at a time in every
+    condition (no context included, so latencies compare). Lists over Whisper's 223 prompt tokens are cut
+    from their end (counted in ``lists_cut``, warned)."""
+    from speechlm_lib.data.audio import load_audio
+    from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe
+    from speechlm_lib.models.sources import load_whisper
+
+    if whisper is None:
+        whisper, processor = load_whisper(cfg.evaluation.whisper_source)
+    waves = [load_audio(u.audio) for u in test]
+    audio = sum(u.duration for u in test)
+    truth, out = [clean_list(u.keywords) for u in test], {}
+    for key, given in lists.items():
+        given, cut = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate",
+                                  cfg.ict.template) if given else ([None] * len(test), 0)
+        prompts = [context_text(w, cfg.ict.template) if w else None for w in given]
+        texts, seconds = whisper_transcribe(whisper, processor, waves, prompts=prompts,
+                                            max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
+        scores = biasing_scores([u.text for u in test], texts, lists[key] if lists[key] else truth)
+        scores.update(seconds=seconds, seconds_per_utt=seconds / max(1, len(test)), rtf=seconds / max(audio, 1e-9),
+                      lists_cut=cut, hyps=texts)
+        out[key] = scores
+    return out
+
+
+def table(results: dict) -> list[dict]:
+    """Rows for a table: one per condition, the headline scores (hyps left out)."""
+    keep = ("wer", "u_wer", "b_wer", "precision", "recall", "f1", "false_alarms", "seconds_per_utt",
+            "prompt_tokens", "lists_cut")
+    return [{"N": key, **{k: v[k] for k in keep if k in v}} for key, v in results.items()]
