@@ -26,17 +26,15 @@ and distractors, so the model learns that the list is a hint, not a script to co
 
 import pandas as pd
 
-from speechlm_lib import config, results
+from speechlm_lib import config, course, results
 from speechlm_lib.recipes.stage4_context import Stage4Config
 
-PROFILE = config.profile()
+PROFILE = course.start()  # profile, torch threads ($SPEECHLM_THREADS), figure style
 cfg = Stage4Config.preset(PROFILE)  # configs/stage4_context/<profile>.yaml
 SMOKE = PROFILE == "smoke"
-print(f"profile {PROFILE}: ICT p={cfg.ict.probability}, positive ratio {cfg.ict.positive_ratio}, "
+print(f"ICT p={cfg.ict.probability}, positive ratio {cfg.ict.positive_ratio}, "
       f"{cfg.ict.min_distractors}-{cfg.ict.max_distractors} distractors, {cfg.train.max_steps} updates; "
-      f"test lists with N = {cfg.evaluation.distractors} distractors")
-if SMOKE:
-    print("SMOKE profile: a tiny corpus and a few updates -- the numbers below only prove the plumbing.")"""),
+      f"test lists with N = {cfg.evaluation.distractors} distractors")"""),
     ("md", """## The context line
 
 `models/context.py` turns a list into one line in front of the instruction. The list is cleaned first (spaces
@@ -92,21 +90,23 @@ print(f"utterance {test[0].id}: {test[0].text!r}\\n  keywords {test[0].keywords}
     ("md", """## Before ICT: the stage-3 model given the same lists
 
 Does the training matter? The stage-3 model never saw a list; the same test, the same lists:"""),
-    ("code", """from speechlm_lib.recipes.stage4_context import evaluate_biasing, table
+    ("result", """from speechlm_lib.recipes.stage4_context import evaluate_biasing, table
 
 before = evaluate_biasing(cfg, model, test, test_lists, cache=cache)
-pd.DataFrame(table(before)).set_index("N").round(3)"""),
+display(pd.DataFrame(table(before)).set_index("N").round(3))
+course.note()"""),
     ("md", "## Training"),
-    ("code", """from speechlm_lib.recipes.stage4_context import train_ict
+    ("result", """from speechlm_lib.recipes.stage4_context import train_ict
 
 out_dir = config.runs_dir() / PROFILE / "stage4_context"
 result = train_ict(cfg, model, train_ds, cache=cache, output_dir=out_dir)
-print(f"{result['final']['step']} updates in {result['train_seconds']:.0f} s, last loss {result['final'].get('train_loss')}")"""),
+print(f"{result['final']['step']} updates in {result['train_seconds']:.0f} s, last loss {result['final'].get('train_loss')}")
+course.note(("training time", "stage4_context_bench", "train_seconds", "s"))"""),
     ("md", """## After ICT, beside Whisper given the same lists
 
 Whisper takes the same line as its *prompt* (`prompt_ids`: the text of a previous segment, which its decoder
 conditions on). Its prompt holds at most 223 tokens, so long lists are cut from their end (`lists_cut`)."""),
-    ("code", """after = evaluate_biasing(cfg, model, test, test_lists, cache=cache)
+    ("result", """after = evaluate_biasing(cfg, model, test, test_lists, cache=cache)
 frames = {"stage 3": pd.DataFrame(table(before)), "ICT": pd.DataFrame(table(after))}
 if cfg.evaluation.whisper:
     from speechlm_lib.recipes.stage4_context import whisper_biasing
@@ -114,8 +114,11 @@ if cfg.evaluation.whisper:
     peer = whisper_biasing(cfg, test, test_lists)
     frames["Whisper tiny.en"] = pd.DataFrame(table(peer))
 summary = pd.concat(frames, names=["model"]).reset_index(level=0)
-summary[["model", "N", "wer", "u_wer", "b_wer", "f1", "false_alarms", "seconds_per_utt"]].round(3)"""),
+display(summary[["model", "N", "wer", "u_wer", "b_wer", "f1", "false_alarms", "seconds_per_utt"]].round(3))
+course.note()"""),
     ("code", """import matplotlib.pyplot as plt
+
+from speechlm_lib import plots
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 for name, frame in frames.items():
@@ -123,15 +126,18 @@ for name, frame in frames.items():
     for ax, key in zip(axes, ("b_wer", "u_wer")):
         line, = ax.plot(rows["N"].astype(int) + 1, rows[key], marker="o", label=name)
         ax.axhline(frame[frame["N"] == "none"][key].iloc[0], ls=":", color=line.get_color())
-for ax, key in zip(axes, ("B-WER (list words)", "U-WER (other words)")):
-    ax.set(xscale="log", xlabel="N + 1 (distractors in the list)", ylabel=key)
-axes[0].legend()
-plt.show()"""),
+for ax, key, title in zip(axes, ("B-WER (fraction of list words)", "U-WER (fraction of other words)"),
+                          ("Words on the list", "All other words")):
+    ax.set(xscale="log", xlabel="N + 1 (distractors in the list, log scale)", ylabel=key, title=title)
+axes[0].legend(loc="best", fontsize=9)
+fig.tight_layout()
+plots.show(fig)"""),
     ("md", """The dotted lines are each model without any list. The cost of the list: prompt tokens and decoding time
 per utterance grow with N (SALM's weakness with long lists)."""),
-    ("code", """pd.DataFrame(table(after)).set_index("N")[["prompt_tokens", "seconds_per_utt", "lists_cut"]].round(3)"""),
+    ("result", """display(pd.DataFrame(table(after)).set_index("N")[["prompt_tokens", "seconds_per_utt", "lists_cut"]].round(3))
+course.note()"""),
     ("md", "## Where the list helps, and where it misleads"),
-    ("code", """from speechlm_lib.metrics_bias import example_rows
+    ("result", """from speechlm_lib.metrics_bias import example_rows
 
 n_show = max(cfg.evaluation.distractors)
 rows = example_rows(after[n_show]["ids"], [u.text for u in test], after[n_show]["hyps"], test_lists[n_show],
@@ -139,22 +145,27 @@ rows = example_rows(after[n_show]["ids"], [u.text for u in test], after[n_show][
 for kind, title in (("fixed", "the list fixes a name"), ("false_alarm", "a list word written that was not said")):
     print(f"-- {title}: {len(rows[kind])} utterances")
     for r in rows[kind][:3]:
-        print(f"   REF  {r['ref']}\\n   NONE {r['baseline']}\\n   LIST {r['hyp']}   ({', '.join(r['words'])})")"""),
+        print(f"   REF  {r['ref']}\\n   NONE {course.clean(r['baseline'])}\\n   LIST {course.clean(r['hyp'])}"
+              f"   ({', '.join(r['words'])})")
+course.note()"""),
     ("md", "## Live: one utterance with and without its list"),
-    ("code", """from speechlm_lib.decoding.generation import transcribe
+    ("result", """from speechlm_lib.decoding.generation import transcribe
 
 utt = next((u for u in test if u.keywords), test[0])
 for words in (None, utt.keywords, test_lists[n_show][test.index(utt)]):
     t = time.perf_counter()
     text = transcribe(model, [utt], cfg.decode, instruction=with_context(cfg.instruction, words), progress=False).texts[0]
-    print(f"{'no list' if words is None else f'{len(words)} words':>10}  {time.perf_counter() - t:.2f} s  {text}")
-print(f"{'reference':>10}         {utt.text}")"""),
+    print(f"{'no list' if words is None else f'{len(words)} words':>10}  {time.perf_counter() - t:.2f} s  "
+          f"{course.clean(text)}")
+print(f"{'reference':>10}         {utt.text}")
+course.note()"""),
     ("md", "## Recording the results"),
-    ("code", """flat = {f"{name}_{n}_{k}": v for name, res in (("stage3", before), ("ict", after)) for n, s in res.items()
+    ("result", """flat = {f"{name}_{n}_{k}": v for name, res in (("stage3", before), ("ict", after)) for n, s in res.items()
         for k, v in s.items() if isinstance(v, (int, float))}
 flat.update(train_seconds=result["train_seconds"])
 path = results.record("stage4_context", flat, seconds=result["train_seconds"], config=cfg.to_dict())
-print(f"recorded {len(flat)} figures in {path}")"""),
+print(f"recorded {len(flat)} figures in {path}")
+course.note()"""),
     ("md", """## Where this stands
 
 The cpu reference run (`benchmarks/bench_stage4.py --profile cpu`, from `runs/cpu/results.json`) and its targets:
@@ -175,6 +186,8 @@ def build(path: Path) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     for i, (kind, src) in enumerate(CELLS):
         cell = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+        if kind == "result":  # a cell whose numbers tests/test_course.py checks are explained (course.note)
+            cell.metadata["tags"] = ["result"]
         cell.id = hashlib.sha1(f"04:{i}:{src[:40]}".encode()).hexdigest()[:8]
         nb.cells.append(cell)
     nbformat.validate(nb)
