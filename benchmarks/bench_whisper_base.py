@@ -10,7 +10,10 @@ them) and each encoder convention (``padded``: the stock 30-s input; ``unpadded`
 (decoding seconds / audio seconds, after one warm-up clip). Base is told the language
 (``<|en|>`` / ``<|de|>``); tiny.en is English-only, so on German it writes its English best guess.
 Base also translates the German clips into English (Whisper's ``translate`` task), scored with
-BLEU and chrF against the manifests' English originals. Records stage ``whisper_base_bench``
+BLEU and chrF against the manifests' English originals. ``runaways`` counts transcripts caught in
+a repetition loop (cut at ``--max-new-tokens``), which dominate a WER over 1. For training time,
+``<model>_encoder_rtf_{unpadded,30s}`` times the encoder alone (batches of 8, English clips): what a
+speech-LLM on this encoder pays per audio second in an uncached step or the feature-cache fill. Records stage ``whisper_base_bench``
 in ``runs/<profile>/results.json``, with the CPU, the thread count and a reference matmul time.
 """
 from __future__ import annotations
@@ -65,10 +68,11 @@ def score_model(key: str, model, processor, sets: dict, conventions: list[str], 
         for conv in conventions:
             hyps, secs = whisper_transcribe(model, processor, waves, padded=conv == "padded", language=language,
                                             max_new_tokens=max_new_tokens, progress=True)
-            tag = f"{key}_{lang}_{conv}"
-            out |= {f"{tag}_wer": wer([u.text for u in utts], hyps), f"{tag}_cer": cer([u.text for u in utts], hyps),
-                    f"{tag}_rtf": secs / audio_s}
-            print(f"{tag}: WER {out[f'{tag}_wer']:.3f} RTF {out[f'{tag}_rtf']:.3f}; e.g. {hyps[0]!r}")
+            tag, refs = f"{key}_{lang}_{conv}", [u.text for u in utts]
+            out |= {f"{tag}_wer": wer(refs, hyps), f"{tag}_cer": cer(refs, hyps), f"{tag}_rtf": secs / audio_s,
+                    f"{tag}_runaways": runaways(refs, hyps)}
+            print(f"{tag}: WER {out[f'{tag}_wer']:.3f} RTF {out[f'{tag}_rtf']:.3f} runaways "
+                  f"{out[f'{tag}_runaways']}; e.g. {hyps[0]!r}")
         if lang == "de" and multilingual:
             hyps, secs = whisper_transcribe(model, processor, waves, language="de", task="translate",
                                             max_new_tokens=max_new_tokens)
@@ -76,6 +80,28 @@ def score_model(key: str, model, processor, sets: dict, conventions: list[str], 
             out |= {f"{key}_ast_de_en_bleu": bleu(refs, hyps), f"{key}_ast_de_en_chrf": chrf(refs, hyps),
                     f"{key}_ast_de_en_rtf": secs / audio_s}
             print(f"{key} de->en: BLEU {out[f'{key}_ast_de_en_bleu']:.1f}; e.g. {hyps[0]!r}")
+    return out
+
+
+def runaways(refs: list[str], hyps: list[str]) -> int:
+    """Hypotheses over twice their reference's words + 5: a decoder caught in a loop (capped by max_new_tokens)."""
+    return sum(len(h.split()) > 2 * len(r.split()) + 5 for r, h in zip(refs, hyps))
+
+
+@torch.no_grad()
+def encoder_rtf(model, waves: list[torch.Tensor], batch_size: int = 8) -> dict:
+    """Seconds of the encoder alone per audio second, unpadded and stock 30-s: what an uncached training
+    step (or the feature-cache fill) pays for the encoder of a speech-LLM built on this Whisper."""
+    from speechlm_lib.models.encoders import WhisperSpeechEncoder
+
+    audio_s, out = sum(w.shape[-1] for w in waves) / 16000, {}
+    for name, pad in (("unpadded", False), ("30s", True)):
+        enc = WhisperSpeechEncoder(model.get_encoder(), reference="bench", pad_to_30s=pad)
+        enc(*enc.collate([enc.featurize(waves[0])]))  # warm-up
+        t = time.perf_counter()
+        for i in range(0, len(waves), batch_size):
+            enc(*enc.collate([enc.featurize(w) for w in waves[i:i + batch_size]]))
+        out[name] = (time.perf_counter() - t) / audio_s
     return out
 
 
@@ -117,6 +143,7 @@ def main(argv=None) -> dict:
         model, processor = load_whisper(MODELS[key])
         metrics |= {f"{key}_load_seconds": time.perf_counter() - t,
                     f"{key}_parameters": sum(q.numel() for q in model.parameters())}
+        metrics |= {f"{key}_encoder_rtf_{k}": v for k, v in encoder_rtf(model, sets["en"][1]).items()}
         metrics |= score_model(key, model, processor, sets, args.conventions, args.max_new_tokens)
         del model
     metrics["load_avg_end"] = os.getloadavg()[0]

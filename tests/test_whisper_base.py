@@ -176,6 +176,17 @@ def test_base_is_multilingual_and_cached_with_its_provenance(base):
 
 
 @pytest.mark.slow
+def test_base_encoder_for_the_speechlm(base, german):
+    from speechlm_lib.models.encoders import ENCODERS
+
+    encoder = ENCODERS.build("whisper", source="openai/whisper-base")  # the cached copy, loaded again
+    inputs, lengths = encoder.collate([encoder.featurize(german)])
+    with torch.no_grad():
+        states, out_lengths = encoder(inputs, lengths)
+    assert encoder.dim == 512 and states.shape == (1, int(out_lengths[0]), 512) and torch.isfinite(states).all()
+
+
+@pytest.mark.slow
 def test_base_transcribes_english_as_ctranslate2_does(base, clip):
     model, processor, _ = base
     wav, text = clip
