@@ -27,17 +27,14 @@ This notebook lets the LLM itself learn, cheaply, and makes one model do several
 * **The price**: what training on speech costs the LLM as a text model, with the adapters on and off."""),
 C("""import time
 
-from speechlm_lib import config, results
+from speechlm_lib import config, course, results
 from speechlm_lib.recipes.stage3_lora import Stage3Config
 
-PROFILE = config.profile()
+PROFILE = course.start()  # profile, torch threads ($SPEECHLM_THREADS), figure style
 cfg = Stage3Config.preset(PROFILE)  # configs/stage3_lora/<profile>.yaml
 SMOKE = PROFILE == "smoke"
-print(f"profile {PROFILE}: LoRA r={cfg.lora.r} on {', '.join(cfg.lora.target_modules)}, tasks {cfg.tasks}, "
-      f"{cfg.train.max_steps} updates of {cfg.data.batch_size}")
-if SMOKE:
-    print("SMOKE PROFILE: a tiny corpus and a few updates. Every number below only proves the plumbing;\\n"
-          "the prose quotes the cpu reference run (runs/cpu/results.json).")"""),
+print(f"LoRA r={cfg.lora.r} on {', '.join(cfg.lora.target_modules)}, tasks {cfg.tasks}, "
+      f"{cfg.train.max_steps} updates of {cfg.data.batch_size}")"""),
 M("""## Where stage 2 left off
 
 The reference run's figures, from the committed `runs/cpu/results.json` (produced by
