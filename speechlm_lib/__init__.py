@@ -15,6 +15,9 @@ The tree is the recipe (import what you need; nothing heavy is imported here):
 * ``decoding/``  -- ``ctc`` (best paths), ``generation`` and ``speculative`` (the speech-LLM's decoding),
                     ``whisper`` (the complete Whisper as a baseline)
 * ``metrics``    -- WER, CER, errors by training frequency
+* ``evaluation/`` -- one evaluation for every notebook and benchmark: ``systems`` (the SYSTEMS registry, guarded
+                    decoders), ``run.evaluate``, ``aggregate`` (bootstrap CIs, breakdowns), ``analysis``,
+                    ``testsets`` and ``noise``, ``suite`` (notebook 05's table), ``explorer``, ``speed``
 * ``recipes/``   -- one file per stage, its config and end-to-end functions: ``stage1_ctc``, ``stage2_align``
 * ``experiments/`` -- studies on top of a recipe: ``stage2_compare`` (notebook 02's comparisons), ``copy_ceiling``
 * ``results``, ``tutorial``, ``registry`` -- results.json, the headless notebook runner, builder registries
