@@ -20,6 +20,9 @@ The tree is the recipe (import what you need; nothing heavy is imported here):
                     ``chunking`` (long audio), ``whisper`` (the complete Whisper as a baseline)
 * ``metrics``    -- WER, CER, errors by training frequency, BLEU / chrF; ``metrics_bias``: WER / U-WER / B-WER,
                     keyword F1 and false alarms against biasing lists (stage 4)
+* ``evaluation/`` -- one evaluation for every notebook and benchmark: ``systems`` (the SYSTEMS registry, guarded
+                    decoders), ``run.evaluate``, ``aggregate`` (bootstrap CIs, breakdowns), ``analysis``,
+                    ``testsets`` and ``noise``, ``suite`` (notebook 05's table), ``explorer``, ``speed``
 * ``recipes/``   -- one file per stage, its config and end-to-end functions: ``stage1_ctc``, ``stage2_align``,
                     ``stage3_lora`` (LoRA + multitask), ``stage4_context`` (keyword biasing by in-context training)
 * ``experiments/`` -- studies on top of a recipe: ``stage2_compare`` (notebook 02's comparisons), ``copy_ceiling``,

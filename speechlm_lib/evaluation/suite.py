@@ -1,0 +1,86 @@
+"""The whole comparison of notebook 05: every system that exists here on every test set that applies.
+
+A `Spec` names a system (a `systems.SYSTEMS` builder and its keywords), the folder it needs (absent: skipped
+with a line), the test sets it is scored on and whether it gets the test set's keyword list. `run_suite` builds
+one system at a time, evaluates it, and lets it go before the next (memory stays one model's).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from speechlm_lib.evaluation.run import Evaluation, evaluate
+from speechlm_lib.evaluation.systems import SYSTEMS, SystemUnavailable
+
+
+@dataclass
+class Spec:
+    label: str  # the row name in tables and plots
+    system: str  # a SYSTEMS name
+    options: dict = field(default_factory=dict)  # its builder's keywords (folder=...)
+    sets: tuple[str, ...] | None = None  # test sets it is scored on (None = every one)
+    with_list: bool = False  # give it each test set's keyword list (the biasing prompt)
+    projector: bool = False  # also score the folder's projector alone (label + " projector")
+
+    def missing(self) -> str | None:
+        folder = self.options.get("folder")
+        return None if folder is None or Path(folder).is_dir() else f"{folder} is absent"
+
+
+def set_keywords(utts) -> list[str]:
+    """A test set's keyword list: every keyword of its utterances (sorted, once each)."""
+    return sorted({k for u in utts for k in u.keywords})
+
+
+def course_specs(runs: Path, clean: tuple[str, ...], noisy: tuple[str, ...] = ()) -> list[Spec]:
+    """Stage 1 (CTC), stage 2 (and its projector), stage 3, stage 4 without and with its list, Whisper tiny.en on
+    the `clean` sets; the `noisy` ones for stages 3 and 4 and Whisper; faster-whisper on the first clean set."""
+    stage4 = runs / "stage4_context"
+    both = tuple(clean) + tuple(noisy)
+    return [Spec("stage 1 CTC", "stage1_ctc", {"folder": runs / "stage1_encoder"}, sets=clean),
+            Spec("stage 2", "speechlm", {"folder": runs / "stage2_speechlm"}, sets=clean, projector=True),
+            Spec("stage 3", "speechlm", {"folder": runs / "stage3_lora"}, sets=both),
+            Spec("stage 4, no list", "speechlm", {"folder": stage4}, sets=both),
+            Spec("stage 4 + list", "speechlm", {"folder": stage4}, sets=both, with_list=True),
+            Spec("Whisper tiny.en", "whisper", sets=both),
+            Spec("faster-whisper int8", "faster_whisper", sets=tuple(clean)[:1])]
+
+
+def run_suite(specs: list[Spec], test_sets: dict, say=print) -> dict[tuple[str, str], Evaluation]:
+    """``{(label, test set): Evaluation}`` for every spec that can be built here, on its test sets."""
+    out = {}
+    for spec in specs:
+        why = spec.missing()
+        try:
+            system = None if why else SYSTEMS.build(spec.system, **spec.options)
+        except SystemUnavailable as e:
+            why = str(e)
+        if system is None:
+            say(f"{spec.label}: skipped ({why})")
+            continue
+        system.label = spec.label
+        runs = [(system, spec.label)]
+        if spec.projector and hasattr(system, "model"):
+            runs.append((_projector(system, spec.label), f"{spec.label} projector"))
+        for s, label in runs:
+            for name, utts in test_sets.items():
+                wanted = spec.sets if s is system else tuple(test_sets)[:1]  # the projector: the first set only
+                if wanted is None or name in wanted:
+                    kw = set_keywords(utts) if spec.with_list else None
+                    out[(label, name)] = evaluate(s, utts, name, keywords=kw)
+        say(f"{spec.label}: scored on {sum(1 for k in out if k[0] == spec.label)} test set(s)")
+        del system, runs
+    return out
+
+
+def _projector(system, label: str):
+    p = SYSTEMS.build("projector", model=system.model)
+    p.label = f"{label} projector"
+    return p
+
+
+def table(evals: dict) -> pd.DataFrame:
+    """One row a (system, test set): WER with its 95 % interval, CER, B-/U-WER, keyword recall, RTF, memory."""
+    return pd.DataFrame([e.row() for e in evals.values()])
