@@ -130,8 +130,7 @@ for ax, key, title in zip(axes, ("B-WER (fraction of list words)", "U-WER (fract
                           ("Words on the list", "All other words")):
     ax.set(xscale="log", xlabel="N + 1 (distractors in the list, log scale)", ylabel=key, title=title)
 axes[0].legend(loc="best", fontsize=9)
-fig.tight_layout()
-plots.show(fig)"""),
+plots.show(fig)  # the course style lays figures out (constrained layout); tight_layout would warn"""),
     ("md", """The dotted lines are each model without any list. The cost of the list: prompt tokens and decoding time
 per utterance grow with N (SALM's weakness with long lists)."""),
     ("result", """display(pd.DataFrame(table(after)).set_index("N")[["prompt_tokens", "seconds_per_utt", "lists_cut"]].round(3))

@@ -26,16 +26,22 @@ Systems whose saved folder is absent are skipped with a line: the notebook score
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from speechlm_lib import config, results
+from speechlm_lib import config, course, plots, results
+from speechlm_lib.evaluation.suite import NOISY_SYSTEMS
 
-PROFILE = config.profile()
+PROFILE = course.start()  # profile, torch threads ($SPEECHLM_THREADS), figure style
 SMOKE = PROFILE == "smoke"
 RUNS = config.runs_dir() / PROFILE
-N = 3 if SMOKE else 200          # utterances per test set
+N = 2 if SMOKE else 200          # utterances per test set
 N_NOISY = 2 if SMOKE else 100    # per noisy copy
+NOISY_FOR = ("stage 4, no list",) if SMOKE else NOISY_SYSTEMS  # the systems that meet the noisy copies
+SHARED = {}                      # frozen parts the speech-LLM folders share (one Whisper encoder, loaded once)
 started = time.time()
-if SMOKE:
-    print("SMOKE PROFILE: tiny models and a few utterances. Every number below only proves the plumbing.")"""),
+
+
+def cleaned(frame: pd.DataFrame) -> pd.DataFrame:
+    \"\"\"`frame` with every text cell through `course.clean` (model output can hold anything).\"\"\"
+    return frame.map(lambda v: course.clean(v) if isinstance(v, str) else v)"""),
 ("md", """## Test sets
 
 Noisy copies use the corpus builder's noise (`data.corpus.add_noise`, white, seeded by the utterance id) and are
@@ -47,9 +53,10 @@ test_sets = load_test_sets(["synthetic", "speechocean"], PROFILE, N)
 CLEAN = tuple(test_sets)
 test_sets.update(load_test_sets([f"snr{s}" for s in SNRS], PROFILE, N_NOISY))
 NOISY = tuple(k for k in test_sets if k not in CLEAN)
-pd.DataFrame([{"test set": k, "utterances": len(v), "speakers": len({u.speaker for u in v}),
-               "hours": sum(u.duration for u in v) / 3600, "extra fields": sorted({f for u in v for f in u.extra})}
-              for k, v in test_sets.items()])"""),
+display(pd.DataFrame([{"test set": k, "utterances": len(v), "speakers": len({u.speaker for u in v}),
+                       "minutes": round(sum(u.duration for u in v) / 60, 2),
+                       "extra fields": ", ".join(sorted({f for u in v for f in u.extra}))}
+                      for k, v in test_sets.items()]))"""),
 ("md", """## The guards every decoder passes
 
 A looping decoder costs more than a wrong word: every looped word is an insertion. Each system caps new tokens by
@@ -61,21 +68,27 @@ print(guard("thank you thank you thank you thank you thank you so much", seconds
 print(f"a 3-second clip: at most {token_budget(3.0, g)} new tokens")"""),
 ("md", """## Every system on every test set
 
-One system is held in memory at a time. Every system meets the clean sets; the speech-LLMs of stages 3 and 4 and
-Whisper also the noisy copies; faster-whisper (here for its speed) the synthetic set. The speech-LLM of stage 4 gets each test set's keyword list (every keyword
-of its utterances) in its prompt in one row, none in the other."""),
-("code", """from speechlm_lib.evaluation.suite import course_specs, run_suite, table
+One system is held in memory at a time (stage 4 without and with its list share one; the speech-LLM folders
+share the frozen Whisper encoder they all name). Every system meets the clean sets; the speech-LLMs of stages 3
+and 4 and Whisper also the noisy copies (in the smoke profile only stage 4 without a list, to stay within a
+minute); faster-whisper (here for its speed) the synthetic set. The speech-LLM of stage 4 gets each test set's
+keyword list (every keyword of its utterances) in its prompt in one row, none in the other."""),
+("result", """from speechlm_lib.evaluation.suite import course_specs, run_suite, table
 
-specs = course_specs(RUNS, CLEAN, NOISY)
-evals = run_suite(specs, test_sets)
+specs = course_specs(RUNS, CLEAN, NOISY, noisy_for=NOISY_FOR)
+evals = run_suite(specs, test_sets, shared=SHARED)
 summary = table(evals)
-summary.round(3)"""),
+display(summary.round(3))
+course.note(("stage-1 CTC test WER", "stage1_ctc", "test_wer", "%"),
+            ("stage-2 speech-LLM test WER", "stage2_speechlm", "test_wer", "%"),
+            ("Whisper tiny.en test WER", "stage2_speechlm", "whisper_tiny_test_wer", "%"),
+            ("stage 4 + list, synthetic WER", "stage5_evaluation", "stage 4 + list|synthetic|wer", "%"))"""),
 ("md", """## Comparing two systems honestly
 
 A WER difference on a few hundred utterances can be noise. The paired bootstrap resamples utterances for both
 systems together: if the interval of the difference excludes zero, the better system is better on this kind of
 speech."""),
-("code", """from speechlm_lib.evaluation.aggregate import paired_bootstrap
+("result", """from speechlm_lib.evaluation.aggregate import paired_bootstrap
 
 llms = [label for label, name in evals if name == "synthetic" and label.startswith("stage") and "CTC" not in label
         and "projector" not in label]
@@ -83,118 +96,149 @@ if llms and ("Whisper tiny.en", "synthetic") in evals:
     best = llms[-1]
     cmp = paired_bootstrap(evals[("Whisper tiny.en", "synthetic")].records, evals[(best, "synthetic")].records)
     print(f"{best} minus Whisper tiny.en, synthetic test WER: {cmp['delta']:+.1%} "
-          f"(95 % interval {cmp['low']:+.1%} .. {cmp['high']:+.1%}; {best} better in {cmp['b_better']:.0%} of resamples)")"""),
+          f"(95 % interval {cmp['low']:+.1%} .. {cmp['high']:+.1%}; {best} better in {cmp['b_better']:.0%} of resamples)")
+else:
+    print("no speech-LLM and Whisper pair on the synthetic set here: nothing to compare")
+course.note(("stage-2 speech-LLM test WER", "stage2_speechlm", "test_wer", "%"),
+            ("Whisper tiny.en test WER", "stage2_speechlm", "whisper_tiny_test_wer", "%"))"""),
 ("md", """## WER by stage, and against noise"""),
-("code", """fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.5))
-syn = summary[summary["test set"] == "synthetic"]
-ax1.bar(syn["system"], syn["wer"], yerr=[syn["wer"] - syn["wer_low"], syn["wer_high"] - syn["wer"]], capsize=4)
-ax1.set_ylabel("WER (95 % CI)"); ax1.set_title("synthetic test set"); ax1.tick_params(axis="x", rotation=30)
+("result", """fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+syn = summary[summary["test set"] == "synthetic"].iloc[::-1]
+ax1.barh(syn["system"], 100 * syn["wer"], xerr=[100 * (syn["wer"] - syn["wer_low"]), 100 * (syn["wer_high"] - syn["wer"])],
+         capsize=4)
+ax1.set(title="Synthetic test set: WER by system", xlabel="WER (%; bars: 95 % interval)", ylabel="system")
 for label in summary["system"].unique():
     pts = [(s, evals[(label, f"snr{s}")].summary["wer"]) for s in SNRS if (label, f"snr{s}") in evals]
     if pts and ("projector" not in label) and ("CTC" not in label):
         clean = evals.get((label, "synthetic"))
         xs = ([40] if clean else []) + [p[0] for p in pts]
         ys = ([clean.summary["wer"]] if clean else []) + [p[1] for p in pts]
-        ax2.plot(xs, ys, "o-", label=label)
-ax2.set_xlabel("SNR dB (40 = clean)"); ax2.set_ylabel("WER"); ax2.invert_xaxis(); ax2.legend(fontsize=8)
-plt.tight_layout()"""),
+        ax2.plot(xs, [100 * y for y in ys], "o-", label=label)
+ax2.set(title="WER against white noise", xlabel="signal-to-noise ratio (dB)", ylabel="WER (%)",
+        xticks=[40, *SNRS], xticklabels=["clean", *map(str, SNRS)])
+ax2.invert_xaxis()
+if ax2.get_lines():
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.02, 1), title="system")
+plots.show(fig)
+course.note()"""),
 ("md", """## Per speaker (and age group / gender where the manifest says)"""),
-("code", """from speechlm_lib.evaluation.aggregate import breakdown
+("result", """from speechlm_lib.evaluation.aggregate import breakdown
 
 focus = llms[-1] if llms else summary["system"].iloc[0]
-per_speaker = breakdown(evals[(focus, "synthetic")].records, "speaker") if (focus, "synthetic") in evals else None
-if per_speaker is not None:
-    ax = per_speaker.plot.barh(x="speaker", y="wer", xerr=[per_speaker["wer"] - per_speaker["wer_low"],
-                               per_speaker["wer_high"] - per_speaker["wer"]], legend=False, figsize=(7, 0.3 * len(per_speaker) + 1))
-    ax.set_xlabel(f"{focus}: WER per synthetic voice (95 % CI)")
+if (focus, "synthetic") in evals:
+    per_speaker = breakdown(evals[(focus, "synthetic")].records, "speaker")
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(per_speaker) + 1.8))
+    ax.barh(per_speaker["speaker"], 100 * per_speaker["wer"], capsize=3,
+            xerr=[100 * (per_speaker["wer"] - per_speaker["wer_low"]), 100 * (per_speaker["wer_high"] - per_speaker["wer"])])
+    ax.set(title=f"{focus}: WER per synthetic voice", xlabel="WER (%; bars: 95 % interval)", ylabel="voice (eSpeak)")
+    plots.show(fig)
 if (focus, "speechocean") in evals:
     for field in ("age_group", "gender"):
         display(breakdown(evals[(focus, "speechocean")].records, field).round(3))
 else:
-    print("speechocean762 is absent (../shared/data/speechocean762): no age or gender breakdown.")"""),
+    print("speechocean762 is absent (../shared/data/speechocean762): no age or gender breakdown.")
+course.note()"""),
 ("md", """## B-WER against the size of the keyword list
 
 A biasing list holds the words that matter (names) and, in use, many that do not. B-WER counts errors on the
 listed words, U-WER on the rest: a good biasing model lowers B-WER without raising U-WER as the list grows. The
 list here is the test set's own keywords plus distractors drawn from the training keywords."""),
-("code", """from speechlm_lib.evaluation.run import evaluate
+("result", """from speechlm_lib.data.sources import DataSource
+from speechlm_lib.evaluation.run import evaluate
 from speechlm_lib.evaluation.suite import set_keywords
 from speechlm_lib.evaluation.systems import SYSTEMS
 from speechlm_lib.evaluation.testsets import from_source
-from speechlm_lib.data.sources import DataSource
 
 train = from_source(DataSource(splits={"train": "train"}), "train", PROFILE)
 folder = next((RUNS / d for d in ("stage4_context", "stage3_lora", "stage2_speechlm") if (RUNS / d).is_dir()), None)
 sizes = (0, 5, 20) if SMOKE else (0, 10, 50, 100)
-bwer = []
+bwer = pd.DataFrame()
 if folder is not None:
-    llm = SYSTEMS.build("speechlm", folder=folder)
+    llm = SYSTEMS.build("speechlm", folder=folder, shared=SHARED)
     utts = test_sets["synthetic"]
     own, pool = set_keywords(utts), [k for k in set_keywords(train) if k not in set_keywords(utts)]
+    rows = []
     for size in sizes:
         words = (own + pool)[:size] if size else None
         s = evaluate(llm, utts, "synthetic", keywords=words).summary
-        bwer.append({"list size": size, "B-WER": s["b_wer"], "U-WER": s["u_wer"], "keyword recall": s["keyword_recall"]})
-    bwer = pd.DataFrame(bwer)
-    bwer.plot(x="list size", y=["B-WER", "U-WER"], marker="o", title=f"{folder.name}: B-WER against list size", figsize=(6, 3))
-bwer"""),
+        rows.append({"list size": size, "B-WER": s["b_wer"], "U-WER": s["u_wer"], "keyword recall": s["keyword_recall"]})
+    bwer = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for key in ("B-WER", "U-WER"):
+        ax.plot(bwer["list size"], 100 * bwer[key], marker="o", label=key)
+    ax.set(title=f"{folder.name}: errors against the size of the list", xlabel="keyword list size (words)",
+           ylabel="error rate (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    plots.show(fig)
+    display(bwer.round(3))
+else:
+    print("no saved speech-LLM here: no keyword-list sweep")
+course.note()"""),
 ("md", """## Error analysis
 
 The most frequent substitutions, errors by how often training saw the word, insertions (and utterances that look
 like hallucinations), and, word by reference word, where the LLM fixed or broke what the stage-2 projector heard."""),
-("code", """from speechlm_lib.evaluation.analysis import by_word_frequency, fixed_and_broke, insertions, substitutions
+("result", """from speechlm_lib.evaluation.analysis import by_word_frequency, fixed_and_broke, insertions, substitutions
 from speechlm_lib.metrics import word_counts
 
 recs = evals[(focus, "synthetic")].records if (focus, "synthetic") in evals else []
-display(substitutions(recs))
+display(cleaned(substitutions(recs)))
 display(by_word_frequency(recs, word_counts(u.text for u in train)).round(3))
 common, odd = insertions(recs)
-display(common, odd)"""),
-("code", """if ("stage 2 projector", "synthetic") in evals:
+display(cleaned(common), cleaned(odd))
+course.note()"""),
+("result", """if ("stage 2 projector", "synthetic") in evals:
     fb = fixed_and_broke(evals[("stage 2 projector", "synthetic")].records, evals[("stage 2", "synthetic")].records)
     print({k: v for k, v in fb.items() if k != "examples"})
-    display(fb["examples"])
+    display(cleaned(fb["examples"]))
 else:
-    print("no stage-2 model here: no projector-vs-LLM comparison")"""),
+    print("no stage-2 model here: no projector-vs-LLM comparison")
+course.note()"""),
 ("md", """## Speed and memory
 
 RTF (compute seconds per audio second, decoding only) and the peak resident memory while each system decoded
 the synthetic set. Then the speech-LLM's batched decoding (batch 8) against faster-whisper on the same audio in the
 same run, alternating, the median of the repeats (`evaluation.speed`; the cpu figure comes from
 `benchmarks/bench_speed.py --profile cpu`)."""),
-("code", """speed = summary[summary["test set"] == "synthetic"][["system", "rtf", "peak_mb"]].round(3)
-display(speed)
-from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
+("result", """from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
 from speechlm_lib.evaluation.systems import SystemUnavailable
 
+display(summary[summary["test set"] == "synthetic"][["system", "rtf", "peak_mb"]].round(3))
 ratio = None
 if folder is not None:
     try:
         fw = SYSTEMS.build("faster_whisper")
-        timing = compare_speed(test_sets["synthetic"], {"speech-LLM": llm, "faster-whisper": fw}, repeats=1 if SMOKE else 3)
+        timing = compare_speed(test_sets["synthetic"], {"speech-LLM": llm, "faster-whisper": fw},
+                               repeats=1 if SMOKE else 3, warmup=1 if SMOKE else 2)
         ratio = speed_ratio(timing, "speech-LLM", "faster-whisper")
         print(f"RTF speech-LLM {timing['rtf']['speech-LLM']:.3f}, faster-whisper {timing['rtf']['faster-whisper']:.3f}: ratio {ratio:.2f}")
     except SystemUnavailable as e:
-        print(f"faster-whisper skipped: {e}")"""),
+        print(f"faster-whisper skipped: {e}")
+course.note(("stage-2 speech-LLM RTF", "stage2_speechlm", "rtf", ""),
+            ("speech-LLM / faster-whisper RTF", "stage5_evaluation", "speed_ratio_speechlm_to_faster_whisper", ""))"""),
 ("md", """## Explore
 
 Choose a test set and filter it, pick an utterance, listen, and read the alignment (substitutions amber,
-deletions red, insertions blue). Switch the model, edit the keyword list and re-decode the utterance live."""),
+deletions red, insertions blue). Switch the model, edit the keyword list and re-decode the utterance live.
+The sets the table above decoded are not decoded again; a model is loaded when you first pick it."""),
 ("code", """from speechlm_lib.evaluation.explorer import Explorer
 
 factories = {}
 for spec in specs:
     if spec.missing() is None and spec.system in ("speechlm", "stage1_ctc", "whisper") and not spec.with_list:
-        factories[spec.label] = (lambda s=spec: SYSTEMS.build(s.system, **s.options))
-explorer = Explorer({k: v for k, v in test_sets.items()}, factories, keywords=set_keywords(test_sets["synthetic"])[:5])
+        options = {**spec.options, "shared": SHARED} if spec.system == "speechlm" else spec.options
+        factories[spec.label] = (lambda s=spec, o=options: SYSTEMS.build(s.system, **o))
+seen = {(name, label): e.records for (label, name), e in evals.items() if label in factories}
+explorer = Explorer(test_sets, factories, keywords=set_keywords(test_sets["synthetic"])[:5], records=seen)
 explorer.widget"""),
 ("md", """## Recording the results"""),
-("code", """flat = {f"{label}|{name}|{k}": v for (label, name), e in evals.items()
+("result", """flat = {f"{label}|{name}|{k}": v for (label, name), e in evals.items()
         for k, v in e.row().items() if isinstance(v, (int, float))}
 if ratio is not None:
     flat["speed_ratio_speechlm_to_faster_whisper"] = ratio
 path = results.record("stage5_evaluation", flat, seconds=time.time() - started)
-print(f"recorded {len(flat)} figures in {path}" + (" (smoke: plumbing only)" if SMOKE else ""))"""),
+print(f"recorded {len(flat)} figures in {path}")
+course.note()"""),
 ]
 
 
@@ -203,6 +247,8 @@ def build(path: Path) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     for i, (kind, src) in enumerate(CELLS):
         cell = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+        if kind == "result":  # a cell whose numbers tests/test_course.py checks are explained (course.note)
+            cell.metadata["tags"] = ["result"]
         cell.id = hashlib.sha1(f"05:{i}:{src[:40]}".encode()).hexdigest()[:8]
         nb.cells.append(cell)
     nbformat.validate(nb)

@@ -299,3 +299,83 @@ def test_faster_whisper_batches_clips_one_a_segment(tones):
         pytest.skip(str(e))
     out = system.decode(tones)
     assert len(out.texts) == 4 and all(isinstance(t, str) for t in out.texts) and out.total_seconds > 0
+
+
+# ----- the notebook's suite: one build for consecutive specs, noisy sets for the named systems, shared encoder --
+def test_course_specs_give_noisy_sets_only_to_the_named_systems(tmp_path):
+    from speechlm_lib.evaluation.suite import NOISY_SYSTEMS, course_specs
+
+    full = {s.label: s.sets for s in course_specs(tmp_path, ("synthetic",), ("snr5",))}
+    assert {k for k, v in full.items() if "snr5" in v} == set(NOISY_SYSTEMS)
+    one = {s.label: s.sets for s in course_specs(tmp_path, ("synthetic",), ("snr5",), noisy_for=("stage 3",))}
+    assert {k for k, v in one.items() if "snr5" in v} == {"stage 3"} and one["faster-whisper int8"] == ("synthetic",)
+
+
+def test_run_suite_builds_consecutive_specs_of_one_system_once(tones, monkeypatch):
+    from speechlm_lib.evaluation import suite
+    from speechlm_lib.evaluation.suite import Spec, run_suite
+
+    built = []
+
+    def build(name, **options):
+        built.append((name, options.get("tag")))
+        return Echo()
+
+    monkeypatch.setattr(suite.SYSTEMS, "build", build)
+    specs = [Spec("a", "echo", {"tag": 1}), Spec("a + list", "echo", {"tag": 1}, with_list=True),
+             Spec("b", "echo", {"tag": 2}, sets=("one",)), Spec("gone", "echo", {"folder": "/no/such/folder"})]
+    said = []
+    evals = run_suite(specs, {"one": tones[:2], "two": tones[2:3]}, say=said.append)
+    assert built == [("echo", 1), ("echo", 2)]
+    assert sorted(evals) == [("a", "one"), ("a", "two"), ("a + list", "one"), ("a + list", "two"), ("b", "one")]
+    assert evals[("a + list", "one")].system == "a + list" and evals[("a", "one")].system == "a"
+    assert "hello" in evals[("a + list", "one")].records[1].hypothesis.split() + \
+        evals[("a + list", "one")].records[0].hypothesis.split()  # the list reached the decoder
+    assert any(line.startswith("gone: skipped") for line in said)
+
+
+def test_load_speechlm_shares_a_frozen_encoder_it_does_not_save(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from speechlm_lib.evaluation.systems import load_speechlm
+    from speechlm_lib.models import speechlm as sl
+
+    calls = []
+
+    class Loaded:
+        def __init__(self, encoder):
+            self.encoder = encoder if encoder is not None else object()
+
+    def fake(directory, encoder=None, **kw):
+        calls.append(encoder)
+        return Loaded(encoder)
+
+    monkeypatch.setattr(sl.SpeechLM, "from_pretrained", staticmethod(fake))
+    folders = {}
+    for name, frozen, parts in (("a", True, ["projector.w"]), ("b", True, ["projector.w"]),
+                                ("c", False, ["projector.w", "encoder.w"])):
+        d = tmp_path / name
+        d.mkdir()
+        (d / sl.CONFIG_NAME).write_text(json.dumps({"encoder": {"name": "enc"}, "freeze_encoder": frozen}))
+        save_file({k: torch.zeros(1) for k in parts}, str(d / sl.WEIGHTS_NAME))
+        folders[name] = d
+    shared = {}
+    a = load_speechlm(folders["a"], shared)
+    b = load_speechlm(folders["b"], shared)
+    c = load_speechlm(folders["c"], shared)
+    assert calls[0] is None and b.encoder is a.encoder and calls[2] is None and c.encoder is not a.encoder
+    assert load_speechlm(folders["a"]).encoder is not a.encoder  # no dict, nothing shared
+
+
+def test_explorer_seeded_with_records_decodes_nothing_and_cleans_hypotheses(tones):
+    pytest.importorskip("ipywidgets")
+    from speechlm_lib.evaluation.explorer import Explorer
+
+    def never():
+        raise AssertionError("the seeded set must not be decoded again")
+
+    rude = UttRecord.make(tones[0], "hello shit world")
+    ex = Explorer({"tones": tones[:1]}, {"echo": never}, records={("tones", "echo"): [rude]})
+    assert [v for _, v in ex.utt_box.options] == ["t0"]
+    assert "shit" not in ex.align_html.value and "****" in ex.align_html.value

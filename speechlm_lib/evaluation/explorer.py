@@ -8,13 +8,16 @@ the reference and hypothesis aligned (substitutions amber, deletions red, insert
 edit the keyword list and re-decode the utterance live. Every control's callback is a plain method
 (`on_set`, `on_model`, `on_filter`, `on_pick`, `on_redecode`), observed on its widget: a test sets
 ``ex.set_box.value`` or calls ``ex.redecode_button.click()`` and reads ``ex.align_html.value``.
-A set is decoded whole the first time a model meets it (cached per model and set); one model is held at a time.
+A set is decoded whole the first time a model meets it (cached per model and set; `records` seeds that cache
+with sets already decoded, so nothing is decoded until a control asks for it); one model is held at a time.
+Hypotheses are shown through `course.clean` (a mishearing model can write anything).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
+from speechlm_lib.course import clean
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.evaluation.records import UttRecord, alignment_html
 from speechlm_lib.evaluation.run import evaluate
@@ -25,14 +28,15 @@ ALL = "(all speakers)"
 class Explorer:
     """See the module docstring. `systems` maps a label to a builder of a `systems.System` (called lazily)."""
 
-    def __init__(self, test_sets: dict[str, list[Utterance]], systems: dict[str, Callable], keywords=None):
+    def __init__(self, test_sets: dict[str, list[Utterance]], systems: dict[str, Callable], keywords=None,
+                 records: dict[tuple[str, str], list[UttRecord]] | None = None):
         import ipywidgets as w
 
         if not test_sets or not systems:
             raise ValueError("the explorer needs at least one test set and one system")
         self.test_sets, self.factories = test_sets, systems
         self._held: tuple[str, object] | None = None
-        self._records: dict[tuple[str, str], list[UttRecord]] = {}
+        self._records: dict[tuple[str, str], list[UttRecord]] = dict(records or {})  # (test set, model) ->
         self.set_box = w.Dropdown(options=list(test_sets), description="test set")
         self.model_box = w.Dropdown(options=list(systems), description="model")
         self.speaker_box = w.Dropdown(options=[ALL], description="speaker")
@@ -123,7 +127,8 @@ class Explorer:
         hits = rec.keyword_hits()
         kw = ", ".join(f"{k} {'✓' if ok else '✗'}" for k, ok in hits.items()) or "none"
         self.align_html.value = (f"<b>{rec.id}</b> · {rec.meta.get('speaker', '')} · {rec.errors} errors in "
-                                 f"{rec.ref_words} words · keywords: {kw} {note}" + alignment_html(rec.ops))
+                                 f"{rec.ref_words} words · keywords: {kw} {note}" + alignment_html(
+                                     [(op, ref, hyp if hyp is None else clean(hyp)) for op, ref, hyp in rec.ops]))
 
     def keywords(self) -> list[str]:
         return [k.strip() for k in self.keywords_text.value.split(",") if k.strip()]

@@ -34,32 +34,55 @@ def set_keywords(utts) -> list[str]:
     return sorted({k for u in utts for k in u.keywords})
 
 
-def course_specs(runs: Path, clean: tuple[str, ...], noisy: tuple[str, ...] = ()) -> list[Spec]:
+NOISY_SYSTEMS = ("stage 3", "stage 4, no list", "stage 4 + list", "Whisper tiny.en")
+
+
+def course_specs(runs: Path, clean: tuple[str, ...], noisy: tuple[str, ...] = (),
+                 noisy_for: tuple[str, ...] = NOISY_SYSTEMS) -> list[Spec]:
     """Stage 1 (CTC), stage 2 (and its projector), stage 3, stage 4 without and with its list, Whisper tiny.en on
-    the `clean` sets; the `noisy` ones for stages 3 and 4 and Whisper; faster-whisper on the first clean set."""
+    the `clean` sets; the `noisy` ones for the systems labelled in `noisy_for` (stages 3 and 4 and Whisper; the
+    smoke profile names one); faster-whisper on the first clean set."""
     stage4 = runs / "stage4_context"
-    both = tuple(clean) + tuple(noisy)
-    return [Spec("stage 1 CTC", "stage1_ctc", {"folder": runs / "stage1_encoder"}, sets=clean),
-            Spec("stage 2", "speechlm", {"folder": runs / "stage2_speechlm"}, sets=clean, projector=True),
-            Spec("stage 3", "speechlm", {"folder": runs / "stage3_lora"}, sets=both),
-            Spec("stage 4, no list", "speechlm", {"folder": stage4}, sets=both),
-            Spec("stage 4 + list", "speechlm", {"folder": stage4}, sets=both, with_list=True),
-            Spec("Whisper tiny.en", "whisper", sets=both),
-            Spec("faster-whisper int8", "faster_whisper", sets=tuple(clean)[:1])]
+    clean = tuple(clean)
+
+    def sets(label: str) -> tuple[str, ...]:
+        return clean + (tuple(noisy) if label in noisy_for else ())
+
+    return [Spec("stage 1 CTC", "stage1_ctc", {"folder": runs / "stage1_encoder"}, sets=sets("stage 1 CTC")),
+            Spec("stage 2", "speechlm", {"folder": runs / "stage2_speechlm"}, sets=sets("stage 2"), projector=True),
+            Spec("stage 3", "speechlm", {"folder": runs / "stage3_lora"}, sets=sets("stage 3")),
+            Spec("stage 4, no list", "speechlm", {"folder": stage4}, sets=sets("stage 4, no list")),
+            Spec("stage 4 + list", "speechlm", {"folder": stage4}, sets=sets("stage 4 + list"), with_list=True),
+            Spec("Whisper tiny.en", "whisper", sets=sets("Whisper tiny.en")),
+            Spec("faster-whisper int8", "faster_whisper", sets=clean[:1])]
 
 
-def run_suite(specs: list[Spec], test_sets: dict, say=print) -> dict[tuple[str, str], Evaluation]:
-    """``{(label, test set): Evaluation}`` for every spec that can be built here, on its test sets."""
+def run_suite(specs: list[Spec], test_sets: dict, say=print, shared: dict | None = None
+              ) -> dict[tuple[str, str], Evaluation]:
+    """``{(label, test set): Evaluation}`` for every spec that can be built here, on its test sets.
+
+    Consecutive specs of the same system and options (stage 4 without and with its list) share one build;
+    speech-LLM folders share a frozen encoder they name alike (`systems.load_speechlm`; `shared` keeps those
+    parts, a fresh dict when None)."""
+    shared = {} if shared is None else shared
     out = {}
+    held: tuple[tuple, object] | None = None  # (system and options, the built system)
     for spec in specs:
-        why = spec.missing()
-        try:
-            system = None if why else SYSTEMS.build(spec.system, **spec.options)
-        except SystemUnavailable as e:
-            why = str(e)
+        why, system = spec.missing(), None
+        key = (spec.system, tuple(sorted((k, str(v)) for k, v in spec.options.items())))
+        if why is None and held is not None and held[0] == key:
+            system = held[1]
+        elif why is None:
+            held = None  # let the previous system go before building the next
+            options = {**spec.options, "shared": shared} if spec.system in ("speechlm", "projector") else spec.options
+            try:
+                system = SYSTEMS.build(spec.system, **options)
+            except SystemUnavailable as e:
+                why = str(e)
         if system is None:
             say(f"{spec.label}: skipped ({why})")
             continue
+        held = (key, system)
         system.label = spec.label
         runs = [(system, spec.label)]
         if spec.projector and hasattr(system, "model"):

@@ -124,14 +124,12 @@ class SpeechLMSystem(System):
     name = "speechlm"
     keywords = True
 
-    def __init__(self, folder=None, model=None, decode=None, **kw):
+    def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, **kw):
         super().__init__(**kw)
         from speechlm_lib.decoding.generation import DecodeConfig
 
         if model is None:
-            from speechlm_lib.models.speechlm import SpeechLM
-
-            model = SpeechLM.from_pretrained(_folder(folder, "saved SpeechLM"))
+            model = load_speechlm(_folder(folder, "saved SpeechLM"), shared)
         self.model = model.eval()
         g = self.guards
         self.decode_cfg = decode or DecodeConfig(tokens_per_second=g.tokens_per_second, extra_tokens=g.extra_tokens,
@@ -179,6 +177,41 @@ def _speechlm(folder=None, model=None, **kw) -> System:
 @SYSTEMS.register("projector")
 def _projector(folder=None, model=None, **kw) -> System:
     return ProjectorSystem(folder, model=model, **kw)
+
+
+def load_speechlm(folder, shared: dict | None = None):
+    """`SpeechLM.from_pretrained(folder)`, quietly (peft's deprecation warning about gradient checkpointing).
+
+    `shared`: a dict the caller keeps between loads; a frozen encoder whose weights the folder does not save
+    (the encoder is named by reference) is taken from it when an earlier folder loaded the same one, and put
+    in it otherwise. The LLM is never shared: LoRA adapters are injected into it in place."""
+    import json
+    import warnings
+
+    from speechlm_lib.models.speechlm import CONFIG_NAME, WEIGHTS_NAME, SpeechLM
+
+    encoder, key = None, None
+    if shared is not None:
+        cfg = json.loads((folder / CONFIG_NAME).read_text())
+        if cfg.get("freeze_encoder") and not _saves_part(folder / WEIGHTS_NAME, "encoder."):
+            key = "encoder:" + json.dumps(cfg["encoder"], sort_keys=True)
+            encoder = shared.get(key)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = SpeechLM.from_pretrained(folder, encoder=encoder)
+    if key is not None:
+        shared.setdefault(key, model.encoder)
+    return model
+
+
+def _saves_part(weights, prefix: str) -> bool:
+    """Whether the safetensors file `weights` holds a tensor whose name starts with `prefix`."""
+    from safetensors import safe_open
+
+    if not weights.is_file():
+        return False
+    with safe_open(str(weights), "pt") as f:
+        return any(k.startswith(prefix) for k in f.keys())
 
 
 # ----- Whisper, two ways ---------------------------------------------------------------------------------
