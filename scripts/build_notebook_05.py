@@ -236,7 +236,7 @@ explorer.widget"""),
         for k, v in e.row().items() if isinstance(v, (int, float))}
 if ratio is not None:
     flat["speed_ratio_speechlm_to_faster_whisper"] = ratio
-path = results.record("stage5_evaluation", flat, seconds=time.time() - started)
+path = results.record("stage5_evaluation", flat, seconds=time.time() - started, replace=True)  # this run's figures only
 print(f"recorded {len(flat)} figures in {path}")
 course.note()"""),
 ]
