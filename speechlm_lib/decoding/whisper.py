@@ -95,7 +95,8 @@ def _decode_prompted(model, processor, wave: torch.Tensor, prompt: str | None, n
     """One padded clip, with `prompt` as Whisper's previous-text prompt (none for None / "")."""
     feats = processor.feature_extractor([wave.numpy()], sampling_rate=16000, return_tensors="pt").input_features
     extra = {"prompt_ids": prompt_ids(processor, prompt).to(model.device)} if prompt and prompt.strip() else {}
-    ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit, **extra)
+    with _quiet_generate():
+        ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit, **extra)
     return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
 

@@ -186,7 +186,6 @@ def load_speechlm(folder, shared: dict | None = None):
     (the encoder is named by reference) is taken from it when an earlier folder loaded the same one, and put
     in it otherwise. The LLM is never shared: LoRA adapters are injected into it in place."""
     import json
-    import warnings
 
     from speechlm_lib.models.speechlm import CONFIG_NAME, WEIGHTS_NAME, SpeechLM
 
@@ -196,9 +195,7 @@ def load_speechlm(folder, shared: dict | None = None):
         if cfg.get("freeze_encoder") and not _saves_part(folder / WEIGHTS_NAME, "encoder."):
             key = "encoder:" + json.dumps(cfg["encoder"], sort_keys=True)
             encoder = shared.get(key)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = SpeechLM.from_pretrained(folder, encoder=encoder)
+    model = SpeechLM.from_pretrained(folder, encoder=encoder)  # quiet about peft's own deprecation (models.lora)
     if key is not None:
         shared.setdefault(key, model.encoder)
     return model

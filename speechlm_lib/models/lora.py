@@ -13,6 +13,8 @@ and the `PeftModel` wrapper is kept aside only for saving (`save_pretrained`) an
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -63,9 +65,19 @@ def add_lora(model, settings: LoraSettings):
         raise ValueError("this model already has LoRA adapters")
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), bias="none", **settings.extra)
-    wrapped = get_peft_model(model.llm, config)  # injects into model.llm's modules in place
+    with quiet_peft():
+        wrapped = get_peft_model(model.llm, config)  # injects into model.llm's modules in place
     attach(model, wrapped)
     return wrapped
+
+
+@contextmanager
+def quiet_peft():
+    """peft (0.21) asks transformers' deprecated `is_gradient_checkpointing` when it wraps a model; the
+    FutureWarning is about peft's code, not ours, and would reach every notebook that adds adapters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def attach(model, wrapped) -> None:

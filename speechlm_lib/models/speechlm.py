@@ -295,10 +295,11 @@ class SpeechLM(nn.Module):
         if cfg.get("lora"):
             from peft import PeftModel
 
-            from speechlm_lib.models.lora import attach
+            from speechlm_lib.models.lora import attach, quiet_peft
 
-            attach(model, PeftModel.from_pretrained(model.llm, str(directory / cfg["lora"]),
-                                                    is_trainable=trainable_adapters))
+            with quiet_peft():
+                attach(model, PeftModel.from_pretrained(model.llm, str(directory / cfg["lora"]),
+                                                        is_trainable=trainable_adapters))
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         lost = [k for k in missing if k.startswith("projector.")]
