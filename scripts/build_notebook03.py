@@ -1,11 +1,20 @@
 """Write notebooks/03_lora_multitask.ipynb (committed without outputs): python scripts/build_notebook03.py"""
-import nbformat
-from nbformat.v4 import new_code_cell as C, new_markdown_cell as M, new_notebook
+from pathlib import Path
+
+from speechlm_lib.publish import build_notebook
+
+
+def M(src):
+    return ("md", src)
+
+
+def C(src):
+    return ("code", src)
 
 
 def R(src):
     """A result cell: tagged, so the tests check it says what its numbers mean."""
-    return C(src, metadata={"tags": ["result"]})
+    return ("result", src)
 
 
 cells = [
@@ -243,9 +252,5 @@ for key, what in [("asr_en_wer", "English test WER (target <= 15 %)"), ("project
     if key in bench:
         print(f"{what:<40} {bench[key]:.3f}")"""),
 ]
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                                          "language_info": {"name": "python"}})
-from pathlib import Path
-
-nbformat.write(nb, str(Path(__file__).resolve().parent.parent / "notebooks" / "03_lora_multitask.ipynb"))
-print("written", len(cells))
+if __name__ == "__main__":
+    print(build_notebook(cells, Path(__file__).resolve().parent.parent / "notebooks" / "03_lora_multitask.ipynb", "03"))

@@ -4,10 +4,9 @@
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import nbformat
+from speechlm_lib.publish import build_notebook
 
 CELLS = [
     ("md", """# 04 · Contextual biasing: telling the recogniser which names to expect
@@ -181,17 +180,7 @@ for key, value in bench.items():
 
 
 def build(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for i, (kind, src) in enumerate(CELLS):
-        cell = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-        if kind == "result":  # a cell whose numbers tests/test_course.py checks are explained (course.note)
-            cell.metadata["tags"] = ["result"]
-        cell.id = hashlib.sha1(f"04:{i}:{src[:40]}".encode()).hexdigest()[:8]
-        nb.cells.append(cell)
-    nbformat.validate(nb)
-    nbformat.write(nb, str(path))
-    return path
+    return build_notebook(CELLS, path, "04")
 
 
 if __name__ == "__main__":

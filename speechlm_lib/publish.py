@@ -167,3 +167,25 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main())
+
+
+def build_notebook(cells: list[tuple[str, str]], path: str | Path, prefix: str) -> Path:
+    """Write a notebook from ``(kind, source)`` cells (kind ``md``, ``code`` or ``result``: a code cell tagged
+    ``result``, whose output `problems` checks for a `course.note`), committed without outputs. Cell ids are
+    derived from `prefix`, the position and the source's start, so rebuilding an unchanged notebook changes
+    nothing (`scripts/build_notebookNN.py` call this)."""
+    import hashlib
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, (kind, src) in enumerate(cells):
+        cell = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+        if kind == "result":
+            cell.metadata["tags"] = ["result"]
+        cell.id = hashlib.sha1(f"{prefix}:{i}:{src[:40]}".encode()).hexdigest()[:8]
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    nbformat.write(nb, str(path))
+    return Path(path)

@@ -1,10 +1,9 @@
-"""Write notebooks/05_evaluation.ipynb (committed without outputs): ``python scripts/build_notebook_05.py``."""
+"""Write notebooks/05_evaluation.ipynb (committed without outputs): ``python scripts/build_notebook05.py``."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import nbformat
+from speechlm_lib.publish import build_notebook
 
 CELLS = [
 ("md", """# 05 · Evaluation: every stage, every test set, with honest error bars
@@ -242,17 +241,8 @@ course.note()"""),
 ]
 
 
-def build(path: Path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for i, (kind, src) in enumerate(CELLS):
-        cell = nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-        if kind == "result":  # a cell whose numbers tests/test_course.py checks are explained (course.note)
-            cell.metadata["tags"] = ["result"]
-        cell.id = hashlib.sha1(f"05:{i}:{src[:40]}".encode()).hexdigest()[:8]
-        nb.cells.append(cell)
-    nbformat.validate(nb)
-    nbformat.write(nb, str(path))
+def build(path: Path) -> Path:
+    return build_notebook(CELLS, path, "05")
 
 
 if __name__ == "__main__":
