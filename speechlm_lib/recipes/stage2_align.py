@@ -19,7 +19,6 @@ and the 50k-utterance noisy corpus. Why each number is what it is: docs/stage2_f
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -37,7 +36,8 @@ from speechlm_lib.models.build import ModelConfig
 from speechlm_lib.models.ctc_projector import CTCAlignment
 from speechlm_lib.models.prompting import example_sets
 from speechlm_lib.models.speechlm import SpeechLM
-from speechlm_lib.training.callbacks import BestWeights, Callback
+from speechlm_lib.training.callbacks import Callback
+from speechlm_lib.training.selection import train_keeping_best
 from speechlm_lib.training.trainer import TrainConfig, Trainer
 
 
@@ -173,43 +173,16 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
     """
     loader = make_loader(train_ds, batch_size=cfg.data.batch_size, max_batch_seconds=cfg.data.max_batch_seconds,
                          seed=cfg.train.seed, num_workers=cfg.data.num_workers)
-    evaluate, eval_seconds = None, [0.0]
+    evaluate = None
     if dev:
         dev_ds = SpeechLMDataset(dev, model.encoder, model.prompts, cache=cache)
-        scorer = make_evaluator(dev, cfg, cache=cache, dev_dataset=dev_ds)
-
-        def evaluate(m):  # timed, so training throughput excludes evaluation
-            t = time.perf_counter()
-            out = scorer(m)
-            eval_seconds[0] += time.perf_counter() - t
-            return out
-
-    best = None
-    if evaluate is not None and cfg.keep_best:
-        best = BestWeights(model, start=_evaluate_now(model, evaluate))
-        callbacks = [*callbacks, best]
-    trainer = Trainer(cfg.train, model, loader, evaluate=evaluate, callbacks=callbacks, run_config=cfg)
-    result = trainer.run()
-    if best is not None:
-        result["eval"] = [{"step": 0, **best.start}, *result["eval"]]
-        result["best"] = best.restore()
-    result["eval_seconds"] = eval_seconds[0]
-    result["train_seconds"] = result["seconds"] - eval_seconds[0]
-    samples = result["final"]["step"] * cfg.data.batch_size * cfg.train.grad_accum
-    result["samples_per_second"] = samples / max(result["train_seconds"], 1e-9)
+        evaluate = make_evaluator(dev, cfg, cache=cache, dev_dataset=dev_ds)
+    result = train_keeping_best(cfg.train, model, loader, evaluate=evaluate, keep_best=cfg.keep_best,
+                                callbacks=callbacks, run_config=cfg, batch_size=cfg.data.batch_size)
     if output_dir is not None:
-        trainer.model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir)
         cfg.save(Path(output_dir) / "config.yaml")
     return result
-
-
-@torch.no_grad()
-def _evaluate_now(model, evaluate) -> dict:
-    was_training = model.training
-    model.eval()
-    metrics = dict(evaluate(model))
-    model.train(was_training)
-    return metrics
 
 
 def pretrain_ctc(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDataset,

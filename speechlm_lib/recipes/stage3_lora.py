@@ -20,7 +20,6 @@ while the LLM trains, so the training tokens carry errors like the test tokens d
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -37,8 +36,9 @@ from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics import bleu, caps_score, cer, chrf, names_score, wer
 from speechlm_lib.models.lora import LoraSettings, add_lora
 from speechlm_lib.models.speechlm import SpeechLM
-from speechlm_lib.training.callbacks import BestWeights, Callback
-from speechlm_lib.training.trainer import TrainConfig, Trainer
+from speechlm_lib.training.callbacks import Callback
+from speechlm_lib.training.selection import train_keeping_best
+from speechlm_lib.training.trainer import TrainConfig
 from speechlm_lib.training.utils import resolve_dtype
 
 
@@ -184,33 +184,13 @@ def train_lora(cfg: Stage3Config, model: SpeechLM, train_ds: TaskDataset, dev: l
     """Train the adapters (and the projector if it trains along). Returns the trainer's result plus
     ``train_seconds`` / ``eval_seconds`` / ``samples_per_second``; saves the model to `output_dir`."""
     loader = make_loader(train_ds, batch_size=cfg.data.batch_size, seed=cfg.train.seed)
-    eval_seconds = [0.0]
     evaluate = None
     if dev:
         asr = TASKS.build("asr_en")
         dev_en = [u for u in dev if asr.applies(u)]
-
-        def evaluate(m):  # timed apart, so throughput counts training only
-            t = time.perf_counter()
-            out = score_task(m, asr, dev_en, cfg.decode, cache=cache)
-            eval_seconds[0] += time.perf_counter() - t
-            return {"wer": out["wer"]}
-
-    best = None
-    if evaluate is not None and cfg.keep_best:
-        model.eval()
-        best = BestWeights(model, start=evaluate(model))  # before the trainer's clock starts
-        eval_seconds[0] = 0.0
-        callbacks = [*callbacks, best]
-    trainer = Trainer(cfg.train, model, loader, evaluate=evaluate, callbacks=callbacks, run_config=cfg)
-    result = trainer.run()
-    if best is not None:
-        result["eval"] = [{"step": 0, **best.start}, *result["eval"]]
-        result["best"] = best.restore()
-    result["eval_seconds"] = eval_seconds[0]
-    result["train_seconds"] = result["seconds"] - eval_seconds[0]
-    samples = result["final"]["step"] * cfg.data.batch_size * cfg.train.grad_accum
-    result["samples_per_second"] = samples / max(result["train_seconds"], 1e-9)
+        evaluate = lambda m: {"wer": score_task(m, asr, dev_en, cfg.decode, cache=cache)["wer"]}  # noqa: E731
+    result = train_keeping_best(cfg.train, model, loader, evaluate=evaluate, keep_best=cfg.keep_best,
+                                callbacks=callbacks, run_config=cfg, batch_size=cfg.data.batch_size)
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)

@@ -33,8 +33,17 @@ from speechlm_lib.data.sources import DataSource
 from speechlm_lib.data.speechlm_dataset import TaskDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
 from speechlm_lib.metrics_bias import biasing_scores
-from speechlm_lib.models.context import (ICTConfig, ICTSampler, biasing_lists, clean_list, context_room,
-                                         context_text, fit_context, unseen_pool, with_context)
+from speechlm_lib.models.context import (
+    ICTConfig,
+    ICTSampler,
+    biasing_lists,
+    clean_list,
+    context_room,
+    context_text,
+    fit_context,
+    unseen_pool,
+    with_context,
+)
 from speechlm_lib.models.lora import LoraSettings, add_lora
 from speechlm_lib.models.speechlm import SpeechLM
 from speechlm_lib.recipes import stage3_lora
