@@ -80,7 +80,7 @@ def train(args, cfg, model, splits, cache, metrics: dict):
     metrics.update({f"train_pairs_{t}": names.count(t) for t in cfg.tasks}, pairs_without_answer=len(report.skipped))
     t0 = time.time()
     result = train_lora(cfg, model, train_ds, dev=splits["dev"], cache=cache,
-                        output_dir=config.runs_dir() / args.profile / "stage3_lora")
+                        output_dir=args.save or config.runs_dir() / args.profile / "stage3_lora")
     metrics.update(train_seconds=result["train_seconds"], dev_eval_seconds=result["eval_seconds"],
                    wall_seconds=time.time() - t0, samples_per_second=result["samples_per_second"],
                    steps=result["final"]["step"], final_train_loss=result["final"]["train_loss"],
@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--record-as", default="stage3_lora_bench", help="stage name in results.json")
     ap.add_argument("--ranks", type=int, nargs="*", default=None, help="run only the rank ablation over these ranks")
     ap.add_argument("--rank-steps", type=int, default=60, help="updates of each rank-ablation run")
+    ap.add_argument("--save", type=Path, default=None, metavar="DIR",
+                    help="where the trained model goes (default runs/<profile>/stage3_lora, which stage 4 reads)")
     args = ap.parse_args()
     os.environ[config.PROFILE_ENV] = args.profile  # the corpus and the stage-2 folder of that profile
     cfg = args.cfg = Stage3Config.preset(args.profile).override(args.set)
