@@ -126,12 +126,12 @@ def load_hf_dataset(name: str, split: str = "train", columns: ColumnMap = Column
     report = report if report is not None else Report()
     seen: set[str] = set()
     utts = [u for i, row in enumerate(tqdm(ds, desc=f"{name}:{split}", leave=False))
-            if (u := _row_to_utterance(row, i, columns, out, report, seen)) is not None]
+            if (u := row_to_utterance(row, i, columns, out, report, seen)) is not None]
     report.kept += len(utts)
     return utts
 
 
-def _row_to_utterance(row: dict, i: int, columns: ColumnMap, out: Path, report: Report,
+def row_to_utterance(row: dict, i: int, columns: ColumnMap, out: Path, report: Report,
                       seen: set[str]) -> Utterance | None:
     """One dataset row as an `Utterance` (its audio written to ``out/<id>``), or None (skipped, named)."""
     uid = str(row[columns.id]) if columns.id and columns.id in row else f"{i:07d}"

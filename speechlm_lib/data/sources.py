@@ -138,15 +138,16 @@ def _read_hf(src: DataSource, split: str, report: Report, kwargs: dict) -> list[
     """One dataset split as utterances (`realdata.load_hf_dataset`'s row rules; the config name and streaming
     passed through); audio is written once under ``src.audio_dir`` or the cache."""
     from speechlm_lib.config import cache_dir
-    from speechlm_lib.data.realdata import _row_to_utterance
+    from speechlm_lib.data.realdata import row_to_utterance
 
     tag = hashlib.sha1(f"{src.name}:{src.config}:{split}".encode()).hexdigest()[:10]
     root = Path(src.audio_dir) if src.audio_dir else cache_dir() / "datasets"
     out = root / f"{Path(src.name).name}-{split}-{tag}"
     ds = _open(src, split, kwargs)
     rows = islice(ds, src.max_items) if src.max_items is not None else ds
+    seen: set[str] = set()  # a repeated id is skipped and named (its audio file would be the first row's)
     utts = [u for i, row in enumerate(tqdm(rows, desc=f"{src.name}:{split}", leave=False))
-            if (u := _row_to_utterance(row, i, src.columns, out, report)) is not None]
+            if (u := row_to_utterance(row, i, src.columns, out, report, seen)) is not None]
     report.kept += len(utts)
     return utts
 
