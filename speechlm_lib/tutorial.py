@@ -31,6 +31,9 @@ HEADLINES = {
     "corpus": ("utterances", "hours", "speakers"),
     "stage1_ctc": ("test_wer", "test_cer"),
     "stage2_speechlm": ("test_wer", "test_cer", "whisper_tiny_test_wer", "rtf"),
+    "stage3_lora": ("asr_en_wer", "asr_de_wer", "ast_de_bleu", "train_seconds"),
+    "stage4_context": ("ict_none_b_wer", "ict_0_b_wer", "ict_none_wer", "train_seconds"),
+    "stage5_evaluation": ("speed_ratio_speechlm_to_faster_whisper",),
 }
 HEARTBEAT_SECONDS = 30.0
 
