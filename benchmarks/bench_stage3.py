@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--record-as", default="stage3_lora_bench", help="stage name in results.json")
     ap.add_argument("--ranks", type=int, nargs="*", default=None, help="run only the rank ablation over these ranks")
     ap.add_argument("--rank-steps", type=int, default=60, help="updates of each rank-ablation run")
+    ap.add_argument("--quick", action="store_true",
+                    help="train and score the tasks only (no stage-2 / Whisper / real-speech rows, no text checks)")
     ap.add_argument("--save", type=Path, default=None, metavar="DIR",
                     help="where the trained model goes (default runs/<profile>/stage3_lora, which stage 4 reads)")
     args = ap.parse_args()
@@ -194,8 +196,9 @@ def main() -> None:
     train(args, cfg, model, splits, cache, metrics)
     record(args, metrics, metrics["train_seconds"])
     evaluate(cfg, model, splits, cache, metrics)
-    baselines(args, cfg, model, splits, cache, metrics)
-    text_checks(cfg, model, metrics)
+    if not args.quick:
+        baselines(args, cfg, model, splits, cache, metrics)
+        text_checks(cfg, model, metrics)
     metrics["targets_met"] = targets(metrics)
     metrics["finished"] = True
     print({k: v for k, v in metrics["targets_met"].items()})
