@@ -134,7 +134,8 @@ def text_checks(cfg, model, metrics: dict) -> None:
 
 
 def targets(metrics: dict) -> dict:
-    en, proj = metrics.get("asr_en_wer", 1.0), metrics.get("projector_test_wer", 1.0)
+    """Each target of the issue: met or not (a figure this run did not measure counts as not met)."""
+    en, proj = metrics.get("asr_en_wer", 1.0), metrics.get("projector_test_wer", 0.0)
     return {"train_minutes<=10": metrics.get("train_seconds", 1e9) <= 600, "en_wer<=0.15": en <= 0.15,
             "30%_below_projector": en <= 0.7 * proj, "seen_word_error<=0.05": metrics.get("seen_word_error", 1) <= 0.05,
             "de_wer<=0.20": metrics.get("asr_de_wer", 1.0) <= 0.20, "bleu>=30": metrics.get("ast_de_bleu", 0) >= 30,
