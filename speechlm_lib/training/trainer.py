@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -261,7 +262,9 @@ class Trainer:
             self.state.skipped_updates += 1
         else:
             self._step_optimizer(start)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first update: the schedule still follows `state.step`
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self._periodic()
