@@ -142,6 +142,28 @@ def targets(metrics: dict) -> dict:
             "rtf_no_worse_than_stage2": metrics.get("stage3_rtf_batch8", 9) <= metrics.get("stage2_rtf_batch8", 0)}
 
 
+def decoding_speed(args, cfg, metrics: dict, repeats: int = 3, n: int = 48) -> None:
+    """RTF at batch 8 on the first `n` English test utterances, median of `repeats`, in one run: the saved
+    stage-2 model, the saved stage-3 model with its adapters beside the weights, and the same merged into them."""
+    import statistics
+
+    from speechlm_lib.models.lora import merge_lora
+
+    splits = load_splits(cfg)
+    test = [u for u in splits["test"] if u.language == "en"][:n]
+    stage3 = SpeechLM.from_pretrained(args.save or config.runs_dir() / args.profile / "stage3_lora")
+    cache = FeatureCache.for_encoder(stage3.encoder)
+    stage2 = SpeechLM.from_pretrained(stage2_dir(cfg, args.profile), encoder=stage3.encoder)
+
+    def rtf(model) -> float:
+        return statistics.median(transcribe(model, test, cfg.decode, cache=cache, progress=False).rtf
+                                 for _ in range(repeats))
+
+    metrics.update(rtf_utterances=len(test), stage2_rtf_batch8=rtf(stage2), stage3_rtf_batch8=rtf(stage3))
+    metrics["stage3_merged_rtf_batch8"] = rtf(merge_lora(stage3))
+    print({k: v for k, v in metrics.items() if "rtf" in k})
+
+
 def rank_ablation(args, cfg, metrics: dict) -> None:
     """Each rank (0 = stage 2 as it is, no demonstrations) trained `--rank-steps` updates on the same pairs:
     dev WER (English ASR), seconds an update, adapter parameters. One LLM, adapters removed between runs."""
@@ -174,6 +196,7 @@ def main() -> None:
     ap.add_argument("--record-as", default="stage3_lora_bench", help="stage name in results.json")
     ap.add_argument("--ranks", type=int, nargs="*", default=None, help="run only the rank ablation over these ranks")
     ap.add_argument("--rank-steps", type=int, default=60, help="updates of each rank-ablation run")
+    ap.add_argument("--speed", action="store_true", help="only decoding RTF: stage 2, stage 3, stage 3 merged")
     ap.add_argument("--quick", action="store_true",
                     help="train and score the tasks only (no stage-2 / Whisper / real-speech rows, no text checks)")
     ap.add_argument("--save", type=Path, default=None, metavar="DIR",
@@ -182,6 +205,10 @@ def main() -> None:
     os.environ[config.PROFILE_ENV] = args.profile  # the corpus and the stage-2 folder of that profile
     cfg = args.cfg = Stage3Config.preset(args.profile).override(args.set)
     metrics: dict = {"finished": False, "cpu_threads": torch.get_num_threads()}
+    if args.speed:
+        decoding_speed(args, cfg, metrics)
+        return results.record("stage3_decoding_speed", metrics, profile_name=args.profile, config=cfg.to_dict(),
+                              command=" ".join([Path(sys.executable).name] + sys.argv))
     if args.ranks is not None:
         args.record_as = args.record_as if args.record_as != "stage3_lora_bench" else "stage3_rank_ablation"
         rank_ablation(args, cfg, metrics)
