@@ -35,18 +35,13 @@ N = 2 if SMOKE else 200          # utterances per test set
 N_NOISY = 2 if SMOKE else 100    # per noisy copy
 NOISY_FOR = ("stage 4, no list",) if SMOKE else NOISY_SYSTEMS  # the systems that meet the noisy copies
 SHARED = {}                      # frozen parts the speech-LLM folders share (one Whisper encoder, loaded once)
-started = time.time()
-
-
-def cleaned(frame: pd.DataFrame) -> pd.DataFrame:
-    \"\"\"`frame` with every text cell through `course.clean` (model output can hold anything).\"\"\"
-    return frame.map(lambda v: course.clean(v) if isinstance(v, str) else v)"""),
+started = time.time()"""),
 ("md", """## Test sets
 
 Noisy copies use the corpus builder's noise (`data.corpus.add_noise`, white, seeded by the utterance id) and are
 written once to the cache. speechocean762 is split by speaker, never by utterance; its manifest's extra fields
 (age, gender) are kept in `Utterance.extra`, so results break down by them."""),
-("code", """from speechlm_lib.evaluation.testsets import SNRS, TEST_SETS, load_test_sets
+("code", """from speechlm_lib.evaluation.testsets import SNRS, load_test_sets
 
 test_sets = load_test_sets(["synthetic", "speechocean"], PROFILE, N)
 CLEAN = tuple(test_sets)
@@ -143,8 +138,7 @@ A biasing list holds the words that matter (names) and, in use, many that do not
 listed words, U-WER on the rest: a good biasing model lowers B-WER without raising U-WER as the list grows. The
 list here is the test set's own keywords plus distractors drawn from the training keywords."""),
 ("result", """from speechlm_lib.data.sources import DataSource
-from speechlm_lib.evaluation.run import evaluate
-from speechlm_lib.evaluation.suite import set_keywords
+from speechlm_lib.evaluation.suite import list_size_sweep
 from speechlm_lib.evaluation.systems import SYSTEMS
 from speechlm_lib.evaluation.testsets import from_source
 
@@ -154,14 +148,7 @@ sizes = (0, 5, 20) if SMOKE else (0, 10, 50, 100)
 bwer = pd.DataFrame()
 if folder is not None:
     llm = SYSTEMS.build("speechlm", folder=folder, shared=SHARED)
-    utts = test_sets["synthetic"]
-    own, pool = set_keywords(utts), [k for k in set_keywords(train) if k not in set_keywords(utts)]
-    rows = []
-    for size in sizes:
-        words = (own + pool)[:size] if size else None
-        s = evaluate(llm, utts, "synthetic", keywords=words).summary
-        rows.append({"list size": size, "B-WER": s["b_wer"], "U-WER": s["u_wer"], "keyword recall": s["keyword_recall"]})
-    bwer = pd.DataFrame(rows)
+    bwer = list_size_sweep(llm, test_sets["synthetic"], train, sizes)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for key in ("B-WER", "U-WER"):
         ax.plot(bwer["list size"], 100 * bwer[key], marker="o", label=key)
@@ -181,15 +168,15 @@ like hallucinations), and, word by reference word, where the LLM fixed or broke 
 from speechlm_lib.metrics import word_counts
 
 recs = evals[(focus, "synthetic")].records if (focus, "synthetic") in evals else []
-display(cleaned(substitutions(recs)))
+display(course.clean_frame(substitutions(recs)))
 display(by_word_frequency(recs, word_counts(u.text for u in train)).round(3))
 common, odd = insertions(recs)
-display(cleaned(common), cleaned(odd))
+display(course.clean_frame(common), course.clean_frame(odd))
 course.note()"""),
 ("result", """if ("stage 2 projector", "synthetic") in evals:
     fb = fixed_and_broke(evals[("stage 2 projector", "synthetic")].records, evals[("stage 2", "synthetic")].records)
     print({k: v for k, v in fb.items() if k != "examples"})
-    display(cleaned(fb["examples"]))
+    display(course.clean_frame(fb["examples"]))
 else:
     print("no stage-2 model here: no projector-vs-LLM comparison")
 course.note()"""),
@@ -221,6 +208,7 @@ Choose a test set and filter it, pick an utterance, listen, and read the alignme
 deletions red, insertions blue). Switch the model, edit the keyword list and re-decode the utterance live.
 The sets the table above decoded are not decoded again; a model is loaded when you first pick it."""),
 ("code", """from speechlm_lib.evaluation.explorer import Explorer
+from speechlm_lib.evaluation.suite import set_keywords
 
 factories = {}
 for spec in specs:

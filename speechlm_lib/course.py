@@ -88,3 +88,8 @@ def clean(text: str) -> str:
 def offensive_words(text: str) -> list[str]:
     """The words of `text` that contain one of `OFFENSIVE` (what `clean` would mask)."""
     return [m.group(0) for m in _OFFENSIVE_RE.finditer(text)]
+
+
+def clean_frame(frame):
+    """A pandas DataFrame with every text cell through `clean` (tables of model output)."""
+    return frame.map(lambda v: clean(v) if isinstance(v, str) else v)

@@ -107,3 +107,15 @@ def _projector(system, label: str):
 def table(evals: dict) -> pd.DataFrame:
     """One row a (system, test set): WER with its 95 % interval, CER, B-/U-WER, keyword recall, RTF, memory."""
     return pd.DataFrame([e.row() for e in evals.values()])
+
+
+def list_size_sweep(system, utts, train, sizes: tuple[int, ...]) -> pd.DataFrame:
+    """B-WER, U-WER and keyword recall of `system` on `utts` as the keyword list grows: each list holds the
+    test set's own keywords first, then names of `train` not in the test set, cut to each size (0 = no list)."""
+    own = set_keywords(utts)
+    pool = [k for k in set_keywords(train) if k not in set(own)]
+    rows = []
+    for size in sizes:
+        s = evaluate(system, utts, "list sweep", keywords=(own + pool)[:size] if size else None).summary
+        rows.append({"list size": size, "B-WER": s["b_wer"], "U-WER": s["u_wer"], "keyword recall": s["keyword_recall"]})
+    return pd.DataFrame(rows)
