@@ -120,6 +120,37 @@ def test_train_stage3_on_top_of_the_stage2_run(run, tiny):
     assert missing.returncode == 2 and "no stage-2 model" in missing.stderr
 
 
+def test_train_stage3_realigned_on_a_new_corpus(run, tiny, tmp_path):
+    """A stage-3 config with `realign` (the cpu-speechocean recipe): the projector re-learns by CTC on a corpus
+    written in capitals and read in sentence case, its vocabulary grown to the new spellings, then LoRA trains."""
+    from dataclasses import replace
+
+    from speechlm_lib.models.speechlm import SpeechLM
+    from speechlm_lib.recipes.stage3_lora import Stage3Config
+    from speechlm_lib.training.trainer import TrainConfig
+
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    rows = [json.loads(line) for line in (tiny["data"] / "transcripts.jsonl").read_text().splitlines()]
+    rows = [{**r, "text": r["text"].upper(), "audio": str(tiny["data"] / r["audio"])} for r in rows]
+    (caps / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = replace(Stage3Config.preset("smoke"), realign=TrainConfig(max_steps=2, eval_every=0, lr=1e-3),
+                  realign_batch_size=4)
+    src = [a for s in ("data.source.kind=manifest", f"data.source.name={caps}", "data.source.splits={}",
+                       "data.source.split_by_speaker={'train': 0.5, 'dev': 0.25, 'test': 0.25}",
+                       "data.source.text_case=sentence", f"init_from={run['dir'] / 'model'}",
+                       "tasks={'asr_en': 1.0}", "eval_tasks=('asr_en',)", "lora.r=2") for a in ("--set", s)]
+    out = tmp_path / "run3r"
+    proc = cli(tiny["tmp"], "train", "stage3", "--config", cfg.save(tmp_path / "realign.yaml"), "--out", out, *src)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "results.json").read_text())["stages"]["stage3"]["metrics"]
+    assert metrics["realign_steps"] == 2 and metrics["realign_added_tokens"] > 0
+    model = SpeechLM.from_pretrained(out / "model")
+    capital = model.prompts.target("Hello world")[0]  # "Hello": a piece the stage-2 run never emitted
+    assert capital in model.projector.vocab.tolist()
+    assert capital not in SpeechLM.from_pretrained(run["dir"] / "model").projector.vocab.tolist()
+
+
 def test_train_stage2_on_a_manifest_folder_split_by_speaker(run, tiny):
     d = run["dir"]
     assert {"config.yaml", "results.json", "run.json", "test_transcripts.jsonl", "model"} <= {p.name for p in d.iterdir()}

@@ -168,6 +168,34 @@ def test_save_and_load_keep_the_vocabulary_and_weights(model, tmp_path):
     torch.testing.assert_close(again.projector.table, table)
 
 
+def test_a_new_corpus_extends_the_vocabulary_and_old_classes_keep_their_weights(model, tmp_path):
+    m = copy.deepcopy(model)
+    proj = m.projector
+    old_ids, old_w = proj.vocab.tolist(), proj.classify.weight.clone()
+    x, n = torch.randn(2, 8, proj.in_dim), torch.tensor([8, 6])
+    m.eval()
+    before = proj.logits(x, n)[0]
+    new_texts = ["zebra quiz", "hello world"]
+    assert proj.extend_vocabulary(ctc_vocabulary(m.prompts, new_texts), m.llm) > 0
+    added = sorted(set(ctc_vocabulary(m.prompts, new_texts)) - set(old_ids))
+    assert proj.vocab.tolist() == old_ids + added  # appended: every old class keeps its index
+    assert torch.equal(proj.classify.weight[: len(old_w)], old_w)
+    torch.testing.assert_close(proj.logits(x, n)[0][..., : len(old_ids) + 1], before)
+    torch.testing.assert_close(proj.table, m.llm.get_input_embeddings().weight[proj.vocab])
+    assert proj.extend_vocabulary(ctc_vocabulary(m.prompts, new_texts), m.llm) == 0  # nothing new the 2nd time
+    m.save_pretrained(tmp_path / "grown")
+    again = SpeechLM.from_pretrained(tmp_path / "grown", encoder=m.encoder, llm=m.llm, tokenizer=m.prompts.tokenizer)
+    assert again.projector.vocab.tolist() == proj.vocab.tolist()
+    assert torch.equal(again.projector.classify.weight, proj.classify.weight)
+    _, n_labels = CTCAlignment(m).labels(*_targets(m, ["zebra quiz"]))
+    assert n_labels.item() == len(m.prompts.target("zebra quiz")) - 1  # every piece a label (the end id is not)
+
+
+def _targets(m, texts):
+    rows = [torch.tensor(m.prompts.target(t)) for t in texts]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), torch.tensor([len(r) for r in rows])
+
+
 def test_the_llm_loss_reaches_every_projector_weight(model):
     proj = model.projector
     prompt, target = model.prompts.prompt(), model.prompts.target(TEXTS[0])

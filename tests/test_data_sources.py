@@ -51,6 +51,17 @@ def test_one_pool_split_by_speaker_never_shares_a_speaker(tmp_path):
     assert "split by speaker train 0.6/dev 0.2/test 0.2" in describe(src)
 
 
+def test_an_all_caps_corpus_is_read_in_sentence_case_and_a_bad_case_is_named(tmp_path):
+    rows = _rows(tmp_path, ["u0", "u1"], ["a", "b"])
+    rows[0]["text"], rows[1]["text"] = "WE CALL IT BEAR", "Already Mixed case"
+    (tmp_path / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = DataSource(kind="manifest", name=str(tmp_path), text_case="sentence")
+    assert [u.text for u in load_source(src)["all"]] == ["We call it bear", "Already Mixed case"]
+    assert "transcripts in sentence case" in describe(src)
+    with pytest.raises(ValueError, match="text_case: unknown case 'title'"):
+        load_source(DataSource(kind="manifest", name=str(tmp_path), text_case="title"))
+
+
 def test_missing_folders_and_kinds_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere: data folder not found"):
         load_source(DataSource(kind="manifest", name=str(tmp_path / "nowhere")))
@@ -126,3 +137,18 @@ def test_long_audio_is_cut_at_the_quiet_point_without_overlap():
     assert 23.0 <= pieces[1][0] <= 23.3  # the first cut falls in the pause
     assert pieces[1][1][:100].abs().max() == 0  # and begins in silence
     assert split_long(wave[: 10 * sr], 25.0)[0][1].shape[-1] == 10 * sr  # short audio: one piece
+
+
+def test_a_relative_folder_is_found_from_the_repository_root_and_absent_real_speech_is_said(tmp_path, monkeypatch):
+    from speechlm_lib.config import repo_root
+    from speechlm_lib.data.sources import manifest_folder
+    from speechlm_lib.experiments.real_speech import load_real
+    from speechlm_lib.recipes.stage3_lora import Stage3Config
+
+    monkeypatch.chdir(tmp_path)  # as a notebook runs, from notebooks/
+    assert manifest_folder("configs/stage3_lora") == repo_root() / "configs" / "stage3_lora"
+    assert manifest_folder("nowhere") == tmp_path.joinpath("nowhere").relative_to(tmp_path)
+    cfg = Stage3Config.preset("cpu-speechocean").override([f"data.source.name={tmp_path / 'nowhere'}"])
+    said = []
+    assert load_real(cfg, say=said.append) == {"train": [], "dev": [], "test": []}
+    assert "nowhere: data folder not found" in said[0]

@@ -121,6 +121,9 @@ def test_paired_bootstrap_tells_the_better_system():
     fixed = [_rec(r.reference, r.reference, uid=r.id) for r in a[:100]] + a[100:]
     better = paired_bootstrap(a, fixed)
     assert better["delta"] < 0 and better["high"] < 0 and better["b_better"] > 0.99
+    assert same["ratio"] == same["ratio_low"] == same["ratio_high"] == 1
+    assert better["ratio"] == pytest.approx(corpus_wer(fixed) / corpus_wer(a))
+    assert better["ratio_low"] < better["ratio"] < better["ratio_high"] < 1
     with pytest.raises(ValueError, match="share no utterance"):
         paired_bootstrap(a, [_rec("x", "x", uid="other")])
 

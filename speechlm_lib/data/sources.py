@@ -21,7 +21,7 @@ Adding a kind is one decorated loader in `SOURCES`. Bad rows are skipped, counte
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -52,6 +52,8 @@ class DataSource:
     max_items: int | None = None  # hf: read at most this many rows of each dataset split (None = all)
     streaming: bool = False  # hf: stream rows instead of downloading whole shards first (audio still lands on disk)
     audio_dir: str | None = None  # hf: where the audio files are written (None = config.cache_dir()/datasets)
+    text_case: str | None = None  # rewrite transcripts: "sentence" turns an all-caps corpus ("WE CALL IT BEAR")
+    #   into "We call it bear", the spelling an LLM reads best; "lower"; None = as written (scoring ignores case)
 
 
 def load_source(src: DataSource, report: Report | None = None,
@@ -61,10 +63,30 @@ def load_source(src: DataSource, report: Report | None = None,
     Skipped rows (malformed lines, missing audio, empty transcripts) are counted and named in `report`."""
     report = report if report is not None else Report()
     pools = SOURCES.build(src.kind, src, report, corpus_profile)
+    if src.text_case is not None:
+        pools = {split: recase(utts, src.text_case) for split, utts in pools.items()}
     if src.split_by_speaker:
         pool = [u for utts in pools.values() for u in utts]
         return split_by_speaker(pool, dict(src.split_by_speaker), seed=src.seed)
     return pools
+
+
+def _sentence(text: str) -> str:
+    """Sentence case for an all-caps transcript; text in mixed case is left as written."""
+    if text != text.upper():
+        return text
+    low = text.lower()
+    return low[:1].upper() + low[1:]
+
+
+CASES = {"sentence": _sentence, "lower": str.lower}
+
+
+def recase(utts: list[Utterance], case: str) -> list[Utterance]:
+    """`utts` with their transcripts rewritten in `case` (a key of `CASES`)."""
+    if case not in CASES:
+        raise ValueError(f"data.source.text_case: unknown case {case!r}; known: {', '.join(CASES)} or null")
+    return [replace(u, text=CASES[case](u.text)) for u in utts]
 
 
 def describe(src: DataSource, corpus_profile: str | None = None) -> str:
@@ -79,6 +101,8 @@ def describe(src: DataSource, corpus_profile: str | None = None) -> str:
         parts.append("split by speaker " + "/".join(f"{k} {v}" for k, v in src.split_by_speaker.items()))
     if src.max_items:
         parts.append(f"at most {src.max_items} rows a split")
+    if src.text_case:
+        parts.append(f"transcripts in {src.text_case} case")
     return ", ".join(parts)
 
 
@@ -100,7 +124,7 @@ def _synthetic(src: DataSource, report: Report, corpus_profile: str | None) -> d
 def _manifest(src: DataSource, report: Report, corpus_profile: str | None) -> dict[str, list[Utterance]]:
     if not src.name:
         raise ValueError("a manifest data source needs `name`: the folder holding the JSONL manifests")
-    folder = Path(src.name).expanduser()
+    folder = manifest_folder(src.name)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: data folder not found")
     wanted = src.splits or _default_manifests(folder)
@@ -108,6 +132,17 @@ def _manifest(src: DataSource, report: Report, corpus_profile: str | None) -> di
     for split, files in wanted.items():
         out[split] = [u for f in _as_list(files) for u in load_local_manifest(folder, f, report=report)]
     return out
+
+
+def manifest_folder(name: str) -> Path:
+    """A manifest source's folder: a relative name is looked up from the current directory, then from the
+    repository root (so a preset's ``../shared/data/...`` works from ``notebooks/`` too)."""
+    from speechlm_lib.config import repo_root
+
+    folder = Path(name).expanduser()
+    if not folder.is_absolute() and not folder.is_dir() and (repo_root() / folder).is_dir():
+        return repo_root() / folder
+    return folder
 
 
 def _default_manifests(folder: Path) -> dict[str, str]:

@@ -63,7 +63,8 @@ def bootstrap_wer(records: list[UttRecord], n_boot: int = 1000, seed: int = 0, l
 def paired_bootstrap(a: list[UttRecord], b: list[UttRecord], n_boot: int = 1000, seed: int = 0,
                      level: float = 0.95) -> dict:
     """System B against system A on the same utterances (matched by id): ``{"delta": WER(B) - WER(A),
-    "low", "high": its interval, "b_better": share of resamples where B's WER is lower}``."""
+    "low", "high": its interval, "ratio": WER(B) / WER(A), "ratio_low", "ratio_high": its interval,
+    "b_better": share of resamples where B's WER is lower}``."""
     by_id = {r.id: r for r in b}
     pairs = [(r, by_id[r.id]) for r in a if r.id in by_id]
     if not pairs:
@@ -71,10 +72,14 @@ def paired_bootstrap(a: list[UttRecord], b: list[UttRecord], n_boot: int = 1000,
     ea, na = _counts([p[0] for p in pairs])
     eb, nb = _counts([p[1] for p in pairs])
     idx = np.random.default_rng(seed).integers(0, len(pairs), size=(n_boot, len(pairs)))
-    delta = eb[idx].sum(1) / np.maximum(nb[idx].sum(1), 1) - ea[idx].sum(1) / np.maximum(na[idx].sum(1), 1)
+    wa, wb = ea[idx].sum(1) / np.maximum(na[idx].sum(1), 1), eb[idx].sum(1) / np.maximum(nb[idx].sum(1), 1)
+    delta, ratio = wb - wa, wb / np.maximum(wa, 1e-12)
     tail = (1 - level) / 2 * 100
-    return {"delta": float(eb.sum() / max(nb.sum(), 1) - ea.sum() / max(na.sum(), 1)),
+    whole_a, whole_b = ea.sum() / max(na.sum(), 1), eb.sum() / max(nb.sum(), 1)
+    return {"delta": float(whole_b - whole_a),
             "low": float(np.percentile(delta, tail)), "high": float(np.percentile(delta, 100 - tail)),
+            "ratio": float(whole_b / max(whole_a, 1e-12)), "ratio_low": float(np.percentile(ratio, tail)),
+            "ratio_high": float(np.percentile(ratio, 100 - tail)),
             "b_better": float((delta < 0).mean()), "n": len(pairs)}
 
 

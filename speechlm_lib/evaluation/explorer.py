@@ -45,7 +45,7 @@ class Explorer:
         self.utt_box = w.Select(options=[], rows=8, description="utterance", layout=w.Layout(width="95%"))
         self.keywords_text = w.Text(value=", ".join(keywords or []), description="keywords",
                                     placeholder="comma-separated words for the biasing prompt")
-        self.redecode_button = w.Button(description="re-decode with these keywords")
+        self.redecode_button = w.Button(description="re-decode with these keywords", layout=w.Layout(width="auto"))
         self.audio = w.Audio(autoplay=False)
         self.align_html, self.status = w.HTML(), w.HTML()
         self._wire()

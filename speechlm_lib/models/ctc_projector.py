@@ -86,6 +86,31 @@ class CTCProjector(Projector):
             weight = llm.get_input_embeddings().weight
             self.table.copy_(weight[self.vocab.to(weight.device)].to(self.table))
 
+    @torch.no_grad()
+    def extend_vocabulary(self, token_ids: Iterable[int], llm) -> int:
+        """Let the projector emit LLM token ids it does not know yet (a new corpus's word pieces).
+
+        New ids are appended as classes after the old ones, so every trained class keeps its index and
+        weights; a new class starts with zero weights and the mean bias of the old tokens (rare until
+        trained). The settings grow too (`save_pretrained` round-trips). Returns how many were added."""
+        known = set(self.vocab.tolist())
+        new = sorted({int(t) for t in token_ids} - known)
+        if not new:
+            return 0
+        old = self.classify
+        grown = nn.Linear(old.in_features, old.out_features + len(new)).to(old.weight)
+        grown.weight[: old.out_features] = old.weight
+        grown.weight[old.out_features:] = 0.0  # deterministic; each row's own targets pull it apart from the rest
+        grown.bias[: old.out_features] = old.bias
+        grown.bias[old.out_features:] = old.bias[1:].mean()
+        self.classify = grown
+        ids = self.vocab.tolist() + new
+        self.settings["vocab_ids"] = ids
+        self.vocab = torch.tensor(ids, dtype=torch.long, device=self.vocab.device)
+        self.table = torch.zeros(len(ids), self.table.shape[1], dtype=self.table.dtype, device=self.table.device)
+        self.bind(llm)
+        return len(new)
+
     def logits(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(batch, frames, in_dim)`` -> CTC logits ``(batch, ceil(frames/stride), V + 1)``, lengths."""
         return self._run(x, lengths)[1:]

@@ -30,7 +30,7 @@ from speechlm_lib.config import StageConfig, runs_dir
 from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.sources import DataSource, load_source
-from speechlm_lib.data.speechlm_dataset import TaskDataset, make_loader
+from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, TaskDataset, make_loader
 from speechlm_lib.data.tasks import TASKS, Task, task_items
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics import bleu, caps_score, cer, chrf, names_score, wer
@@ -77,6 +77,9 @@ class Stage3Config(StageConfig):
     keep_examples: bool = False  # keep stage 2's prompt demonstrations (the adapters learn the task instead)
     lora: LoraSettings = field(default_factory=LoraSettings)  # rank, alpha, dropout, target modules
     train_projector: bool = False  # the projector trains along (straight-through its hard tokens)
+    realign: TrainConfig | None = None  # CTC re-alignment of the projector on this stage's training data before
+    #   the adapters train, its vocabulary grown to their words: for a new corpus, e.g. real speech (None = none)
+    realign_batch_size: int = 32  # utterances a batch of re-alignment (no LLM runs: larger is cheap)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)  # the projector's errors in training
     tasks: dict = field(default_factory=lambda: {"asr_en": 1.0, "asr_de": 1.0, "ast_de": 0.3})  # name -> ratio
     eval_tasks: tuple[str, ...] = ("asr_en", "asr_de", "ast_de", "caps", "names")  # scored on test
@@ -113,6 +116,32 @@ def load_stage2(cfg: Stage3Config, llm=None, tokenizer=None, encoder=None) -> Sp
     if not cfg.keep_examples:
         model.prompts.set_examples([])
     return model.to(llm.device)
+
+
+def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance], dev: list[Utterance] = (),
+                      cache: FeatureCache | None = None, callbacks: list[Callback] = ()) -> dict:
+    """Stage 2's CTC pre-alignment again, on `train` (``cfg.realign`` sets the updates; the LLM does not run):
+    the projector first learns to emit the new corpus's word pieces (`CTCProjector.extend_vocabulary`), then
+    its voices. A stage-2 model trained on other audio (eSpeak voices) hears real speech as noise until it has.
+    Returns the trainer's result plus ``added_tokens``; at evaluations, the projector's dev WER (best path)."""
+    from speechlm_lib.models.ctc_projector import CTCAlignment, ctc_vocabulary
+    from speechlm_lib.recipes.stage2_align import ctc_wer
+    from speechlm_lib.training.trainer import Trainer
+
+    if not hasattr(model.projector, "extend_vocabulary"):
+        raise ValueError(f"realign needs the 'ctc' projector; this model has {type(model.projector).__name__}")
+    added = model.projector.extend_vocabulary(ctc_vocabulary(model.prompts, [u.text for u in train]), model.llm)
+    model.projector.requires_grad_(True)
+    if cache is not None:
+        train = cache.fill(train, model.encoder, batch_size=16, progress=True)
+        dev = cache.fill(list(dev), model.encoder, batch_size=16, progress=False) if dev else []
+    ds = SpeechLMDataset(train, model.encoder, model.prompts, cache=cache)
+    dev_ds = SpeechLMDataset(list(dev), model.encoder, model.prompts, cache=cache) if dev else None
+    evaluate = (lambda m: {"wer": ctc_wer(m, dev_ds)["wer"]}) if dev_ds is not None else None
+    loader = make_loader(ds, batch_size=cfg.realign_batch_size, seed=cfg.train.seed)
+    result = Trainer(cfg.realign, CTCAlignment(model), loader, evaluate=evaluate, callbacks=callbacks,
+                     run_config=cfg).run()
+    return {**result, "added_tokens": added}
 
 
 def add_adapters(cfg: Stage3Config, model: SpeechLM) -> dict:

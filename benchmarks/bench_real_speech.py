@@ -1,0 +1,93 @@
+"""Real speech: the speech-LLM fine-tuned on speechocean762's train speakers against the complete Whisper tiny.en
+(whose encoder it borrows) on the held-out speakers, in one run.
+
+    .venv/bin/python benchmarks/bench_real_speech.py --profile cpu                      # both starts
+    .venv/bin/python benchmarks/bench_real_speech.py --profile cpu --start synthetic    # one
+    .venv/bin/python benchmarks/bench_real_speech.py --profile smoke                    # plumbing, a minute
+
+The recipe is stage 3's (`recipes.stage3_lora`, preset ``configs/stage3_lora/cpu-speechocean.yaml``): the
+projector re-aligned to the real voices by CTC (`realign_projector`, its vocabulary grown to the new words),
+then LoRA adapters on English ASR. Two starts, the same steps:
+  * ``synthetic`` -- the synthetic stage-2 model (``runs/<profile>/stage2_speechlm``, notebook 02);
+  * ``scratch``   -- a new projector (nothing learnt from the synthetic corpus).
+Targets (issue "Stage 5"): WER on the held-out speakers <= 1.0 x Whisper tiny.en's on the same utterances, with
+the fine-tuning in <= 15 minutes on the 2-core CPU. Reported: WER with 95 % bootstrap intervals, the ratio
+to Whisper with its paired interval, adults against children, the projector alone, and the seconds spent.
+Recorded as ``real_speech_bench`` in runs/<profile>/results.json; the models go to runs/<profile>/real_<start>.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from speechlm_lib import config, results
+from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.evaluation.run import evaluate
+from speechlm_lib.evaluation.systems import SYSTEMS
+from speechlm_lib.experiments.real_speech import (SMOKE, STARTS, against_whisper, by_age, fine_tune, load_real,
+                                                  start_model)
+from speechlm_lib.recipes.stage3_lora import Stage3Config, real_speech_test
+
+
+
+def show(name: str, f: dict) -> None:
+    line = f"{name:<22} WER {f['wer']:.3f} [{f['wer_low']:.3f}, {f['wer_high']:.3f}]"
+    if "to_whisper" in f:
+        line += f"  x Whisper {f['to_whisper']:.2f} [{f['to_whisper_low']:.2f}, {f['to_whisper_high']:.2f}]"
+    print(line, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
+    ap.add_argument("--start", nargs="+", default=["synthetic", "scratch"], choices=STARTS)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a preset setting")
+    ap.add_argument("--record-as", default="real_speech_bench", help="stage name in results.json")
+    args = ap.parse_args()
+    os.environ[config.PROFILE_ENV] = args.profile
+    cfg = Stage3Config.preset("cpu-speechocean").override((list(SMOKE) if args.profile == "smoke" else []) + args.set)
+    splits = load_real(cfg)
+    if not splits["train"]:
+        print("speechocean762 is absent (../shared/data/speechocean762): nothing to measure.")
+        return
+    held_out = {u.id for u in real_speech_test()}
+    assert {u.id for u in splits["test"]} <= held_out, "the test speakers differ from notebook 05's held-out set"
+    metrics = {"train_utterances": len(splits["train"]), "dev_utterances": len(splits["dev"]),
+               "test_utterances": len(splits["test"]), "cpu_threads": torch.get_num_threads(),
+               "test_speakers": len({u.speaker for u in splits["test"]})}
+    whisper = evaluate(SYSTEMS.build("whisper"), splits["test"], "speechocean")
+    figures = {"wer": whisper.summary["wer"], "wer_low": whisper.ci[0], "wer_high": whisper.ci[1],
+               "rtf": whisper.summary["rtf"], **by_age(whisper)}
+    metrics.update({f"whisper_{k}": v for k, v in figures.items()})
+    show("whisper tiny.en", figures)
+    t0 = time.perf_counter()
+    first = start_model(args.start[0], cfg, splits["train"], args.profile)
+    cache = FeatureCache.for_encoder(first.encoder)
+    for split in ("train", "dev"):
+        splits[split] = cache.fill(splits[split], first.encoder, batch_size=16, progress=True)
+    metrics["cache_seconds"] = time.perf_counter() - t0  # once per corpus and encoder, shared by both starts
+    del first
+    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
+    for start in args.start:
+        model, info = fine_tune(cfg, start, splits, cache, args.profile,
+                                output_dir=config.runs_dir() / args.profile / f"real_{start}")
+        metrics.update({f"{start}_{k}": v for k, v in info.items()})
+        print(f"[{start}] fine-tuned in {info['seconds'] / 60:.1f} min; projector dev {info['projector_dev_curve']}; "
+              f"speech-LLM dev {info['dev_wer_curve']}", flush=True)
+        for name, system in ((start, "speechlm"), (f"{start}_projector", "projector")):
+            _, f = against_whisper(SYSTEMS.build(system, model=model), splits["test"], whisper)
+            metrics.update({f"{name}_{k}": v for k, v in f.items()})
+            show(name, f)
+        metrics[f"{start}_targets_met"] = {"wer<=1.0x_whisper": metrics[f"{start}_to_whisper"] <= 1.0,
+                                           "fine_tune<=15min": info["seconds"] <= 900}
+        results.record(args.record_as, metrics, command=command, profile_name=args.profile, config=cfg.to_dict(),
+                       replace=start == args.start[0])
+
+if __name__ == "__main__":
+    main()
