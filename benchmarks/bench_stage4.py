@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu            # the targets below
     .venv/bin/python benchmarks/bench_stage4.py --profile smoke          # plumbing, a few minutes
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --no-ablation --no-whisper   # the main run only
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --set evaluation.filter.keep=5   # list filter
 
 Starts from ``runs/<profile>/stage3_lora`` (notebook 03). Every test utterance gets a biasing list by the
 LibriSpeech convention (its own keywords + N names never heard in training, N from the preset) and is
@@ -35,7 +36,7 @@ from speechlm_lib.recipes.stage4_context import (Stage4Config, evaluate_biasing,
                                                  load_stage3, make_ict_dataset, table, train_ict, whisper_biasing)
 
 KEYS = ("wer", "u_wer", "b_wer", "precision", "recall", "f1", "false_alarms", "seconds_per_utt", "prompt_tokens",
-        "context_tokens", "lists_cut")
+        "context_tokens", "lists_cut", "filter_seconds", "keywords_kept")
 
 
 def record(args, metrics: dict, first: bool = False) -> None:
@@ -84,6 +85,24 @@ def ablation(args, cfg: Stage4Config, splits, lists: dict, n: int, encoder, cach
         record(args, metrics)
 
 
+def eval_only(args, cfg: Stage4Config, metrics: dict) -> None:
+    """The saved ICT model (runs/<profile>/stage4_context) scored again, with this run's settings (e.g. the
+    list filter, ``--set evaluation.filter.keep=5``), without and with the filter in one run. No training."""
+    saved = replace(cfg, init_from=str(config.runs_dir() / args.profile / "stage4_context"))
+    model = load_stage3(saved, trainable=False)
+    splits = load_splits(cfg)
+    lists = evaluation_lists(cfg, splits)
+    cache = FeatureCache.for_encoder(model.encoder)
+    metrics["test_utterances"] = len(splits["test"])
+    for label, run in (("ict", replace(cfg, evaluation=replace(cfg.evaluation, filter=replace(cfg.evaluation.filter,
+                                                                                              keep=0)))),
+                       ("filtered", cfg)):
+        scores = evaluate_biasing(run, model, splits["test"], lists, cache=cache)
+        flatten(label, scores, metrics)
+        print(f"{label}:", table(scores), flush=True)
+        record(args, metrics)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
@@ -92,11 +111,19 @@ def main() -> None:
     ap.add_argument("--no-whisper", action="store_true", help="skip the Whisper peer")
     ap.add_argument("--no-ablation", action="store_true", help="skip the positive-ratio ablation")
     ap.add_argument("--ablation-steps", type=int, default=None, help="updates of each ablation run (preset's)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="no training: score the saved stage-4 model without and with the list filter "
+                         "(--set evaluation.filter.keep=K); recorded as stage4_list_filter")
     args = ap.parse_args()
     os.environ[config.PROFILE_ENV] = args.profile  # the corpus and the stage-3 folder of that profile
     cfg = args.cfg = Stage4Config.preset(args.profile).override(args.set)
     n = reference_n(cfg)
     metrics: dict = {"finished": False, "cpu_threads": torch.get_num_threads(), "reference_n": n}
+    if args.eval_only:
+        args.record_as = "stage4_list_filter" if args.record_as == "stage4_context_bench" else args.record_as
+        record(args, metrics, first=True)
+        eval_only(args, cfg, metrics)
+        return record(args, {**metrics, "finished": True})
     model = load_stage3(cfg)
     splits = load_splits(cfg)
     lists = evaluation_lists(cfg, splits)

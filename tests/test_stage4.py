@@ -226,3 +226,38 @@ def test_ict_training_and_biasing_evaluation_end_to_end(stage3, tmp_path):
     cfg.evaluation.on_overflow = "raise"
     with pytest.raises(ContextTooLong):
         evaluate_biasing(cfg, model, test, {"huge": lists["huge"]})
+
+
+# ----- CTC-assisted list filtering ----------------------------------------------------------------------------
+def test_the_list_filter_keeps_the_names_that_sound_like_the_projectors_transcript():
+    from speechlm_lib.decoding.list_filter import ListFilterConfig, filter_list, similarity
+
+    hyp = "why did mateus foods cancel the order"
+    assert similarity("Matthews", hyp.split()) > 0.6 > similarity("Kowalczyk", hyp.split())
+    assert similarity("Mateus Foods", hyp.split()) == 1.0  # a two-word name against runs of 1-3 words
+    names = ["Kowalczyk", "Barillaro", "Matthews", "Zvokrosloum", "Bourgeois"]
+    assert filter_list(names, hyp, ListFilterConfig(keep=2)) == ["Matthews"]  # the rest score under min_score
+    kept = filter_list(names, hyp, ListFilterConfig(keep=2, min_score=0.0))
+    assert len(kept) == 2 and "Matthews" in kept and kept == [n for n in names if n in kept]  # the list's order
+    assert filter_list(names, hyp, ListFilterConfig(keep=0)) is names  # off: the whole list
+    assert filter_list(None, hyp, ListFilterConfig(keep=3)) is None and filter_list(names, "", ListFilterConfig(keep=3)) == []
+
+
+def test_biasing_evaluation_with_the_filter_counts_its_time_and_what_it_kept(stage3, tmp_path):
+    from dataclasses import replace
+
+    from speechlm_lib.decoding.list_filter import ListFilterConfig, projector_texts
+
+    cfg = _cfg(stage3)
+    model = load_stage3(cfg, trainable=False)
+    test = _utts(tmp_path, "f", 4)
+    hyps = projector_texts(model, test)
+    assert len(hyps) == 4 and all(isinstance(h, str) for h in hyps)
+    lists = {"none": None, 3: biasing_lists([u.keywords for u in test], POOL, 3)}
+    on = replace(cfg, evaluation=replace(cfg.evaluation, filter=ListFilterConfig(keep=1, min_score=0.0)))
+    out = evaluate_biasing(on, model, test, lists)
+    assert out[3]["filter_seconds"] > 0 and out["none"]["filter_seconds"] == 0
+    assert 0 <= out[3]["keywords_kept"] <= 1 and out["none"]["keywords_kept"] is None
+    off = evaluate_biasing(cfg, model, test, lists)
+    assert out[3]["context_tokens"] < off[3]["context_tokens"]  # one name a list instead of four
+    assert out[3]["b_words"] == off[3]["b_words"]  # scored against the whole list either way

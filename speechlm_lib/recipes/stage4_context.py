@@ -21,6 +21,7 @@ given the same list as its prompt, is the peer. Read top to bottom::
 from __future__ import annotations
 
 import random
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.sources import DataSource
 from speechlm_lib.data.speechlm_dataset import TaskDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
+from speechlm_lib.decoding.list_filter import ListFilterConfig, filter_list, projector_texts
 from speechlm_lib.metrics_bias import biasing_scores
 from speechlm_lib.models.context import (
     ICTConfig,
@@ -73,6 +75,8 @@ class BiasEvalConfig:
     whisper: bool = True  # decode the same lists with Whisper (its prompt) as the peer
     whisper_source: str = "openai/whisper-tiny.en"  # the peer
     whisper_max_new_tokens: int = 96  # the peer's answer budget
+    filter: ListFilterConfig = field(default_factory=ListFilterConfig)  # CTC-assisted list filtering before the
+    #   prompt (decoding.list_filter; keep 0 = the whole list). The peer always gets the whole list.
 
 
 @dataclass
@@ -201,18 +205,42 @@ def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], 
     room = context_room(model, max((u.duration for u in test), default=0.0),
                         token_budget(max((u.duration for u in test), default=0.0), cfg.decode))
     truth = [clean_list(u.keywords) for u in test]
+    hyps, filter_seconds = filter_hypotheses(cfg, model, test, cache)
     for key, given in lists.items():
+        extra, kept = 0.0, None
+        if given and hyps is not None:
+            t0 = time.perf_counter()
+            given = [filter_list(w, h, cfg.evaluation.filter) for w, h in zip(given, hyps)]
+            extra = filter_seconds + time.perf_counter() - t0
+            kept = _kept_share(given, truth)
         given, cut = fitted_lists(given, tok, room, cfg.evaluation.on_overflow, tpl) if given else ([None] * len(test), 0)
         instructions = [with_context(cfg.instruction, w, tpl) for w in given]
         run = transcribe(model, test, cfg.decode, instruction=instructions, cache=cache, progress=progress)
         scores = biasing_scores([u.text for u in test], run.texts, lists[key] if lists[key] else truth)
         prompt = [len(p.prefix) + len(p.suffix) for p in map(model.prompts.prompt, instructions)]
-        scores.update(seconds=run.seconds, seconds_per_utt=run.seconds / max(1, len(test)), rtf=run.rtf,
+        seconds = run.seconds + extra  # the filter's projector pass and matching count as decoding time
+        scores.update(seconds=seconds, seconds_per_utt=seconds / max(1, len(test)),
+                      rtf=run.rtf * seconds / max(run.seconds, 1e-9), filter_seconds=extra, keywords_kept=kept,
                       prompt_tokens=sum(prompt) / max(1, len(prompt)),
                       context_tokens=sum(prompt) / max(1, len(prompt)) - len(bare.prefix) - len(bare.suffix),
                       lists_cut=cut, hyps=run.texts, ids=[u.id for u in test])
         out[key] = scores
     return out
+
+
+def filter_hypotheses(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], cache=None) -> tuple:
+    """The projector's transcripts the list filter matches against, and their seconds; ``(None, 0)`` when the
+    filter is off (``cfg.evaluation.filter.keep`` 0)."""
+    if cfg.evaluation.filter.keep <= 0:
+        return None, 0.0
+    t0 = time.perf_counter()
+    return projector_texts(model, test, cache), time.perf_counter() - t0
+
+
+def _kept_share(given: list, truth: list) -> float | None:
+    """Share of the utterances' own keywords that are still in their filtered lists."""
+    pairs = [(k.lower(), {w.lower() for w in (g or [])}) for g, t in zip(given, truth) for k in t]
+    return sum(k in g for k, g in pairs) / len(pairs) if pairs else None
 
 
 def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None) -> dict:

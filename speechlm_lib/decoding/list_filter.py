@@ -1,0 +1,75 @@
+"""CTC-assisted filtering of a biasing list (SLAM-LLM's contextual ASR): before a list reaches the prompt, keep
+the few entries that sound like something the projector heard.
+
+A list of 100 names costs about 400 prompt tokens a row and buries the one name that was said among 100 that
+were not. The ``ctc`` projector's own best path is a garbled but close spelling of what was said ("mateus" for
+"Matthews"), and it costs one small network on states the encoder computed anyway. Each list entry is scored by
+its best character similarity to any run of about as many words in that transcript (`difflib.SequenceMatcher`
+ratio, after the shared normaliser); the `keep` best scoring at least `min_score` stay, in the list's order.
+
+    hyps = projector_texts(model, utts, cache)                  # one best-path text per utterance
+    lists = [filter_list(words, hyp, ListFilterConfig(keep=5)) for words, hyp in zip(lists, hyps)]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+import torch
+
+from speechlm_lib.data.text import normalize
+
+
+@dataclass
+class ListFilterConfig:
+    """Which list entries reach the prompt."""
+
+    keep: int = 0  # at most this many entries a list, the most similar to the projector's transcript (0 = all)
+    min_score: float = 0.5  # drop an entry whose best similarity (0..1) to the transcript is below this
+
+
+def similarity(entry: str, words: list[str]) -> float:
+    """Best `SequenceMatcher` ratio of `entry` (normalised) against any run of ``len(entry words) - 1 .. + 1``
+    consecutive `words`; 0 for an empty transcript."""
+    target = normalize(entry)
+    k, best = max(1, len(target.split())), 0.0
+    matcher = SequenceMatcher(autojunk=False)
+    matcher.set_seq2(target)
+    for size in sorted({max(1, k - 1), k, k + 1}):
+        for i in range(max(1, len(words) - size + 1)):
+            matcher.set_seq1(" ".join(words[i:i + size]))
+            if matcher.real_quick_ratio() > best and matcher.quick_ratio() > best:
+                best = max(best, matcher.ratio())
+    return best
+
+
+def filter_list(entries: list[str] | None, hypothesis: str, cfg: ListFilterConfig) -> list[str] | None:
+    """`entries` cut to the ``cfg.keep`` most similar to `hypothesis` (scores >= ``cfg.min_score``), in their
+    own order; unchanged when ``cfg.keep`` is 0 or the list is empty or None."""
+    if not entries or cfg.keep <= 0:
+        return entries
+    words = normalize(hypothesis).split()
+    scored = sorted(((similarity(e, words), -i) for i, e in enumerate(entries)), reverse=True)[: cfg.keep]
+    chosen = {-neg for score, neg in scored if score >= cfg.min_score}
+    return [e for i, e in enumerate(entries) if i in chosen]
+
+
+@torch.no_grad()
+def projector_texts(model, utts, cache=None, batch_size: int = 32) -> list[str]:
+    """The ``ctc`` projector's best-path transcript of each of `utts` (in their order): what the LLM will be
+    shown, read as text. `cache`: the encoder's feature cache (states computed once)."""
+    from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
+
+    if not hasattr(model.projector, "guess_tokens"):
+        raise ValueError(f"list filtering needs the 'ctc' projector; this model has {type(model.projector).__name__}")
+    device = next(model.projector.parameters()).device
+    texts: dict[str, str] = {}
+    ds = SpeechLMDataset(list(utts), model.encoder, model.prompts, cache=cache)
+    for batch in make_loader(ds, batch_size=batch_size, shuffle=False):
+        if "states" in batch:
+            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
+        else:
+            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
+        rows = model.projector.guess_tokens(states, lengths)
+        texts.update({uid: model.prompts.decode(row) for uid, row in zip(batch["meta"]["id"], rows)})
+    return [texts[u.id] for u in utts]
