@@ -97,6 +97,15 @@ shapes = [(m.in_features, m.out_features) for n, m in model.llm.named_modules()
 llm_params = counts["llm"]["total"]
 pd.DataFrame([{"rank r": r, "adapter parameters": sum(r * (i + o) for i, o in shapes),
                "share of the LLM": f"{sum(r * (i + o) for i, o in shapes) / llm_params:.2%}"} for r in (2, 8, 32)])"""),
+M("""What the rank buys is an empirical question: the reference run trained each rank for the same 60 updates on
+the same pairs (`benchmarks/bench_stage3.py --profile cpu --ranks 0 2 8 32 --rank-steps 60`; r = 0 is stage 2 as
+it is). This notebook does not repeat it, which would take several minutes a rank; it quotes the measurement:"""),
+C("""ranks = {r: course.reference("stage3_rank_ablation", f"rank_{r}") for r in (0, 2, 8, 32)}
+if any(ranks.values()):
+    display(pd.DataFrame([{"rank r": r, "dev WER": row.get("dev_wer"), "s / update": row.get("seconds_per_update"),
+                           "trainable LLM parameters": row.get("trainable")} for r, row in ranks.items() if row]))
+else:
+    print("the rank ablation has not been measured on the reference profile yet")"""),
 M("""The next cell swaps our teaching layer for peft's, which does the same arithmetic inside every targeted module
 (`models/lora.py`). The adapters are injected into the LLM's own modules, so everything stage 2 built keeps
 working: the prefix cache, `generate`, and the decoding that checks the projector's draft."""),
