@@ -31,8 +31,8 @@ from speechlm_lib.evaluation.suite import NOISY_SYSTEMS
 PROFILE = course.start()  # profile, torch threads ($SPEECHLM_THREADS), figure style
 SMOKE = PROFILE == "smoke"
 RUNS = config.runs_dir() / PROFILE
-N = 2 if SMOKE else 200          # utterances per test set
-N_NOISY = 2 if SMOKE else 100    # per noisy copy
+N = 2 if SMOKE else 100          # utterances per test set
+N_NOISY = 2 if SMOKE else 50     # per noisy copy
 NOISY_FOR = ("stage 4, no list",) if SMOKE else NOISY_SYSTEMS  # the systems that meet the noisy copies
 SHARED = {}                      # frozen parts the speech-LLM folders share (one Whisper encoder, loaded once)
 started = time.time()"""),
