@@ -145,14 +145,16 @@ by speaker 80/10/10, the same held-out speakers as the table above):
    to the corpus's word pieces (`CTCProjector.extend_vocabulary`), then it learns the real voices;
 2. **LoRA on the LLM** for English ASR, the projector frozen, its tokens drawn at temperature 1 as in stage 3.
 
-This notebook starts from the synthetic stage-2 model of notebook 02. `benchmarks/bench_real_speech.py` also runs
-the same steps from a new projector (nothing learnt from the synthetic corpus), so the two starts can be compared.
+Here the steps start from the synthetic stage-2 model of notebook 02 (about 10 minutes on a 2-core CPU), unless a
+fine-tuned model is already saved in `runs/<profile>/real_*`, which is then scored like every other system in
+this notebook. `benchmarks/bench_real_speech.py` runs the steps from both starts: the synthetic model, and a new
+projector (nothing learnt from the synthetic corpus).
 
 **Online?** The same cells run on LibriSpeech (or any `datasets` corpus): set `REAL_SOURCE` below, e.g.
 `["data.source.kind=hf", "data.source.name=openslr/librispeech_asr", "data.source.config=clean",
 "data.source.split_by_speaker=None", "data.source.splits={'train': 'train.100', 'dev': 'validation', 'test': 'test'}"]`."""),
 ("result", """from speechlm_lib.evaluation.run import evaluate
-from speechlm_lib.evaluation.systems import SYSTEMS
+from speechlm_lib.evaluation.systems import SYSTEMS, load_speechlm
 from speechlm_lib.experiments.real_speech import SMOKE as SMOKE_REAL, against_whisper, by_age, fine_tune, load_real
 from speechlm_lib.recipes.stage3_lora import Stage3Config
 
@@ -163,9 +165,14 @@ real_rows = []
 if real["train"] and (RUNS / "stage2_speechlm").is_dir():
     print({k: len(v) for k, v in real.items()}, "utterances;", len({u.speaker for u in real["test"]}), "test speakers")
     whisper_real = evaluate(SYSTEMS.build("whisper"), real["test"], "real")
-    real_model, info = fine_tune(real_cfg, "synthetic", real, None, PROFILE, output_dir=RUNS / "real_synthetic")
-    print(f"fine-tuned in {info['seconds'] / 60:.1f} min; projector dev WER by update {info['projector_dev_curve']}; "
-          f"speech-LLM dev WER by update {info['dev_wer_curve']}")
+    saved = next((RUNS / f"real_{s}" for s in ("synthetic", "scratch") if (RUNS / f"real_{s}" / "speechlm.json").is_file()), None)
+    if saved is not None:  # like every system here: a saved model is scored, not trained again
+        print(f"scoring the saved {saved} (benchmarks/bench_real_speech.py made it; delete it to fine-tune here)")
+        real_model = load_speechlm(saved, SHARED)
+    else:
+        real_model, info = fine_tune(real_cfg, "synthetic", real, None, PROFILE, output_dir=RUNS / "real_synthetic")
+        print(f"fine-tuned in {info['seconds'] / 60:.1f} min; projector dev WER by update {info['projector_dev_curve']}; "
+              f"speech-LLM dev WER by update {info['dev_wer_curve']}")
     real_rows.append({"system": "Whisper tiny.en (complete)", "wer": whisper_real.summary["wer"],
                       "wer_low": whisper_real.ci[0], "wer_high": whisper_real.ci[1], **by_age(whisper_real)})
     for label, kind in (("speech-LLM, fine-tuned", "speechlm"), ("its projector alone", "projector")):
