@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from speechlm_lib.publish import finalize_widgets, problems, publish_run  # noqa: E402
 
 PUBLISHED = ROOT / "docs" / "course"  # the course's reference run (profile cpu), committed with outputs
-DOC_PAGES = ("results.md", "stage2_findings.md", "reliability.md")
+DOC_PAGES = ("results.md", "stage2_findings.md", "stage3_findings.md", "stage4_findings.md", "real_speech_findings.md",
+             "reliability.md")
 
 
 def _title(nb_path: Path) -> str:
@@ -60,6 +61,9 @@ def stage(source: Path, dest: Path, profile: str) -> list[Path]:
     readme = (ROOT / "README.md").read_text()
     # links that point into the repository: to the pages staged here, or to the file's path as text
     readme = re.sub(r"\]\(docs/([^)]+\.md)\)", r"](\1)", readme)  # the doc pages are staged beside it
+    if (ROOT / "docs" / "img").is_dir():  # pictures the README shows (the explorer)
+        shutil.copytree(ROOT / "docs" / "img", dest / "img", dirs_exist_ok=True)
+        readme = readme.replace("](docs/img/", "](img/")
     readme = re.sub(r"\[([^\]]+)\]\((?!https?://|#)([^)]+)\)",  # other repository paths: plain text
                     lambda m: m.group(0) if (dest / m.group(2)).exists() or m.group(2) in DOC_PAGES
                     else f"{m.group(1)} (`{m.group(2)}`)", readme)
