@@ -179,9 +179,10 @@ def evaluation_lists(cfg: Stage4Config, splits: dict[str, list[Utterance]]) -> d
     return lists
 
 
-def fitted_lists(lists: list, tokenizer, room: int, on_overflow: str, template: str) -> tuple[list, int]:
-    """Each list through `fit_context` (bulk: one summary warning instead of one a list). Returns the lists
-    as given to the model and the count that were cut."""
+def fitted_lists(lists: list, tokenizer, room: int, on_overflow: str, template: str,
+                 warn: bool = True) -> tuple[list, int]:
+    """Each list through `fit_context` (bulk: one summary warning instead of one a list; none with `warn`
+    False, where the caller reports the count). Returns the lists as given to the model and the count cut."""
     out, cut = [], 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -189,7 +190,7 @@ def fitted_lists(lists: list, tokenizer, room: int, on_overflow: str, template: 
             kept = fit_context(words, tokenizer, room, on_overflow, template)
             cut += len(kept) < len(clean_list(words))
             out.append(kept)
-    if cut:
+    if cut and warn:
         warnings.warn(f"{cut} of {len(lists)} keyword lists were cut to fit the context window", stacklevel=2)
     return out, cut
 
@@ -246,7 +247,7 @@ def _kept_share(given: list, truth: list) -> float | None:
 def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None) -> dict:
     """The peer: Whisper given each list as its prompt (the same context line), one clip at a time in every
     condition (no context included, so latencies compare). Lists over Whisper's 223 prompt tokens are cut
-    from their end (counted in ``lists_cut``, warned)."""
+    from their end and counted in ``lists_cut`` (the peer's own limit, shown in every table; no warning)."""
     from speechlm_lib.data.audio import load_audio
     from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe
     from speechlm_lib.models.sources import load_whisper
@@ -257,8 +258,8 @@ def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisp
     audio = sum(u.duration for u in test)
     truth, out = [clean_list(u.keywords) for u in test], {}
     for key, given in lists.items():
-        given, cut = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate",
-                                  cfg.ict.template) if given else ([None] * len(test), 0)
+        given, cut = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
+                                  warn=False) if given else ([None] * len(test), 0)  # the peer's cap: lists_cut
         prompts = [context_text(w, cfg.ict.template) if w else None for w in given]
         texts, seconds = whisper_transcribe(whisper, processor, waves, prompts=prompts,
                                             max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
