@@ -35,7 +35,6 @@ from speechlm_lib.experiments.real_speech import (SMOKE, STARTS, against_whisper
 from speechlm_lib.recipes.stage3_lora import Stage3Config, real_speech_test
 
 
-
 def show(name: str, f: dict) -> None:
     line = f"{name:<22} WER {f['wer']:.3f} [{f['wer_low']:.3f}, {f['wer_high']:.3f}]"
     if "to_whisper" in f:
@@ -72,10 +71,10 @@ def main() -> None:
     for split in ("train", "dev"):
         splits[split] = cache.fill(splits[split], first.encoder, batch_size=16, progress=True)
     metrics["cache_seconds"] = time.perf_counter() - t0  # once per corpus and encoder, shared by both starts
-    del first
     command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
     for start in args.start:
-        model, info = fine_tune(cfg, start, splits, cache, args.profile,
+        built, first = first, None  # the first start's model is the one built for the cache
+        model, info = fine_tune(cfg, start, splits, cache, args.profile, model=built,
                                 output_dir=config.runs_dir() / args.profile / f"real_{start}")
         metrics.update({f"{start}_{k}": v for k, v in info.items()})
         print(f"[{start}] fine-tuned in {info['seconds'] / 60:.1f} min; projector dev {info['projector_dev_curve']}; "
@@ -88,6 +87,7 @@ def main() -> None:
                                            "fine_tune<=15min": info["seconds"] <= 900}
         results.record(args.record_as, metrics, command=command, profile_name=args.profile, config=cfg.to_dict(),
                        replace=start == args.start[0])
+
 
 if __name__ == "__main__":
     main()

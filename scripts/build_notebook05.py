@@ -153,34 +153,14 @@ projector (nothing learnt from the synthetic corpus).
 **Online?** The same cells run on LibriSpeech (or any `datasets` corpus): set `REAL_SOURCE` below, e.g.
 `["data.source.kind=hf", "data.source.name=openslr/librispeech_asr", "data.source.config=clean",
 "data.source.split_by_speaker=None", "data.source.splits={'train': 'train.100', 'dev': 'validation', 'test': 'test'}"]`."""),
-("result", """from speechlm_lib.evaluation.run import evaluate
-from speechlm_lib.evaluation.systems import SYSTEMS, load_speechlm
-from speechlm_lib.experiments.real_speech import SMOKE as SMOKE_REAL, against_whisper, by_age, fine_tune, load_real
+("result", """from speechlm_lib.experiments.real_speech import SMOKE as SMOKE_REAL, real_speech_rows
 from speechlm_lib.recipes.stage3_lora import Stage3Config
 
 REAL_SOURCE = []  # data.source settings of another corpus (see above); [] = speechocean762
 real_cfg = Stage3Config.preset("cpu-speechocean").override([*REAL_SOURCE, *(SMOKE_REAL if SMOKE else ())])
-real = load_real(real_cfg)
-real_rows = []
-if real["train"] and (RUNS / "stage2_speechlm").is_dir():
-    print({k: len(v) for k, v in real.items()}, "utterances;", len({u.speaker for u in real["test"]}), "test speakers")
-    whisper_real = evaluate(SYSTEMS.build("whisper"), real["test"], "real")
-    saved = next((RUNS / f"real_{s}" for s in ("synthetic", "scratch") if (RUNS / f"real_{s}" / "speechlm.json").is_file()), None)
-    if saved is not None:  # like every system here: a saved model is scored, not trained again
-        print(f"scoring the saved {saved} (benchmarks/bench_real_speech.py made it; delete it to fine-tune here)")
-        real_model = load_speechlm(saved, SHARED)
-    else:
-        real_model, info = fine_tune(real_cfg, "synthetic", real, None, PROFILE, output_dir=RUNS / "real_synthetic")
-        print(f"fine-tuned in {info['seconds'] / 60:.1f} min; projector dev WER by update {info['projector_dev_curve']}; "
-              f"speech-LLM dev WER by update {info['dev_wer_curve']}")
-    real_rows.append({"system": "Whisper tiny.en (complete)", "wer": whisper_real.summary["wer"],
-                      "wer_low": whisper_real.ci[0], "wer_high": whisper_real.ci[1], **by_age(whisper_real)})
-    for label, kind in (("speech-LLM, fine-tuned", "speechlm"), ("its projector alone", "projector")):
-        _, figures = against_whisper(SYSTEMS.build(kind, model=real_model), real["test"], whisper_real, "real")
-        real_rows.append({"system": label, **figures})
+real_rows = real_speech_rows(real_cfg, RUNS, PROFILE, SHARED)
+if real_rows:
     display(pd.DataFrame(real_rows).drop(columns=["rtf"], errors="ignore").round(3))
-else:
-    print("speechocean762 is absent (../shared/data/speechocean762), or notebook 02's model is: section skipped.")
 course.note(("Whisper tiny.en, held-out speakers", "real_speech_bench", "whisper_wer", "%"),
             ("fine-tuned from the synthetic model", "real_speech_bench", "synthetic_wer", "%"),
             ("its ratio to Whisper", "real_speech_bench", "synthetic_to_whisper", ""),

@@ -178,9 +178,21 @@ def run_all(command: str, only: list[str] | None = None, write=print) -> dict[st
         new = _stamp_new_stages(before, nb.name, seconds, command)
         lines = [headline(stage, metrics) for stage, metrics in new.items()] or ["(recorded no results)"]
         write(f"[{profile()}] {nb.name} done in {clock(seconds)}: " + "; ".join(lines))
-    results.record("tutorial", {"notebook_seconds": times, "total_seconds": round(sum(times.values()), 1)},
-                   command=command)
+    _record_times(times, command, partial=bool(only))
     return times
+
+
+def _record_times(times: dict[str, float], command: str, partial: bool) -> None:
+    """Record the notebooks' times under ``tutorial``. A full run replaces the record; a partial run
+    (``--only``) replaces just the notebooks it ran, keeps the others' earlier times and adds what it
+    ran to ``rerun``, so the total says which notebooks were timed apart."""
+    metrics = {"notebook_seconds": times}
+    if partial:
+        earlier = results.load().get("stages", {}).get("tutorial", {}).get("metrics", {})
+        metrics = {"notebook_seconds": {**earlier.get("notebook_seconds", {}), **times},
+                   "rerun": sorted(set(earlier.get("rerun", [])) | set(times))}
+    metrics["total_seconds"] = round(sum(metrics["notebook_seconds"].values()), 1)
+    results.record("tutorial", metrics, command=command, replace=not partial)
 
 
 def _stamp_new_stages(before: dict, notebook: str, seconds: float, command: str) -> dict[str, dict]:

@@ -11,7 +11,7 @@ import nbformat  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from speechlm_lib import config, course, plots, publish, tutorial  # noqa: E402
+from speechlm_lib import config, course, plots, publish, results, tutorial  # noqa: E402
 from speechlm_lib.training.callbacks import LivePlot  # noqa: E402
 
 
@@ -148,6 +148,17 @@ def test_headline_and_clock():
     line = tutorial.headline("stage1_ctc", {"test_wer": 0.5271, "test_cer": 0.1542, "steps": 1000})
     assert line == "stage1_ctc: test_wer 0.527, test_cer 0.154"
     assert tutorial.headline("stage9", {"bleu": 1.0, "test_bleu": 20.5}) == "stage9: test_bleu 20.5"
+
+
+def test_a_partial_tutorial_run_keeps_the_other_notebooks_times(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLM_RUNS", str(tmp_path))
+    tutorial._record_times({"00_a.ipynb": 10.0, "01_b.ipynb": 20.0}, "full", partial=False)
+    tutorial._record_times({"01_b.ipynb": 5.0}, "only 01", partial=True)
+    metrics = results.load()["stages"]["tutorial"]["metrics"]
+    assert metrics == {"notebook_seconds": {"00_a.ipynb": 10.0, "01_b.ipynb": 5.0}, "total_seconds": 15.0,
+                       "rerun": ["01_b.ipynb"]}
+    tutorial._record_times({"00_a.ipynb": 9.0, "01_b.ipynb": 4.0}, "full", partial=False)
+    assert "rerun" not in results.load()["stages"]["tutorial"]["metrics"]  # a full run starts clean
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from speechlm_lib.models.build import ModelConfig, build_speechlm
-from speechlm_lib.models.ctc_projector import CTCAlignment, CTCProjector, _compress, ctc_vocabulary
+from speechlm_lib.models.ctc_projector import CTCAlignment, CTCProjector, StateMasking, _compress, ctc_vocabulary
 from speechlm_lib.models.encoders import ENCODERS
 from speechlm_lib.models.projectors import PROJECTORS
 from speechlm_lib.models.speechlm import SpeechLM
@@ -136,6 +136,42 @@ def test_pre_alignment_learns_the_labels_without_running_the_llm(model):
     assert float(loss.detach()) < 0.2 * first
     want = [t[:-1] for t in targets]  # the end-of-turn token is not a CTC label
     assert objective.greedy(states, batch["state_lengths"]) == want
+
+
+def test_state_masking_zeroes_spans_inside_each_utterance_and_only_in_training(model):
+    states, lengths = torch.randn(3, 40, 16) + 5.0, torch.tensor([40, 30, 24])
+    assert StateMasking().apply(states, lengths) is states  # off by default
+    torch.manual_seed(0)
+    masked = StateMasking(time_masks=2, time_width=0.25, channel_masks=1, channel_width=4).apply(states, lengths)
+    zero = masked == 0
+    assert masked.shape == states.shape and zero.any() and not zero.all()
+    assert torch.equal(masked[~zero], states[~zero])  # the rest untouched
+    for row, n in enumerate(lengths.tolist()):  # a time span lies inside the utterance
+        whole_frames = zero[row].all(-1).nonzero().flatten()
+        assert whole_frames.numel() and int(whole_frames.max()) < n
+    objective = CTCAlignment(model, StateMasking(time_masks=4, time_width=0.3, channel_masks=4, channel_width=64))
+    batch, _ = label_batch(model)
+    objective.eval()
+    assert torch.equal(objective(**batch)["loss"], objective(**batch)["loss"])  # eval: no masking, no dropout
+    objective.train()
+    torch.manual_seed(1)
+    first = objective(**batch)["loss"]
+    torch.manual_seed(2)
+    assert not torch.equal(first, objective(**batch)["loss"])
+    proj, states = model.projector, batch["states"]  # as exposure: the projector masks in train mode only
+    proj.eval()
+    before = proj.guess_tokens(states, batch["state_lengths"])
+    proj.state_masking = StateMasking(time_masks=4, time_width=0.3)
+    assert proj.guess_tokens(states, batch["state_lengths"]) == before
+    proj.train()
+    for m in proj.modules():  # dropout off: the masking is the only difference left
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    torch.manual_seed(3)
+    masked_logits = proj.logits(states, batch["state_lengths"])[0]
+    proj.state_masking = None
+    assert not torch.allclose(masked_logits, proj.logits(states, batch["state_lengths"])[0])
+    proj.eval()
 
 
 def test_pre_alignment_trains_under_bf16_autocast(model):

@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-import torch
-
 from speechlm_lib.data.text import normalize
+from speechlm_lib.decoding.ctc import projector_transcripts
 
 
 @dataclass
@@ -54,22 +53,14 @@ def filter_list(entries: list[str] | None, hypothesis: str, cfg: ListFilterConfi
     return [e for i, e in enumerate(entries) if i in chosen]
 
 
-@torch.no_grad()
 def projector_texts(model, utts, cache=None, batch_size: int = 32) -> list[str]:
     """The ``ctc`` projector's best-path transcript of each of `utts` (in their order): what the LLM will be
     shown, read as text. `cache`: the encoder's feature cache (states computed once)."""
-    from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
+    from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
 
     if not hasattr(model.projector, "guess_tokens"):
         raise ValueError(f"list filtering needs the 'ctc' projector; this model has {type(model.projector).__name__}")
-    device = next(model.projector.parameters()).device
-    texts: dict[str, str] = {}
     ds = SpeechLMDataset(list(utts), model.encoder, model.prompts, cache=cache)
-    for batch in make_loader(ds, batch_size=batch_size, shuffle=False):
-        if "states" in batch:
-            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
-        else:
-            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
-        rows = model.projector.guess_tokens(states, lengths)
-        texts.update({uid: model.prompts.decode(row) for uid, row in zip(batch["meta"]["id"], rows)})
+    out = projector_transcripts(model, ds, batch_size=batch_size)
+    texts = dict(zip(out["ids"], out["hyps"]))
     return [texts[u.id] for u in utts]

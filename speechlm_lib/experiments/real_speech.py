@@ -56,12 +56,14 @@ def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: 
 
 
 def fine_tune(cfg: Stage3Config, start: str, splits: dict[str, list[Utterance]], cache: FeatureCache | None,
-              profile: str, output_dir: str | Path | None = None):
+              profile: str, output_dir: str | Path | None = None, model=None):
     """Re-align the projector and train the adapters from `start` on ``splits["train"]`` (dev WER on
-    ``splits["dev"]``; `cache`: the encoder's feature cache, made here when None). Returns ``(model, info)``: info has the seconds (``seconds`` in all, ``realign_seconds``,
-    ``lora_seconds``), ``added_tokens`` and the dev curves of the projector and of the speech-LLM."""
+    ``splits["dev"]``; `cache`: the encoder's feature cache, made here when None; `model`: `start`'s model if
+    already built by `start_model`). Returns ``(model, info)``: info has the seconds (``seconds`` in all,
+    ``realign_seconds``, ``lora_seconds``), ``added_tokens`` and the dev curves of the projector and of the
+    speech-LLM."""
     t0 = time.perf_counter()
-    model = start_model(start, cfg, splits["train"], profile)
+    model = model if model is not None else start_model(start, cfg, splits["train"], profile)
     if cache is None and cfg.data.use_cache:
         cache = FeatureCache.for_encoder(model.encoder)
     aligned = realign_projector(cfg, model, splits["train"], splits["dev"], cache)
@@ -93,3 +95,41 @@ def by_age(ev: Evaluation) -> dict:
     """``{"wer_child": ..., "wer_adult": ...}``: WER per age group (`aggregate.AGE_GROUPS`, first word)."""
     table = breakdown(ev.records, "age_group")
     return {f"wer_{row['age_group'].split()[0]}": row["wer"] for _, row in table.iterrows()}
+
+
+def saved_or_fine_tuned(cfg: Stage3Config, splits: dict[str, list[Utterance]], runs: Path, profile: str,
+                        shared: dict | None = None, say=print):
+    """The real-speech model of ``runs/real_*`` if one is saved (``synthetic`` first; the benchmark makes them),
+    else one fine-tuned here from the synthetic start and saved to ``runs/real_synthetic``."""
+    from speechlm_lib.evaluation.systems import load_speechlm
+
+    saved = next((runs / f"real_{s}" for s in STARTS if (runs / f"real_{s}" / "speechlm.json").is_file()), None)
+    if saved is not None:  # like every system in notebook 05: a saved model is scored, not trained again
+        say(f"scoring the saved {saved} (benchmarks/bench_real_speech.py made it; delete it to fine-tune here)")
+        return load_speechlm(saved, shared)
+    model, info = fine_tune(cfg, "synthetic", splits, None, profile, output_dir=runs / "real_synthetic")
+    say(f"fine-tuned in {info['seconds'] / 60:.1f} min; projector dev WER by update {info['projector_dev_curve']};"
+        f" speech-LLM dev WER by update {info['dev_wer_curve']}")
+    return model
+
+
+def real_speech_rows(cfg: Stage3Config, runs: Path, profile: str, shared: dict | None = None, say=print) -> list:
+    """Notebook 05's real-speech table: Whisper tiny.en, the fine-tuned speech-LLM and its projector alone on
+    `cfg`'s held-out speakers (`against_whisper` figures, one dict a row). Empty, with a line, when the corpus
+    or notebook 02's model (``runs/stage2_speechlm``) is absent."""
+    from speechlm_lib.evaluation.systems import SYSTEMS
+
+    splits = load_real(cfg, say)
+    if not splits["train"] or not (runs / "stage2_speechlm").is_dir():
+        say("the real corpus or notebook 02's model (runs/<profile>/stage2_speechlm) is absent: section skipped.")
+        return []
+    say(f"{ {k: len(v) for k, v in splits.items()} } utterances; "
+        f"{len({u.speaker for u in splits['test']})} test speakers")
+    whisper = evaluate(SYSTEMS.build("whisper"), splits["test"], "real")
+    model = saved_or_fine_tuned(cfg, splits, runs, profile, shared, say)
+    rows = [{"system": "Whisper tiny.en (complete)", "wer": whisper.summary["wer"], "wer_low": whisper.ci[0],
+             "wer_high": whisper.ci[1], **by_age(whisper)}]
+    for label, kind in (("speech-LLM, fine-tuned", "speechlm"), ("its projector alone", "projector")):
+        rows.append({"system": label, **against_whisper(SYSTEMS.build(kind, model=model), splits["test"], whisper,
+                                                        "real")[1]})
+    return rows

@@ -30,10 +30,11 @@ from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.sources import DataSource, load_source
 from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
+from speechlm_lib.decoding.ctc import projector_transcripts
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics import cer, wer
 from speechlm_lib.models.build import ModelConfig
-from speechlm_lib.models.ctc_projector import CTCAlignment
+from speechlm_lib.models.ctc_projector import CTCAlignment, StateMasking
 from speechlm_lib.models.prompting import example_sets
 from speechlm_lib.models.speechlm import SpeechLM
 from speechlm_lib.training.callbacks import Callback
@@ -66,6 +67,7 @@ class Stage2Config(StageConfig):
     data: DataConfig = field(default_factory=DataConfig)  # subsets and batching
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, logging
     pretrain: TrainConfig | None = None  # CTC pre-alignment of a "ctc" projector first (None = none)
+    masking: StateMasking = field(default_factory=StateMasking)  # SpecAugment on the states in pre-alignment
     decode: DecodeConfig = field(default_factory=DecodeConfig)  # greedy/beam, token budget
     corpus_profile: str | None = None  # which data/synth/<profile> corpus (None = the active profile)
     keep_best: bool = True  # after LLM-loss training keep the weights with the best dev WER (before training too)
@@ -190,11 +192,21 @@ def pretrain_ctc(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDataset,
     """CTC pre-alignment of a ``ctc`` projector (`ctc_projector`): no LLM runs, so an update
     is cheap. ``cfg.pretrain`` sets the steps, ``cfg.data.pretrain_batch_size`` the batch;
     at evaluations, the dev WER of the projector's own best path. Returns the trainer's result."""
-    objective = CTCAlignment(model)
-    loader = make_loader(train_ds, batch_size=cfg.data.pretrain_batch_size, seed=cfg.train.seed,
-                         num_workers=cfg.data.num_workers)
+    return align_projector(cfg.pretrain, model, train_ds, dev_ds, batch_size=cfg.data.pretrain_batch_size,
+                           seed=cfg.train.seed, num_workers=cfg.data.num_workers, callbacks=callbacks,
+                           run_config=cfg, masking=cfg.masking)
+
+
+def align_projector(train: TrainConfig, model: SpeechLM, train_ds: SpeechLMDataset,
+                    dev_ds: SpeechLMDataset | None = None, batch_size: int = 32, seed: int = 0,
+                    num_workers: int = 0, callbacks: Sequence[Callback] = (), run_config=None,
+                    masking: StateMasking | None = None) -> dict:
+    """The CTC alignment loop itself (`CTCAlignment` under the generic `Trainer`, settings `train`, the states
+    masked by `masking`), shared by stage 2's pre-alignment and stage 3's re-alignment on a new corpus."""
+    loader = make_loader(train_ds, batch_size=batch_size, seed=seed, num_workers=num_workers)
     evaluate = (lambda m: {"wer": ctc_wer(m, dev_ds)["wer"]}) if dev_ds is not None else None
-    return Trainer(cfg.pretrain, objective, loader, evaluate=evaluate, callbacks=callbacks, run_config=cfg).run()
+    return Trainer(train, CTCAlignment(model, masking), loader, evaluate=evaluate, callbacks=callbacks,
+                   run_config=run_config).run()
 
 
 @torch.no_grad()
@@ -203,18 +215,8 @@ def ctc_wer(objective: CTCAlignment, dataset: SpeechLMDataset, batch_size: int =
 
     Returns ``{"wer", "cer", "refs", "hyps", "ids"}`` (in the loader's duration-bucketed order).
     """
-    device = objective.lookup.device
-    refs, hyps, ids = [], [], []
-    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
-        if "states" in batch:
-            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
-        else:
-            states, lengths = objective.speechlm.encode(batch["features"].to(device),
-                                                        batch["feature_lengths"].to(device))
-        hyps += [objective.speechlm.prompts.decode(row) for row in objective.greedy(states, lengths)]
-        refs += batch["meta"]["text"]
-        ids += batch["meta"]["id"]
-    return {"wer": wer(refs, hyps), "cer": cer(refs, hyps), "refs": refs, "hyps": hyps, "ids": ids}
+    out = projector_transcripts(objective.speechlm, dataset, batch_size=batch_size)
+    return {"wer": wer(out["refs"], out["hyps"]), "cer": cer(out["refs"], out["hyps"]), **out}
 
 
 def emergence(evals: list[dict], key: str = "wer") -> dict:

@@ -32,8 +32,10 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.sources import DataSource, load_source
 from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, TaskDataset, make_loader
 from speechlm_lib.data.tasks import TASKS, Task, task_items
+from speechlm_lib.decoding.ctc import projector_transcripts
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics import bleu, caps_score, cer, chrf, names_score, wer
+from speechlm_lib.models.ctc_projector import StateMasking
 from speechlm_lib.models.lora import LoraSettings, add_lora
 from speechlm_lib.models.speechlm import SpeechLM
 from speechlm_lib.training.callbacks import Callback
@@ -48,6 +50,7 @@ class ExposureConfig:
 
     sample_temperature: float = 0.0  # draw each audio token from softmax(logits / T) (0 = the best path)
     projector_dropout: bool = True  # keep the projector's dropout on while the LLM trains (its train mode)
+    masking: StateMasking = field(default_factory=StateMasking)  # SpecAugment on the states the projector reads
 
 
 def _both_languages() -> DataSource:
@@ -80,6 +83,7 @@ class Stage3Config(StageConfig):
     realign: TrainConfig | None = None  # CTC re-alignment of the projector on this stage's training data before
     #   the adapters train, its vocabulary grown to their words: for a new corpus, e.g. real speech (None = none)
     realign_batch_size: int = 32  # utterances a batch of re-alignment (no LLM runs: larger is cheap)
+    realign_masking: StateMasking = field(default_factory=StateMasking)  # SpecAugment on the states in re-alignment
     exposure: ExposureConfig = field(default_factory=ExposureConfig)  # the projector's errors in training
     tasks: dict = field(default_factory=lambda: {"asr_en": 1.0, "asr_de": 1.0, "ast_de": 0.3})  # name -> ratio
     eval_tasks: tuple[str, ...] = ("asr_en", "asr_de", "ast_de", "caps", "names")  # scored on test
@@ -124,9 +128,8 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
     the projector first learns to emit the new corpus's word pieces (`CTCProjector.extend_vocabulary`), then
     its voices. A stage-2 model trained on other audio (eSpeak voices) hears real speech as noise until it has.
     Returns the trainer's result plus ``added_tokens``; at evaluations, the projector's dev WER (best path)."""
-    from speechlm_lib.models.ctc_projector import CTCAlignment, ctc_vocabulary
-    from speechlm_lib.recipes.stage2_align import ctc_wer
-    from speechlm_lib.training.trainer import Trainer
+    from speechlm_lib.models.ctc_projector import ctc_vocabulary
+    from speechlm_lib.recipes.stage2_align import align_projector
 
     if not hasattr(model.projector, "extend_vocabulary"):
         raise ValueError(f"realign needs the 'ctc' projector; this model has {type(model.projector).__name__}")
@@ -137,10 +140,9 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
         dev = cache.fill(list(dev), model.encoder, batch_size=16, progress=False) if dev else []
     ds = SpeechLMDataset(train, model.encoder, model.prompts, cache=cache)
     dev_ds = SpeechLMDataset(list(dev), model.encoder, model.prompts, cache=cache) if dev else None
-    evaluate = (lambda m: {"wer": ctc_wer(m, dev_ds)["wer"]}) if dev_ds is not None else None
-    loader = make_loader(ds, batch_size=cfg.realign_batch_size, seed=cfg.train.seed)
-    result = Trainer(cfg.realign, CTCAlignment(model), loader, evaluate=evaluate, callbacks=callbacks,
-                     run_config=cfg).run()
+    result = align_projector(cfg.realign, model, ds, dev_ds, batch_size=cfg.realign_batch_size,
+                             seed=cfg.train.seed, callbacks=callbacks, run_config=cfg,
+                             masking=cfg.realign_masking)
     return {**result, "added_tokens": added}
 
 
@@ -150,6 +152,7 @@ def add_adapters(cfg: Stage3Config, model: SpeechLM) -> dict:
     add_lora(model, cfg.lora)
     model.projector.requires_grad_(cfg.train_projector)
     model.projector.sample_temperature = cfg.exposure.sample_temperature
+    model.projector.state_masking = cfg.exposure.masking
     if not cfg.exposure.projector_dropout:
         for m in model.projector.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -194,16 +197,8 @@ def projector_wer(model: SpeechLM, dataset, temperature: float = 0.0, seed: int 
     or with `temperature` the tokens drawn as `ExposureConfig` draws them in training. Matching the training
     tokens' WER to the unseen voices' is what exposure is for."""
     torch.manual_seed(seed)
-    proj, refs, hyps = model.projector, [], []
-    device = next(proj.parameters()).device
-    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
-        if "states" in batch:
-            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
-        else:
-            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
-        hyps += [model.prompts.decode(row) for row in proj.guess_tokens(states, lengths, temperature)]
-        refs += batch["meta"]["text"]
-    return wer(refs, hyps)
+    out = projector_transcripts(model, dataset, temperature, batch_size=batch_size)
+    return wer(out["refs"], out["hyps"])
 
 
 # ----- 3. training: the generic Trainer, dev WER of English ASR, the best adapters kept ---------------------

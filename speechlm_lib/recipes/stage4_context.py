@@ -130,6 +130,7 @@ def load_stage3(cfg: Stage4Config, encoder=None, trainable: bool = True, warn=wa
     model.prompts.set_examples([])
     model.projector.requires_grad_(False)
     model.projector.sample_temperature = cfg.exposure.sample_temperature
+    model.projector.state_masking = cfg.exposure.masking
     return model.to(llm.device).eval()
 
 
