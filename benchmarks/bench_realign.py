@@ -20,7 +20,6 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,18 +37,6 @@ OFF = ["realign_masking.time_masks=0", "realign_masking.channel_masks=0"]
 VARIANTS = {  # name -> settings over the preset ("masked": the preset's own masking)
     "plain": OFF, "masked": [], "masked_more": ["realign_masking.time_masks=4", "realign_masking.channel_masks=4"],
     "masked_1200": ["realign.max_steps=1200"], "masked_dropout0.3": ["projector.dropout=0.3"]}
-
-
-def build(name: str, cfg: Stage3Config, train, projector: dict, profile: str):
-    """The variant's start: notebook 02's model, or a new projector with `projector` settings changed."""
-    from speechlm_lib.models.build import build_speechlm
-    from speechlm_lib.recipes.stage2_align import Stage2Config
-
-    if "synthetic" in name:
-        return start_model("synthetic", cfg, train, profile)
-    model_cfg = replace(Stage2Config.preset(profile).model, prompt_examples=0)
-    model_cfg = replace(model_cfg, projector_kwargs={**model_cfg.projector_kwargs, **projector})
-    return build_speechlm(model_cfg, texts=[u.text for u in train])
 
 
 def score(model, utts, cache, masking: StateMasking | None = None) -> float:
@@ -75,7 +62,8 @@ def run_variant(name: str, sets: list[str], base: Stage3Config, splits: dict, pr
     projector = {k.split(".", 1)[1]: float(v) for k, v in (s.split("=", 1) for s in sets if s.startswith("projector."))}
     cfg = base.override(["realign.eval_every=0", *[s for s in sets if not s.startswith("projector.")]])
     torch.manual_seed(0)
-    model = build(name, cfg, splits["train"], projector, profile)
+    start_from = "synthetic" if "synthetic" in name else "scratch"
+    model = start_model(start_from, cfg, splits["train"], profile, projector)
     cache = FeatureCache.for_encoder(model.encoder)
     start = time.perf_counter()
     realign_projector(cfg, model, splits["train"], splits["dev"], cache)

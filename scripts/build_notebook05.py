@@ -171,7 +171,7 @@ A biasing list holds the words that matter (names) and, in use, many that do not
 listed words, U-WER on the rest: a good biasing model lowers B-WER without raising U-WER as the list grows. The
 list here is the test set's own keywords plus distractors drawn from the training keywords."""),
 ("result", """from speechlm_lib.data.sources import DataSource
-from speechlm_lib.evaluation.suite import list_size_sweep
+from speechlm_lib.evaluation.suite import list_size_sweep, sweep_figure
 from speechlm_lib.evaluation.systems import SYSTEMS
 from speechlm_lib.evaluation.testsets import from_source
 
@@ -182,13 +182,7 @@ bwer = pd.DataFrame()
 if folder is not None:
     llm = SYSTEMS.build("speechlm", folder=folder, shared=SHARED)
     bwer = list_size_sweep(llm, test_sets["synthetic"], train, sizes)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for key in ("B-WER", "U-WER"):
-        ax.plot(bwer["list size"], 100 * bwer[key], marker="o", label=key)
-    ax.set(title=f"{folder.name}: errors against the size of the list", xlabel="keyword list size (words)",
-           ylabel="error rate (%)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
-    plots.show(fig)
+    plots.show(sweep_figure(bwer, folder.name))
     display(bwer.round(3))
 else:
     print("no saved speech-LLM here: no keyword-list sweep")

@@ -55,11 +55,10 @@ def filter_list(entries: list[str] | None, hypothesis: str, cfg: ListFilterConfi
 
 def projector_texts(model, utts, cache=None, batch_size: int = 32) -> list[str]:
     """The ``ctc`` projector's best-path transcript of each of `utts` (in their order): what the LLM will be
-    shown, read as text. `cache`: the encoder's feature cache (states computed once)."""
+    shown, read as text. `cache`: the encoder's feature cache (states computed once). Needs the ``ctc``
+    projector (`decoding.ctc.projector_transcripts` says so otherwise)."""
     from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
 
-    if not hasattr(model.projector, "guess_tokens"):
-        raise ValueError(f"list filtering needs the 'ctc' projector; this model has {type(model.projector).__name__}")
     ds = SpeechLMDataset(list(utts), model.encoder, model.prompts, cache=cache)
     out = projector_transcripts(model, ds, batch_size=batch_size)
     texts = dict(zip(out["ids"], out["hyps"]))

@@ -119,3 +119,16 @@ def list_size_sweep(system, utts, train, sizes: tuple[int, ...]) -> pd.DataFrame
         s = evaluate(system, utts, "list sweep", keywords=(own + pool)[:size] if size else None).summary
         rows.append({"list size": size, "B-WER": s["b_wer"], "U-WER": s["u_wer"], "keyword recall": s["keyword_recall"]})
     return pd.DataFrame(rows)
+
+
+def sweep_figure(sweep: pd.DataFrame, title: str):
+    """B-WER and U-WER (percent) against the list size of a `list_size_sweep` table: a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for key in ("B-WER", "U-WER"):
+        ax.plot(sweep["list size"], 100 * sweep[key], marker="o", label=key)
+    ax.set(title=f"{title}: errors against the size of the list", xlabel="keyword list size (words)",
+           ylabel="error rate (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    return fig

@@ -41,9 +41,11 @@ def load_real(cfg: Stage3Config, say=print) -> dict[str, list[Utterance]]:
         return {"train": [], "dev": [], "test": []}
 
 
-def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: str):
+def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: str,
+                projector: dict | None = None):
     """The model a start begins from: the saved synthetic stage-2 model, or a new projector on the same parts
-    (the stage-2 preset's encoder, projector and LLM; its vocabulary from `train`'s texts)."""
+    (the stage-2 preset's encoder, projector and LLM; its vocabulary from `train`'s texts; `projector`: settings
+    of the new projector changed, e.g. ``{"dropout": 0.3}``)."""
     from speechlm_lib.models.build import build_speechlm
     from speechlm_lib.recipes.stage2_align import Stage2Config
 
@@ -51,7 +53,9 @@ def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: 
         raise ValueError(f"unknown start {start!r}; known: {', '.join(STARTS)}")
     if start == "synthetic":
         return load_stage2(cfg)
-    model_cfg = replace(Stage2Config.preset(profile).model, prompt_examples=0)
+    model_cfg = Stage2Config.preset(profile).model
+    kwargs = {**model_cfg.projector_kwargs, **(projector or {})}
+    model_cfg = replace(model_cfg, prompt_examples=0, projector_kwargs=kwargs)
     return build_speechlm(model_cfg, texts=[u.text for u in train])
 
 
