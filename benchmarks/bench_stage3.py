@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/bench_stage3.py --profile cpu          # the targets below
     .venv/bin/python benchmarks/bench_stage3.py --profile smoke        # plumbing, about a minute
     .venv/bin/python benchmarks/bench_stage3.py --profile cpu --ranks 2 8 32 --rank-steps 60   # rank ablation only
+    .venv/bin/python benchmarks/bench_stage3.py --profile cpu --quick --set train_projector=true \
+        --set "eval_tasks=('asr_en',)" --record-as stage3_lora_bench_train_projector \
+        --save runs/cpu/stage3_lora_train_projector                      # the projector trains along
 
 Starts from ``runs/<profile>/stage2_speechlm`` (notebook 02, or ``bench_speechlm.py --save``). Targets on
 the project's 2-core CPU (issue "Stage 3"), all on the unseen-voice test split of stage 2:
@@ -104,12 +107,18 @@ def evaluate(cfg, model, splits, cache, metrics: dict) -> dict:
     return scores
 
 
+def projector_test(cfg, model, splits, cache, metrics: dict) -> list:
+    """The projector alone on the English test (after training: it changes when it trains along)."""
+    test_en = [u for u in splits["test"] if u.language == "en"][: cfg.data.test_limit]
+    metrics["projector_test_wer"] = projector_wer(model, SpeechLMDataset(test_en, model.encoder, model.prompts,
+                                                                         cache=cache))
+    return test_en
+
+
 def baselines(args, cfg, model, splits, cache, metrics: dict) -> None:
     """On the same English test: the projector alone, the stage-2 model (its demonstrations, no adapters,
     RTF in the same run), Whisper tiny.en; and real speech for stage 3 and Whisper."""
-    test_en = [u for u in splits["test"] if u.language == "en"][: cfg.data.test_limit]
-    ds = SpeechLMDataset(test_en, model.encoder, model.prompts, cache=cache)
-    metrics["projector_test_wer"] = projector_wer(model, ds)
+    test_en = projector_test(cfg, model, splits, cache, metrics)
     stage2 = SpeechLM.from_pretrained(stage2_dir(cfg, args.profile), encoder=model.encoder,
                                       llm=model.peft.get_base_model() if model.peft else model.llm,
                                       tokenizer=model.tokenizer)
@@ -227,6 +236,8 @@ def main() -> None:
     if not args.quick:
         baselines(args, cfg, model, splits, cache, metrics)
         text_checks(cfg, model, metrics)
+    elif cfg.train_projector:
+        projector_test(cfg, model, splits, cache, metrics)
     metrics["targets_met"] = targets(metrics)
     metrics["finished"] = True
     print({k: v for k, v in metrics["targets_met"].items()})

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_stage4.py --profile smoke          # plumbing, a few minutes
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --no-ablation --no-whisper   # the main run only
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --set evaluation.filter.keep=5   # list filter
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --ablation-only --ablation-steps 120   # positive ratio
 
 Starts from ``runs/<profile>/stage3_lora`` (notebook 03). Every test utterance gets a biasing list by the
 LibriSpeech convention (its own keywords + N names never heard in training, N from the preset) and is
@@ -76,8 +77,9 @@ def ablation(args, cfg: Stage4Config, splits, lists: dict, n: int, encoder, cach
         run_cfg = replace(cfg, ict=replace(cfg.ict, positive_ratio=ratio),
                           train=replace(cfg.train, max_steps=args.ablation_steps or cfg.train.max_steps))
         model = load_stage3(run_cfg, encoder=encoder)
-        train_ict(run_cfg, model, make_ict_dataset(run_cfg, model, splits["train"], cache=cache, progress=False),
-                  cache=cache)
+        trained = train_ict(run_cfg, model, make_ict_dataset(run_cfg, model, splits["train"], cache=cache,
+                                                             progress=False), cache=cache)
+        metrics[f"ratio{ratio:g}_train_seconds"] = trained["train_seconds"]
         scores = evaluate_biasing(run_cfg, model, splits["test"], {"none": None, n: lists[n]}, cache=cache)
         flatten(f"ratio{ratio:g}", scores, metrics)
         print(f"positive ratio {ratio}:", table(scores))
@@ -111,6 +113,8 @@ def main() -> None:
     ap.add_argument("--no-whisper", action="store_true", help="skip the Whisper peer")
     ap.add_argument("--no-ablation", action="store_true", help="skip the positive-ratio ablation")
     ap.add_argument("--ablation-steps", type=int, default=None, help="updates of each ablation run (preset's)")
+    ap.add_argument("--ablation-only", action="store_true",
+                    help="only the positive-ratio ablation (no main run, no Whisper); recorded as stage4_ratio_ablation")
     ap.add_argument("--eval-only", action="store_true",
                     help="no training: score the saved stage-4 model without and with the list filter "
                          "(--set evaluation.filter.keep=K); recorded as stage4_list_filter")
@@ -129,6 +133,12 @@ def main() -> None:
     lists = evaluation_lists(cfg, splits)
     cache = FeatureCache.for_encoder(model.encoder)
     metrics["test_utterances"] = len(splits["test"])
+    if args.ablation_only:
+        args.record_as = "stage4_ratio_ablation" if args.record_as == "stage4_context_bench" else args.record_as
+        metrics["ablation_steps"] = args.ablation_steps or cfg.train.max_steps
+        record(args, metrics, first=True)
+        ablation(args, cfg, splits, lists, n, model.encoder, cache, metrics)
+        return record(args, {**metrics, "finished": True})
     record(args, metrics, first=True)
     flatten("stage3", evaluate_biasing(cfg, model, splits["test"], lists, cache=cache), metrics)  # before ICT
     train_ds = make_ict_dataset(cfg, model, splits["train"], cache=cache)

@@ -180,8 +180,9 @@ class StageConfig:
         """A copy with dotted settings changed by ``"key=value"`` strings, e.g.
         ``["train.max_steps=100", "model.llm=HuggingFaceTB/SmolLM2-360M-Instruct"]``.
 
-        Values are read as Python literals (``100``, ``2e-3``, ``None``, ``{"hidden": 2048}``),
-        anything else as text. An unknown key raises ``KeyError`` naming it."""
+        Values are read as Python literals (``100``, ``2e-3``, ``None``, ``{"hidden": 2048}``) or YAML's
+        ``true`` / ``false`` / ``null``, anything else as text. An unknown key raises ``KeyError`` naming it; a
+        switch (a bool setting) given anything but true or false raises ``ValueError``."""
         cfg = copy.deepcopy(self)
         for item in assignments:
             key, sep, raw = item.partition("=")
@@ -193,12 +194,24 @@ class StageConfig:
                 obj = getattr(obj, part, None) if is_dataclass(obj) else None
             if not is_dataclass(obj) or leaf not in {f.name for f in fields(obj)}:
                 raise KeyError(f"unknown setting {key.strip()!r} (a None section cannot be set into)")
-            try:
-                value = ast.literal_eval(raw.strip())
-            except (ValueError, SyntaxError):
-                value = raw.strip()
+            value = _literal(raw)
+            if typing.get_type_hints(type(obj)).get(leaf) is bool and not isinstance(value, bool):
+                raise ValueError(f"setting {key.strip()!r} is true or false, not {raw.strip()!r}")
             setattr(obj, leaf, value)
         return cfg
+
+
+def _literal(raw: str):
+    """A ``--set`` value: a Python literal (``100``, ``2e-3``, ``None``, ``{"hidden": 2048}``), YAML's ``true`` /
+    ``false`` / ``null`` (any case, as the preset files write them), anything else as text."""
+    raw = raw.strip()
+    words = {"true": True, "false": False, "null": None}
+    if raw.lower() in words:
+        return words[raw.lower()]
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
 
 
 def _build(cls, data):

@@ -84,6 +84,20 @@ def test_override_rejects_unknown_keys_clearly(item, error, words):
         Stage2Config.preset("cpu").override([item])
 
 
+def test_override_reads_yaml_switches_as_the_presets_write_them():
+    """``--set train_projector=true`` once became the string "true" and crashed far from the command line."""
+    from speechlm_lib.recipes.stage3_lora import Stage3Config
+
+    base = Stage3Config.preset("cpu")
+    assert base.override(["train_projector=true"]).train_projector is True
+    assert base.override(["keep_best=False", "init_from=null"]).keep_best is False
+    assert base.override(["init_from=null"]).init_from is None
+    with pytest.raises(ValueError, match="'train_projector' is true or false, not 'maybe'"):
+        base.override(["train_projector=maybe"])
+    with pytest.raises(ValueError, match="true or false, not '1'"):
+        base.override(["train_projector=1"])
+
+
 def test_override_cannot_set_into_a_missing_section():
     cfg = Stage2Config.preset("cpu").override(["pretrain=None"])
     assert cfg.pretrain is None

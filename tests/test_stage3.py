@@ -104,6 +104,18 @@ def test_adapters_train_and_nothing_else_of_the_llm(parts, tmp_path):
             assert torch.equal(p, frozen[n.replace("base_model.model.", "").replace(".base_layer", "")])
 
 
+def test_a_projector_that_trains_along_gets_gradients_through_its_hard_tokens(parts, tmp_path):
+    model = _model(parts, r=0)
+    counts = add_adapters(Stage3Config.preset("smoke").override(["lora.r=4", "train_projector=True"]), model)
+    assert counts["projector"]["trainable"] > 0
+    ds = TaskDataset(task_items({"asr_en": 1.0}, _utts(tmp_path)), model.encoder, model.prompts)
+    model.train()
+    model(**Collate(model.encoder, model.prompts.pad_id)([ds[i] for i in range(len(ds))]))["loss"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("projector.classify") for n in grads)  # straight-through the one-hot pick
+    assert any("lora_" in n for n in grads)
+
+
 def test_adapters_come_back_in_a_fresh_process_with_the_same_transcripts(parts, tmp_path):
     model = _model(parts)
     utts = _utts(tmp_path, german=0)

@@ -214,6 +214,7 @@ def run_stage3(cfg: Stage3Config, run_dir: Path, command: str) -> dict:
     """Stage 3 (`recipes.stage3_lora`), as notebook 03 runs it: the stage-2 model in ``init_from`` (default
     runs/<profile>/stage2_speechlm) gets LoRA adapters, trains on the task mix, and is scored on every task."""
     from speechlm_lib.data.feature_cache import FeatureCache
+    from speechlm_lib.recipes.cross_fit import cross_fitted_tokens
     from speechlm_lib.recipes.stage3_lora import (add_adapters, evaluate_tasks, load_splits, load_stage2,
                                                   make_task_dataset, realign_projector, stage2_dir, train_lora)
 
@@ -226,12 +227,15 @@ def run_stage3(cfg: Stage3Config, run_dir: Path, command: str) -> dict:
     splits = load_splits(cfg, report)
     _need(splits, ("train",), cfg.data.source)
     cache = FeatureCache.for_encoder(model.encoder) if cfg.data.use_cache else None
-    realigned = None
+    realigned = crossed = None
+    if cfg.exposure.cross_fit_folds:  # training tokens from fold projectors that never heard their speakers
+        crossed = cross_fitted_tokens(cfg, model, splits["train"], cache)
     if cfg.realign:  # a new corpus: the projector learns its words and voices first (CTC, the LLM idle)
         realign = replace(cfg.realign, output_dir=cfg.realign.output_dir or str(run_dir / "realign"))
         realigned = realign_projector(replace(cfg, realign=realign), model, splits["train"], splits["dev"], cache)
     counts = add_adapters(cfg, model)
-    train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, report=report)
+    train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, report=report,
+                                 audio_tokens=crossed["tokens"] if crossed else None)
     result = train_lora(cfg, model, train_ds, dev=splits["dev"], cache=cache, output_dir=run_dir / MODEL_DIR)
     metrics = {"steps": result["final"]["step"], "train_seconds": result["train_seconds"],
                "trainable_parameters": counts["all"]["trainable"], "train_pairs": len(train_ds),
@@ -239,6 +243,8 @@ def run_stage3(cfg: Stage3Config, run_dir: Path, command: str) -> dict:
     if realigned is not None:
         metrics.update(realign_steps=realigned["final"]["step"], realign_seconds=realigned["seconds"],
                        realign_added_tokens=realigned["added_tokens"])
+    if crossed is not None:
+        metrics.update(cross_fit_seconds=crossed["seconds"], cross_fit_token_wer=crossed["wer"])
     if splits["test"]:
         scores = evaluate_tasks(cfg, model, splits["test"], cache=cache, held_out=False, progress=True)
         metrics.update({f"{t}_{k}": v for t, s in scores.items() for k, v in s.items() if isinstance(v, (int, float))})

@@ -98,16 +98,29 @@ class SpeechLMDataset(Dataset):
 class TaskDataset(SpeechLMDataset):
     """(utterance, `tasks.Task`) pairs as model-ready items: the task gives the answer and an instruction
     paraphrase (fixed per item for a `seed`, so a resumed run sees the same prompts). Cached states are
-    shared by every task that reads the same recording."""
+    shared by every task that reads the same recording.
+
+    `audio_tokens` (utterance id -> LLM token ids) stands in for the projector: such items carry
+    ``audio_ids`` instead of states (stage 3's cross-fitted tokens, `recipes.cross_fit`); every kept
+    utterance must have them."""
 
     def __init__(self, pairs: list, encoder, prompts: PromptBuilder, cache: FeatureCache | None = None,
-                 report: Report | None = None, seed: int = 0):
+                 report: Report | None = None, seed: int = 0, audio_tokens: dict[str, list[int]] | None = None):
         self.tasks = {id(u): t for u, t in pairs}  # construction filters utterances; remember each one's task
         rngs = {id(u): random.Random(f"{seed}:{i}") for i, (u, _) in enumerate(pairs)}
         self.instructions = {key: self.tasks[key].instruction(rng) for key, rng in rngs.items()}
         super().__init__([u for u, _ in pairs], encoder, prompts, cache=cache,
                          instruction_fn=lambda u: self.instructions[id(u)],
                          target_fn=lambda u: self.tasks[id(u)].answer(u), report=report)
+        self.audio_tokens = audio_tokens
+        missing = [u.id for u in self.utts if audio_tokens is not None and u.id not in audio_tokens]
+        if missing:
+            raise ValueError(f"audio_tokens has no tokens for {len(missing)} utterance(s), e.g. {missing[:3]}")
+
+    def audio_item(self, u: Utterance) -> dict:
+        if self.audio_tokens is not None:
+            return {"audio_ids": list(self.audio_tokens[u.id])}
+        return super().audio_item(u)
 
     def task_names(self) -> list[str]:
         """The task of each kept item, in order."""
@@ -124,7 +137,8 @@ def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 
 
 class Collate:
-    """Batch items: pad states ``(batch, frames, dim)`` or features, and the three id rows."""
+    """Batch items: pad states ``(batch, frames, dim)``, features or audio token ids ``(batch, tokens)``, and
+    the three id rows."""
 
     def __init__(self, encoder, pad_id: int):
         self.encoder, self.pad_id = encoder, pad_id
@@ -136,8 +150,10 @@ class Collate:
             batch.update(states=states.transpose(1, 2), state_lengths=lengths)
         elif all("features" in it for it in items):
             batch["features"], batch["feature_lengths"] = self.encoder.collate([it["features"] for it in items])
+        elif all("audio_ids" in it for it in items):
+            batch["audio_ids"], batch["audio_id_lengths"] = pad_ids([it["audio_ids"] for it in items], self.pad_id)
         else:
-            raise ValueError("a batch mixes cached states and raw features")
+            raise ValueError("a batch mixes cached states, raw features and audio token ids")
         for key in ("prefix", "suffix", "target"):
             batch[f"{key}_ids"], batch[f"{key}_lengths"] = pad_ids([it[key] for it in items], self.pad_id)
         batch["meta"] = {"id": [it["id"] for it in items], "text": [it["text"] for it in items],

@@ -90,7 +90,8 @@ def filter_feasible(items: Sequence, frames_of: Callable, labels_of: Callable, n
 def projector_transcripts(model, dataset, temperature: float = 0.0, batch_size: int = 32) -> dict[str, list[str]]:
     """The ``ctc`` projector alone as a recogniser: its best-path transcript of every utterance of `dataset`
     (a `SpeechLMDataset`; cached ``states`` or ``features``), or with `temperature` > 0 the tokens drawn as
-    stage 3's exposure draws them. Returns ``{"ids", "refs", "hyps"}`` in the loader's order."""
+    stage 3's exposure draws them. Returns ``{"ids", "refs", "hyps", "tokens"}`` (``tokens``: the LLM token
+    ids of each transcript) in the loader's order."""
     from speechlm_lib.data.speechlm_dataset import make_loader
 
     proj = model.projector
@@ -98,13 +99,15 @@ def projector_transcripts(model, dataset, temperature: float = 0.0, batch_size: 
         raise ValueError(f"the projector alone can only transcribe with the 'ctc' projector, not "
                          f"{type(proj).__name__}")
     device = next(proj.parameters()).device
-    out = {"ids": [], "refs": [], "hyps": []}
+    out = {"ids": [], "refs": [], "hyps": [], "tokens": []}
     for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
         if "states" in batch:
             states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
         else:
             states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
-        out["hyps"] += [model.prompts.decode(row) for row in proj.guess_tokens(states, lengths, temperature)]
+        rows = proj.guess_tokens(states, lengths, temperature)
+        out["tokens"] += rows
+        out["hyps"] += [model.prompts.decode(row) for row in rows]
         out["refs"] += batch["meta"]["text"]
         out["ids"] += batch["meta"]["id"]
     return out

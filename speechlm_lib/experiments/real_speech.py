@@ -21,6 +21,7 @@ from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.evaluation.aggregate import breakdown, paired_bootstrap
 from speechlm_lib.evaluation.run import Evaluation, evaluate
+from speechlm_lib.recipes.cross_fit import cross_fitted_tokens
 from speechlm_lib.recipes.stage3_lora import (Stage3Config, add_adapters, load_stage2, make_task_dataset,
                                               realign_projector, train_lora)
 
@@ -42,10 +43,11 @@ def load_real(cfg: Stage3Config, say=print) -> dict[str, list[Utterance]]:
 
 
 def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: str,
-                projector: dict | None = None):
+                projector: dict | None = None, encoder_source: str | None = None):
     """The model a start begins from: the saved synthetic stage-2 model, or a new projector on the same parts
     (the stage-2 preset's encoder, projector and LLM; its vocabulary from `train`'s texts; `projector`: settings
-    of the new projector changed, e.g. ``{"dropout": 0.3}``)."""
+    of the new projector changed, e.g. ``{"dropout": 0.3}``; `encoder_source`: another encoder, e.g.
+    ``openai/whisper-base``)."""
     from speechlm_lib.models.build import build_speechlm
     from speechlm_lib.recipes.stage2_align import Stage2Config
 
@@ -55,7 +57,8 @@ def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: 
         return load_stage2(cfg)
     model_cfg = Stage2Config.preset(profile).model
     kwargs = {**model_cfg.projector_kwargs, **(projector or {})}
-    model_cfg = replace(model_cfg, prompt_examples=0, projector_kwargs=kwargs)
+    model_cfg = replace(model_cfg, prompt_examples=0, projector_kwargs=kwargs,
+                        encoder_source=encoder_source or model_cfg.encoder_source)
     return build_speechlm(model_cfg, texts=[u.text for u in train])
 
 
@@ -63,22 +66,28 @@ def fine_tune(cfg: Stage3Config, start: str, splits: dict[str, list[Utterance]],
               profile: str, output_dir: str | Path | None = None, model=None):
     """Re-align the projector and train the adapters from `start` on ``splits["train"]`` (dev WER on
     ``splits["dev"]``; `cache`: the encoder's feature cache, made here when None; `model`: `start`'s model if
-    already built by `start_model`). Returns ``(model, info)``: info has the seconds (``seconds`` in all,
-    ``realign_seconds``, ``lora_seconds``), ``added_tokens`` and the dev curves of the projector and of the
-    speech-LLM."""
+    already built by `start_model`). With ``exposure.cross_fit_folds`` the adapters train on cross-fitted
+    tokens (`recipes.cross_fit`, from the start's projector before re-alignment). Returns ``(model, info)``:
+    info has the seconds (``seconds`` in all, ``realign_seconds``, ``lora_seconds``, ``cross_fit_seconds``),
+    ``added_tokens``, the dev curves of the projector and of the speech-LLM, and the cross-fitted tokens' WER."""
     t0 = time.perf_counter()
     model = model if model is not None else start_model(start, cfg, splits["train"], profile)
     if cache is None and cfg.data.use_cache:
         cache = FeatureCache.for_encoder(model.encoder)
+    crossed = cross_fitted_tokens(cfg, model, splits["train"], cache) if cfg.exposure.cross_fit_folds else None
     aligned = realign_projector(cfg, model, splits["train"], splits["dev"], cache)
     add_adapters(cfg, model)
-    train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, progress=False)
+    train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, progress=False,
+                                 audio_tokens=crossed["tokens"] if crossed else None)
     result = train_lora(cfg, model, train_ds, dev=splits["dev"], cache=cache, output_dir=output_dir)
     info = {"seconds": time.perf_counter() - t0, "realign_seconds": aligned["seconds"],
             "lora_seconds": result["seconds"], "added_tokens": aligned["added_tokens"],
             "projector_dev_curve": " ".join(f"{e['step']}:{e['wer']:.3f}" for e in aligned["eval"]),
             "dev_wer_curve": " ".join(f"{e['step']}:{e['wer']:.3f}" for e in result["eval"]),
             "kept_step": result.get("best", {}).get("step")}
+    if crossed:
+        info.update(cross_fit_seconds=crossed["seconds"], cross_fit_token_wer=crossed["wer"],
+                    cross_fit_fold_wer=" ".join(f"{w:.3f}" for w in crossed["fold_wer"]))
     return model.eval(), info
 
 

@@ -149,16 +149,21 @@ class SpeechLM(nn.Module):
 
     # -- training forward ---------------------------------------------------------------
     def forward(self, prefix_ids, prefix_lengths, suffix_ids, suffix_lengths, target_ids, target_lengths,
-                features=None, feature_lengths=None, states=None, state_lengths=None, meta=None) -> dict:
+                features=None, feature_lengths=None, states=None, state_lengths=None, meta=None,
+                audio_ids=None, audio_id_lengths=None) -> dict:
         """Teacher-forced loss on the answer tokens. Returns ``{"loss", "n_tokens", "accuracy"}``.
 
         Only the positions that predict a target token go through the LM head (the
         prompt's logits are never computed). When every row shares the prefix, it runs
         once and is reused as a key/value cache (`prefix_cache`): computed once and kept
         while the LLM is frozen, once a batch with gradients while adapters train.
-        `meta` (ids, texts) is ignored.
+        `meta` (ids, texts) is ignored. `audio_ids` ``(batch, tokens)``: LLM token ids standing in for the
+        projector's output (hard tokens made elsewhere: stage 3's cross-fitting, `recipes.cross_fit`).
         """
-        audio, audio_lengths = self.audio_embeddings(features, feature_lengths, states, state_lengths)
+        if audio_ids is not None:
+            audio, audio_lengths = self.llm.get_input_embeddings()(audio_ids), audio_id_lengths
+        else:
+            audio, audio_lengths = self.audio_embeddings(features, feature_lengths, states, state_lengths)
         shared = self.shared_prefix(prefix_ids, prefix_lengths)
         if shared is not None:  # the prefix is a cache; rows start at the audio
             prefix_ids, prefix_lengths = prefix_ids[:, :0], torch.zeros_like(prefix_lengths)

@@ -51,6 +51,8 @@ class ExposureConfig:
     sample_temperature: float = 0.0  # draw each audio token from softmax(logits / T) (0 = the best path)
     projector_dropout: bool = True  # keep the projector's dropout on while the LLM trains (its train mode)
     masking: StateMasking = field(default_factory=StateMasking)  # SpecAugment on the states the projector reads
+    cross_fit_folds: int = 0  # K >= 2: the LLM trains on tokens of K fold projectors, each re-aligned without the
+    #   speakers it transcribes (recipes.cross_fit; needs realign and a frozen projector); 0 = off
 
 
 def _both_languages() -> DataSource:
@@ -179,8 +181,9 @@ def load_splits(cfg: Stage3Config, report: Report | None = None) -> dict[str, li
 
 def make_task_dataset(cfg: Stage3Config, model: SpeechLM, utts: list[Utterance], tasks: dict[str, float],
                       cache: FeatureCache | None = None, report: Report | None = None,
-                      progress: bool = True) -> TaskDataset:
-    """(utterance, task) pairs by the `tasks` ratios, encoder states cached first (batched)."""
+                      progress: bool = True, audio_tokens: dict | None = None) -> TaskDataset:
+    """(utterance, task) pairs by the `tasks` ratios, encoder states cached first (batched); `audio_tokens`
+    (utterance id -> token ids, `recipes.cross_fit`) replace the projector's output in training."""
     report = report if report is not None else Report()
     pairs = task_items(tasks, utts, report, seed=cfg.train.seed)
     if cfg.data.use_cache:
@@ -188,7 +191,7 @@ def make_task_dataset(cfg: Stage3Config, model: SpeechLM, utts: list[Utterance],
         kept = {u.audio for u in cache.fill(utts, model.encoder, batch_size=16, report=report, progress=progress)}
         pairs = [(u, t) for u, t in pairs if u.audio in kept]
     return TaskDataset(pairs, model.encoder, model.prompts, cache=cache if cfg.data.use_cache else None,
-                       report=report, seed=cfg.train.seed)
+                       report=report, seed=cfg.train.seed, audio_tokens=audio_tokens)
 
 
 @torch.no_grad()
