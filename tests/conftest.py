@@ -22,6 +22,45 @@ def write_tone(path: Path, seconds: float = 1.0, sr: int = 16000, channels: int 
     return path
 
 
+def write_noise(path: Path, seconds: float, seed: int, sr: int = 16000) -> Path:
+    """`seconds` of quiet seeded white noise (amplitude 0.1) as a wav: a stand-in utterance for tiny models."""
+    sf.write(str(path), np.random.RandomState(seed).randn(int(sr * seconds)).astype("float32") * 0.1, sr)
+    return path
+
+
+def save_tiny_parts(folder: Path) -> tuple[str, str]:
+    """A tiny random LLM and wav2vec2 encoder saved under `folder` (a fresh process can load them by path)."""
+    from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2
+
+    return str(save_tiny_llm(folder / "llm")), str(save_tiny_wav2vec2(folder / "w2v"))
+
+
+def tiny_ctc_speechlm(parts: tuple[str, str], texts, r: int = 0, seed: int = 0):
+    """A `SpeechLM` on the tiny saved `parts`: the hard-token ``ctc`` projector over `texts`' tokens and, with
+    `r`, LoRA adapters of rank r whose B is random (peft starts it at zero: these change the output)."""
+    import torch
+
+    from speechlm_lib.models.build import ModelConfig, build_speechlm
+    from speechlm_lib.models.encoders import ENCODERS
+    from speechlm_lib.models.lora import LoraSettings, add_lora, lora_parameters
+    from speechlm_lib.models.speechlm import load_llm
+
+    llm_dir, enc_dir = parts
+    llm, tok = load_llm(llm_dir)
+    cfg = ModelConfig(encoder="wav2vec2", encoder_source=enc_dir, llm=llm_dir, projector="ctc", stride=2,
+                      projector_kwargs={"hidden": 32, "hard": True, "dropout": 0.0})
+    torch.manual_seed(seed)
+    model = build_speechlm(cfg, encoder=ENCODERS.build("wav2vec2", source=enc_dir), llm=llm, tokenizer=tok,
+                           texts=list(texts))
+    if r:
+        add_lora(model, LoraSettings(r=r, alpha=2 * r))
+        with torch.no_grad():
+            for name, p in lora_parameters(model).items():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+    return model
+
+
 @pytest.fixture
 def tone(tmp_path):
     return write_tone(tmp_path / "tone.wav")

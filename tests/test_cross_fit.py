@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
+from conftest import save_tiny_parts, tiny_ctc_speechlm, write_noise
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.data.speechlm_dataset import Collate, SpeechLMDataset, TaskDataset
 from speechlm_lib.data.tasks import task_items
 from speechlm_lib.decoding.ctc import projector_transcripts
-from speechlm_lib.models.build import ModelConfig, build_speechlm
-from speechlm_lib.models.encoders import ENCODERS
-from speechlm_lib.models.speechlm import load_llm
-from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2
 from speechlm_lib.recipes import cross_fit, stage3_lora
 from speechlm_lib.recipes.stage3_lora import ExposureConfig, Stage3Config
 from speechlm_lib.training.trainer import TrainConfig
@@ -29,7 +24,7 @@ def _utts(tmp_path, n=10, speakers=5):
     for i in range(n):
         sec = 0.8 + 0.1 * i
         path = tmp_path / f"u{i}.wav"
-        sf.write(str(path), np.random.RandomState(i).randn(int(16000 * sec)).astype("float32") * 0.1, 16000)
+        write_noise(path, sec, seed=i)
         out.append(Utterance(id=f"u{i}", audio=str(path), text=TEXTS[i % len(TEXTS)], duration=sec,
                              speaker=f"s{i % speakers}"))
     return out
@@ -37,14 +32,7 @@ def _utts(tmp_path, n=10, speakers=5):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("parts")
-    llm_dir, enc_dir = str(save_tiny_llm(d / "llm")), str(save_tiny_wav2vec2(d / "w2v"))
-    llm, tok = load_llm(llm_dir)
-    cfg = ModelConfig(encoder="wav2vec2", encoder_source=enc_dir, llm=llm_dir, projector="ctc", stride=2,
-                      projector_kwargs={"hidden": 32, "hard": True, "dropout": 0.0})
-    torch.manual_seed(0)
-    return build_speechlm(cfg, encoder=ENCODERS.build("wav2vec2", source=enc_dir), llm=llm, tokenizer=tok,
-                          texts=TEXTS[:2]).eval()
+    return tiny_ctc_speechlm(save_tiny_parts(tmp_path_factory.mktemp("parts")), TEXTS[:2]).eval()
 
 
 def test_speaker_folds_never_split_a_speaker(tmp_path):

@@ -4,21 +4,18 @@ from __future__ import annotations
 import random
 import warnings
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
+from conftest import save_tiny_parts, tiny_ctc_speechlm, write_noise
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics_bias import biasing_scores, example_rows
-from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.context import (ContextTooLong, ICTConfig, ICTSampler, biasing_lists, clean_list,
                                          context_text, context_tokens, fit_context, unseen_pool, with_context)
-from speechlm_lib.models.encoders import ENCODERS
-from speechlm_lib.models.lora import LoraSettings, add_lora, lora_parameters
-from speechlm_lib.models.speechlm import SpeechLM, load_llm
-from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2, tiny_tokenizer
+from speechlm_lib.models.lora import lora_parameters
+from speechlm_lib.models.speechlm import SpeechLM
+from speechlm_lib.models.tiny_models import tiny_tokenizer
 from speechlm_lib.recipes.stage4_context import (BiasEvalConfig, Stage4Config, evaluate_biasing, load_stage3,
                                                  make_ict_dataset, train_ict)
 from speechlm_lib.training.trainer import TrainConfig
@@ -144,7 +141,7 @@ def _utts(tmp_path, split, n):
     for i in range(n):
         sec = 1.0 + 0.2 * (i % 4)
         path = tmp_path / f"{split}{i}.wav"
-        sf.write(str(path), np.random.RandomState(i).randn(int(16000 * sec)).astype("float32") * 0.1, 16000)
+        write_noise(path, sec, seed=i)
         out.append(Utterance(id=f"{split}{i}", audio=str(path), text=TEXTS[i % 4], duration=sec,
                              keywords=KEYWORDS[i % 4]))
     return out
@@ -154,18 +151,7 @@ def _utts(tmp_path, split, n):
 def stage3(tmp_path_factory):
     """A saved tiny 'stage-3' SpeechLM with LoRA adapters (instruction before the audio)."""
     d = tmp_path_factory.mktemp("s3")
-    llm_dir, enc_dir = str(save_tiny_llm(d / "llm")), str(save_tiny_wav2vec2(d / "w2v"))
-    llm, tok = load_llm(llm_dir)
-    cfg = ModelConfig(encoder="wav2vec2", encoder_source=enc_dir, llm=llm_dir, projector="ctc", stride=2,
-                      projector_kwargs={"hidden": 32, "hard": True, "dropout": 0.0})
-    torch.manual_seed(0)
-    model = build_speechlm(cfg, encoder=ENCODERS.build("wav2vec2", source=enc_dir), llm=llm, tokenizer=tok,
-                           texts=TEXTS)
-    add_lora(model, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for name, p in lora_parameters(model).items():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
+    model = tiny_ctc_speechlm(save_tiny_parts(d), TEXTS, r=4)
     model.save_pretrained(d / "stage3")
     return d / "stage3"
 
