@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/bench_stage4.py --profile smoke          # plumbing, a few minutes
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --no-ablation --no-whisper   # the main run only
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --set evaluation.filter.keep=5   # list filter
-    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --ablation-only --ablation-steps 120   # positive ratio
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --ablation-only --ablation-steps 125   # positive ratio
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --set evaluation.filter.keep=5 \
+        --set evaluation.filter.match=sound --record-as stage4_list_filter_sound   # filter by pronunciation
 
 Starts from ``runs/<profile>/stage3_lora`` (notebook 03). Every test utterance gets a biasing list by the
 LibriSpeech convention (its own keywords + N names never heard in training, N from the preset) and is

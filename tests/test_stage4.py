@@ -229,6 +229,21 @@ def test_the_list_filter_keeps_the_names_that_sound_like_the_projectors_transcri
     assert filter_list(None, hyp, ListFilterConfig(keep=3)) is None and filter_list(names, "", ListFilterConfig(keep=3)) == []
 
 
+def test_the_sound_match_finds_names_spelt_otherwise():
+    """eSpeak's pronunciations: "Phoebe" heard as "feebee" is a perfect match by sound, a poor one by letters."""
+    from speechlm_lib.data.tts import phonemes
+    from speechlm_lib.decoding.list_filter import MATCH, ListFilterConfig, filter_list, similarity
+
+    assert phonemes("Phoebe") == phonemes("feebee") != "" and phonemes("  ") == ""
+    assert similarity("Phoebe", [MATCH["sound"]("feebee")], "sound") == 1.0 > 0.6 > similarity("Phoebe", ["feebee"])
+    names = ["Kowalczyk", "Phoebe", "Barillaro", "Sean"]
+    hyp = "then feebee called shawn"
+    assert filter_list(names, hyp, ListFilterConfig(keep=2, min_score=0.6, match="sound")) == ["Phoebe", "Sean"]
+    assert filter_list(names, hyp, ListFilterConfig(keep=2, min_score=0.6, match="spelling")) == ["Sean"]
+    with pytest.raises(ValueError, match="unknown list-filter match 'smell'; known: spelling, sound"):
+        filter_list(names, hyp, ListFilterConfig(keep=2, match="smell"))
+
+
 def test_biasing_evaluation_with_the_filter_counts_its_time_and_what_it_kept(stage3, tmp_path):
     from dataclasses import replace
 

@@ -226,6 +226,24 @@ class _Engine:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
 
 
+    def phonemes(self, text: str, voice: str) -> str:
+        """eSpeak's phoneme mnemonics for `text` as `voice` would say it (``espeak_TextToPhonemes``, clause by
+        clause), e.g. ``"m'aTju:z"`` for "Matthews" in English."""
+        lib = self._open()
+        try:
+            lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+            lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            if lib.espeak_SetVoiceByName(self.files.get(voice, voice).encode()) != _EE_OK:
+                raise ValueError(f"eSpeak NG could not load voice {voice!r}")
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            ptr, out = ctypes.c_void_p(ctypes.addressof(buf)), []
+            while ptr.value:  # eSpeak advances the pointer one clause a call; NULL at the end
+                out.append((lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, 0) or b"").decode())
+        finally:
+            self._close(lib)
+        return " ".join(p.strip() for p in out if p.strip())
+
+
 _engine: _Engine | None = None
 _engine_pid: int | None = None
 _lock = threading.Lock()
@@ -239,6 +257,16 @@ def _get_engine() -> _Engine:
             _lock = threading.Lock()  # a lock copied mid-use by fork is never released
         _engine, _engine_pid = _Engine(), os.getpid()
     return _engine
+
+
+@lru_cache(maxsize=65536)
+def phonemes(text: str, voice: str = "en-us") -> str:
+    """How eSpeak NG would pronounce `text`, as its phoneme mnemonics (cached): a spelling-independent key for
+    "sounds like" comparisons (`decoding.list_filter`). Empty text gives ""."""
+    if not text.strip():
+        return ""
+    with _lock:
+        return _get_engine().phonemes(text, voice)
 
 
 def list_voices(language: str | None = "en") -> list[str]:

@@ -6,6 +6,8 @@ were not. The ``ctc`` projector's own best path is a garbled but close spelling 
 "Matthews"), and it costs one small network on states the encoder computed anyway. Each list entry is scored by
 its best character similarity to any run of about as many words in that transcript (`difflib.SequenceMatcher`
 ratio, after the shared normaliser); the `keep` best scoring at least `min_score` stay, in the list's order.
+``match`` chooses what is compared (`MATCH`): the letters (``spelling``), or eSpeak NG's pronunciation of each
+word (``sound``: "Matthews" -> ``maTju:z``, "mateus" -> ``matI2@s``), which does not care how a sound is spelt.
 
     hyps = projector_texts(model, utts, cache)                  # one best-path text per utterance
     lists = [filter_list(words, hyp, ListFilterConfig(keep=5)) for words, hyp in zip(lists, hyps)]
@@ -19,18 +21,29 @@ from speechlm_lib.data.text import normalize
 from speechlm_lib.decoding.ctc import projector_transcripts
 
 
+def _sound(word: str) -> str:
+    """One word's eSpeak phonemes without stress and allophone marks (a "sounds like" key)."""
+    from speechlm_lib.data.tts import phonemes
+
+    return "".join(c for c in phonemes(word) if c not in "',#;% ") or word
+
+
+MATCH = {"spelling": lambda word: word, "sound": _sound}  # normalised word -> what is compared
+
+
 @dataclass
 class ListFilterConfig:
     """Which list entries reach the prompt."""
 
     keep: int = 0  # at most this many entries a list, the most similar to the projector's transcript (0 = all)
     min_score: float = 0.5  # drop an entry whose best similarity (0..1) to the transcript is below this
+    match: str = "spelling"  # compare letters ("spelling") or eSpeak pronunciations ("sound"); see MATCH
 
 
-def similarity(entry: str, words: list[str]) -> float:
-    """Best `SequenceMatcher` ratio of `entry` (normalised) against any run of ``len(entry words) - 1 .. + 1``
-    consecutive `words`; 0 for an empty transcript."""
-    target = normalize(entry)
+def similarity(entry: str, words: list[str], match: str = "spelling") -> float:
+    """Best `SequenceMatcher` ratio of `entry` (normalised, each word through ``MATCH[match]``) against any run
+    of ``len(entry words) - 1 .. + 1`` consecutive `words` (already through it); 0 for an empty transcript."""
+    target = " ".join(MATCH[match](w) for w in normalize(entry).split())
     k, best = max(1, len(target.split())), 0.0
     matcher = SequenceMatcher(autojunk=False)
     matcher.set_seq2(target)
@@ -47,8 +60,11 @@ def filter_list(entries: list[str] | None, hypothesis: str, cfg: ListFilterConfi
     own order; unchanged when ``cfg.keep`` is 0 or the list is empty or None."""
     if not entries or cfg.keep <= 0:
         return entries
-    words = normalize(hypothesis).split()
-    scored = sorted(((similarity(e, words), -i) for i, e in enumerate(entries)), reverse=True)[: cfg.keep]
+    if cfg.match not in MATCH:
+        raise ValueError(f"unknown list-filter match {cfg.match!r}; known: {', '.join(MATCH)}")
+    words = [MATCH[cfg.match](w) for w in normalize(hypothesis).split()]
+    scored = sorted(((similarity(e, words, cfg.match), -i) for i, e in enumerate(entries)),
+                    reverse=True)[: cfg.keep]
     chosen = {-neg for score, neg in scored if score >= cfg.min_score}
     return [e for i, e in enumerate(entries) if i in chosen]
 
