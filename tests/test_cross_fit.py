@@ -86,3 +86,31 @@ def test_each_fold_projector_is_trained_without_the_speakers_it_transcribes(mode
     assert all(torch.equal(before[k], v) for k, v in model.projector.state_dict().items())
     with pytest.raises(ValueError, match="train_projector"):
         cross_fit.cross_fitted_tokens(replace(cfg, train_projector=True), model, utts)
+
+
+def test_prepare_projector_cross_fits_from_the_starting_projector_then_realigns(model, tmp_path, monkeypatch):
+    """The order matters: fold projectors must be copies of the projector *before* re-alignment (after it, the
+    full projector has heard every fold's speakers)."""
+    import copy
+
+    utts = _utts(tmp_path, n=10, speakers=5)
+    m = copy.deepcopy(model)
+    start = m.projector
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    copied_from, real_deepcopy = [], cross_fit.copy.deepcopy
+
+    def spy(obj, *args):
+        if obj is start:
+            copied_from.append(all(torch.equal(before[k], v) for k, v in obj.state_dict().items()))
+        return real_deepcopy(obj, *args)
+
+    monkeypatch.setattr(cross_fit.copy, "deepcopy", spy)
+    cfg = replace(Stage3Config(), realign=TrainConfig(max_steps=4, eval_every=0, lr=1e-2, progress=False),
+                  realign_batch_size=4, exposure=ExposureConfig(cross_fit_folds=2))
+    out = stage3_lora.prepare_projector(cfg, m, utts, cache=None)
+    assert copied_from == [True, True]  # both folds copied the untouched starting projector
+    assert set(out["cross_fit"]["tokens"]) == {u.id for u in utts} and out["realign"]["final"]["step"] == 4
+    assert m.projector is start  # the model's own projector, then re-aligned
+    assert any(not torch.equal(before[k], v) for k, v in m.projector.state_dict().items())
+    off = stage3_lora.prepare_projector(replace(cfg, realign=None, exposure=ExposureConfig()), m, utts)
+    assert off == {"cross_fit": None, "realign": None}

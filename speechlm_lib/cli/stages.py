@@ -214,9 +214,8 @@ def run_stage3(cfg: Stage3Config, run_dir: Path, command: str) -> dict:
     """Stage 3 (`recipes.stage3_lora`), as notebook 03 runs it: the stage-2 model in ``init_from`` (default
     runs/<profile>/stage2_speechlm) gets LoRA adapters, trains on the task mix, and is scored on every task."""
     from speechlm_lib.data.feature_cache import FeatureCache
-    from speechlm_lib.recipes.cross_fit import cross_fitted_tokens
     from speechlm_lib.recipes.stage3_lora import (add_adapters, evaluate_tasks, load_splits, load_stage2,
-                                                  make_task_dataset, realign_projector, stage2_dir, train_lora)
+                                                  make_task_dataset, prepare_projector, stage2_dir, train_lora)
 
     start, report = _time(), Report()
     if not stage2_dir(cfg).is_dir():
@@ -227,12 +226,10 @@ def run_stage3(cfg: Stage3Config, run_dir: Path, command: str) -> dict:
     splits = load_splits(cfg, report)
     _need(splits, ("train",), cfg.data.source)
     cache = FeatureCache.for_encoder(model.encoder) if cfg.data.use_cache else None
-    realigned = crossed = None
-    if cfg.exposure.cross_fit_folds:  # training tokens from fold projectors that never heard their speakers
-        crossed = cross_fitted_tokens(cfg, model, splits["train"], cache)
-    if cfg.realign:  # a new corpus: the projector learns its words and voices first (CTC, the LLM idle)
-        realign = replace(cfg.realign, output_dir=cfg.realign.output_dir or str(run_dir / "realign"))
-        realigned = realign_projector(replace(cfg, realign=realign), model, splits["train"], splits["dev"], cache)
+    # a new corpus: the projector learns its words and voices first (CTC, the LLM idle), and with cross-fitting
+    # the adapters get training tokens from fold projectors that never heard their speakers
+    prepared = prepare_projector(cfg, model, splits["train"], splits["dev"], cache, realign_dir=run_dir / "realign")
+    realigned, crossed = prepared["realign"], prepared["cross_fit"]
     counts = add_adapters(cfg, model)
     train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, report=report,
                                  audio_tokens=crossed["tokens"] if crossed else None)

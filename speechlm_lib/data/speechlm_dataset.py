@@ -113,7 +113,7 @@ class TaskDataset(SpeechLMDataset):
                          instruction_fn=lambda u: self.instructions[id(u)],
                          target_fn=lambda u: self.tasks[id(u)].answer(u), report=report)
         self.audio_tokens = audio_tokens
-        missing = [u.id for u in self.utts if audio_tokens is not None and u.id not in audio_tokens]
+        missing = [u.id for u in self.utts if u.id not in audio_tokens] if audio_tokens is not None else []
         if missing:
             raise ValueError(f"audio_tokens has no tokens for {len(missing)} utterance(s), e.g. {missing[:3]}")
 

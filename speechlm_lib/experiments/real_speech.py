@@ -21,9 +21,8 @@ from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.evaluation.aggregate import breakdown, paired_bootstrap
 from speechlm_lib.evaluation.run import Evaluation, evaluate
-from speechlm_lib.recipes.cross_fit import cross_fitted_tokens
 from speechlm_lib.recipes.stage3_lora import (Stage3Config, add_adapters, load_stage2, make_task_dataset,
-                                              realign_projector, train_lora)
+                                              prepare_projector, train_lora)
 
 STARTS = ("synthetic", "scratch")
 SMOKE = ("realign.max_steps=6", "realign.eval_every=0", "train.max_steps=3", "train.eval_every=0", "data.dev_limit=4",
@@ -74,8 +73,10 @@ def fine_tune(cfg: Stage3Config, start: str, splits: dict[str, list[Utterance]],
     model = model if model is not None else start_model(start, cfg, splits["train"], profile)
     if cache is None and cfg.data.use_cache:
         cache = FeatureCache.for_encoder(model.encoder)
-    crossed = cross_fitted_tokens(cfg, model, splits["train"], cache) if cfg.exposure.cross_fit_folds else None
-    aligned = realign_projector(cfg, model, splits["train"], splits["dev"], cache)
+    if cfg.realign is None:
+        raise ValueError("fine_tune re-aligns the projector to the new corpus: the config needs realign settings")
+    prepared = prepare_projector(cfg, model, splits["train"], splits["dev"], cache)
+    aligned, crossed = prepared["realign"], prepared["cross_fit"]
     add_adapters(cfg, model)
     train_ds = make_task_dataset(cfg, model, splits["train"], cfg.tasks, cache=cache, progress=False,
                                  audio_tokens=crossed["tokens"] if crossed else None)

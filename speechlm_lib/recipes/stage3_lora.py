@@ -148,6 +148,23 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
     return {**result, "added_tokens": added}
 
 
+def prepare_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance], dev: list[Utterance] = (),
+                      cache: FeatureCache | None = None, realign_dir: str | Path | None = None) -> dict:
+    """The projector's steps before the adapters, in the only safe order: cross-fitted tokens from the *starting*
+    projector (``exposure.cross_fit_folds``; after re-alignment the full projector has heard every fold), then
+    the re-alignment itself (``realign``; its checkpoints in `realign_dir`). Returns ``{"cross_fit": ...,
+    "realign": ...}``: `recipes.cross_fit.cross_fitted_tokens`'s and `realign_projector`'s results, None if off."""
+    from speechlm_lib.recipes.cross_fit import cross_fitted_tokens
+
+    out = {"cross_fit": None, "realign": None}
+    if cfg.exposure.cross_fit_folds:
+        out["cross_fit"] = cross_fitted_tokens(cfg, model, train, cache)
+    if cfg.realign:
+        realign = replace(cfg.realign, output_dir=cfg.realign.output_dir or (str(realign_dir) if realign_dir else None))
+        out["realign"] = realign_projector(replace(cfg, realign=realign), model, train, dev, cache)
+    return out
+
+
 def add_adapters(cfg: Stage3Config, model: SpeechLM) -> dict:
     """LoRA on the LLM (rank 0: none), the projector frozen or training along, the exposure regime set.
     Returns the parameter counts (trainable vs frozen per part)."""
