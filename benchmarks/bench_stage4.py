@@ -7,6 +7,10 @@
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --ablation-only --ablation-steps 125   # positive ratio
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --set evaluation.filter.keep=5 \
         --set evaluation.filter.match=sound --record-as stage4_list_filter_sound   # filter by pronunciation
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --tune-snap --set evaluation.filter.keep=5 \
+        --set data.dev_limit=200 --record-as stage4_list_snap   # snap near-misses to the list, threshold from dev
+    .venv/bin/python benchmarks/bench_stage4.py --profile cpu --no-ablation --no-whisper --set train.max_steps=500 \
+        --model stage4_context_500 --record-as stage4_context_500   # twice the training, saved aside
 
 Starts from ``runs/<profile>/stage3_lora`` (notebook 03). Every test utterance gets a biasing list by the
 LibriSpeech convention (its own keywords + N names never heard in training, N from the preset) and is
@@ -35,11 +39,13 @@ import torch
 
 from speechlm_lib import config, results
 from speechlm_lib.data.feature_cache import FeatureCache
+from speechlm_lib.decoding.list_snap import training_vocabulary
 from speechlm_lib.recipes.stage4_context import (Stage4Config, evaluate_biasing, evaluation_lists, load_splits,
-                                                 load_stage3, make_ict_dataset, table, train_ict, whisper_biasing)
+                                                 load_stage3, make_ict_dataset, table, train_ict, tune_snap,
+                                                 whisper_biasing)
 
 KEYS = ("wer", "u_wer", "b_wer", "precision", "recall", "f1", "false_alarms", "seconds_per_utt", "prompt_tokens",
-        "context_tokens", "lists_cut", "filter_seconds", "keywords_kept")
+        "context_tokens", "lists_cut", "filter_seconds", "snap_seconds", "keywords_kept")
 
 
 def record(args, metrics: dict, first: bool = False) -> None:
@@ -55,6 +61,9 @@ def flatten(prefix: str, scores: dict, metrics: dict) -> None:
         for k in KEYS:
             if k in row:
                 metrics[f"{prefix}_{n}_{k}"] = row[k]
+        if "before_snap" in row:  # the same hypotheses before snapping to the list
+            metrics.update({f"{prefix}_nosnap_{n}_{k}": v for k, v in row["before_snap"].items() if k in KEYS})
+            metrics[f"{prefix}_{n}_swaps"] = row["swaps"]
 
 
 def reference_n(cfg: Stage4Config) -> int:
@@ -90,21 +99,42 @@ def ablation(args, cfg: Stage4Config, splits, lists: dict, n: int, encoder, cach
 
 
 def eval_only(args, cfg: Stage4Config, metrics: dict) -> None:
-    """The saved ICT model (runs/<profile>/stage4_context) scored again, with this run's settings (e.g. the
-    list filter, ``--set evaluation.filter.keep=5``), without and with the filter in one run. No training."""
-    saved = replace(cfg, init_from=str(config.runs_dir() / args.profile / "stage4_context"))
+    """The saved ICT model (runs/<profile>/<--model>, by default stage4_context) scored again, with this run's
+    settings (e.g. the list filter, ``--set evaluation.filter.keep=5``), without and with the filter in one run.
+    No training."""
+    saved = replace(cfg, init_from=str(config.runs_dir() / args.profile / args.model))
     model = load_stage3(saved, trainable=False)
     splits = load_splits(cfg)
     lists = evaluation_lists(cfg, splits)
     cache = FeatureCache.for_encoder(model.encoder)
     metrics["test_utterances"] = len(splits["test"])
+    known = training_vocabulary(u.text for u in splits["train"])  # the words snapping never replaces
+    if args.tune_snap:
+        cfg = snap_on_dev(cfg, model, splits, cache, metrics, known)
+        record(args, metrics)
     for label, run in (("ict", replace(cfg, evaluation=replace(cfg.evaluation, filter=replace(cfg.evaluation.filter,
                                                                                               keep=0)))),
                        ("filtered", cfg)):
-        scores = evaluate_biasing(run, model, splits["test"], lists, cache=cache)
+        scores = evaluate_biasing(run, model, splits["test"], lists, cache=cache, known=known)
         flatten(label, scores, metrics)
         print(f"{label}:", table(scores), flush=True)
         record(args, metrics)
+    if args.tune_snap and cfg.evaluation.whisper and not args.no_whisper:  # the peer, snapped to the same lists
+        flatten("whisper", whisper_biasing(cfg, splits["test"], lists, known=known), metrics)
+        record(args, metrics)
+
+
+def snap_on_dev(cfg: Stage4Config, model, splits, cache, metrics: dict, known: set[str]) -> Stage4Config:
+    """Choose ``evaluation.snap.min_score`` on the dev split (N = 0 and the reference N pooled, the list filter
+    as configured); the grid's scores go into `metrics` as ``snap_dev_<score>_<key>``."""
+    n = reference_n(cfg)
+    dev_lists = {k: v for k, v in evaluation_lists(cfg, splits, split="dev").items() if k in (0, n)}
+    best, rows = tune_snap(cfg, model, splits["dev"], dev_lists, cache=cache, known=known)
+    for row in rows:
+        metrics.update({f"snap_dev_{row['min_score']:g}_{k}": v for k, v in row.items() if k != "min_score"})
+    metrics.update(snap_min_score=best, dev_utterances=len(splits["dev"]))
+    print("snap threshold on dev:", best, rows, flush=True)
+    return replace(cfg, evaluation=replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=best)))
 
 
 def main() -> None:
@@ -120,6 +150,11 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true",
                     help="no training: score the saved stage-4 model without and with the list filter "
                          "(--set evaluation.filter.keep=K); recorded as stage4_list_filter")
+    ap.add_argument("--model", default="stage4_context",
+                    help="the ICT model's folder in runs/<profile>: where training saves it, what --eval-only scores")
+    ap.add_argument("--tune-snap", action="store_true",
+                    help="with --eval-only: choose the snap-to-list threshold on dev, then score test with it "
+                         "(before and after snapping, from the same decoding), Whisper's answers too")
     args = ap.parse_args()
     os.environ[config.PROFILE_ENV] = args.profile  # the corpus and the stage-3 folder of that profile
     cfg = args.cfg = Stage4Config.preset(args.profile).override(args.set)
@@ -142,13 +177,14 @@ def main() -> None:
         ablation(args, cfg, splits, lists, n, model.encoder, cache, metrics)
         return record(args, {**metrics, "finished": True})
     record(args, metrics, first=True)
-    flatten("stage3", evaluate_biasing(cfg, model, splits["test"], lists, cache=cache), metrics)  # before ICT
+    known = training_vocabulary(u.text for u in splits["train"])  # the words snapping never replaces (if on)
+    flatten("stage3", evaluate_biasing(cfg, model, splits["test"], lists, cache=cache, known=known), metrics)
     train_ds = make_ict_dataset(cfg, model, splits["train"], cache=cache)
-    result = train_ict(cfg, model, train_ds, cache=cache, output_dir=config.runs_dir() / args.profile / "stage4_context")
+    result = train_ict(cfg, model, train_ds, cache=cache, output_dir=config.runs_dir() / args.profile / args.model)
     metrics.update(train_seconds=result["train_seconds"], train_loss=result["final"].get("train_loss"),
                    train_examples=len(train_ds), train_with_list=sum(w is not None for w in train_ds.contexts.values()))
     record(args, metrics)
-    after = evaluate_biasing(cfg, model, splits["test"], lists, cache=cache)
+    after = evaluate_biasing(cfg, model, splits["test"], lists, cache=cache, known=known)
     flatten("ict", after, metrics)
     print("ICT:", table(after))
     record(args, metrics)

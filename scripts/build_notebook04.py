@@ -146,6 +146,55 @@ for kind, title in (("fixed", "the list fixes a name"), ("false_alarm", "a list 
         print(f"   REF  {r['ref']}\\n   NONE {course.clean(r['baseline'])}\\n   LIST {course.clean(r['hyp'])}"
               f"   ({', '.join(r['words'])})")
 course.note()"""),
+    ("md", """## Snapping near-misses to the list
+
+The ICT model often writes a name *almost* as listed ("Krolovre" for "Crolovre"), or keeps the projector's
+garbled pieces ("Broaard" for "Rotraut"). Contextual spelling correction after the recogniser is the classic cheap
+fix, and `decoding/list_snap.py` is one: every run of one to three capitalised words the model wrote is compared,
+letter by letter, with every entry of its list, and the closest entry replaces it when they agree at least
+`min_score` (0..1). Two rules keep it from writing distractors over real words: a word the model heard in
+training (`training_vocabulary`) is never replaced, and each entry is used once. The first rule works here because
+the names on the test lists are, by construction, words never heard in training.
+
+The threshold is chosen on **dev**, never on test: too low and distractors replace real words, too high and
+nothing changes."""),
+    ("result", """from dataclasses import replace
+
+from speechlm_lib.decoding.list_snap import training_vocabulary
+from speechlm_lib.recipes.stage4_context import snapped_scores, tune_snap
+
+known = training_vocabulary(u.text for u in splits["train"])  # the words snapping never replaces
+dev_lists = {n: w for n, w in evaluation_lists(cfg, splits, split="dev").items() if n != "none"}
+best, grid = tune_snap(cfg, model, splits["dev"], dev_lists, cache=cache, known=known)
+display(pd.DataFrame(grid).set_index("min_score").round(3).T)
+print(f"the threshold chosen on dev: {best}")
+course.note(("threshold chosen on dev", "stage4_list_snap", "snap_min_score", ""))"""),
+    ("md", """The test transcripts of the ICT model above, snapped at that threshold: no second decoding, the same
+transcripts with their near-misses replaced."""),
+    ("result", """snap_cfg = replace(cfg, evaluation=replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=best)))
+truth = [u.keywords for u in test]
+snapped = {n: snapped_scores(snap_cfg, test, res["hyps"], res["given"], test_lists[n] or truth, known)
+           for n, res in after.items()}
+display(pd.DataFrame([{"N": n, "B-WER": res["b_wer"], "B-WER snapped": snapped[n]["b_wer"], "WER": res["wer"],
+                       "WER snapped": snapped[n]["wer"], "false alarms": res["false_alarms"],
+                       "false alarms snapped": snapped[n]["false_alarms"]} for n, res in after.items()])
+        .set_index("N").round(3))
+course.note(("B-WER with N = 0: before", "stage4_list_snap", "ict_nosnap_0_b_wer", "%"),
+            ("snapped", "stage4_list_snap", "ict_0_b_wer", "%"),
+            ("with N = 100: before", "stage4_list_snap", "ict_nosnap_100_b_wer", "%"),
+            ("snapped", "stage4_list_snap", "ict_100_b_wer", "%"))"""),
+    ("md", """Which transcripts it changed, with the longest lists: some for the better, some for the worse (a
+distractor written over a name the model heard, or over the wrong name)."""),
+    ("result", """from speechlm_lib.metrics import wer
+
+changed = [(u.text, a, s) for u, a, s in zip(test, after[n_show]["hyps"], snapped[n_show]["hyps"]) if a != s]
+better = [c for c in changed if wer([c[0]], [c[2]]) < wer([c[0]], [c[1]])]
+worse = [c for c in changed if wer([c[0]], [c[2]]) > wer([c[0]], [c[1]])]
+print(f"N = {n_show}: {len(changed)} transcripts changed, {len(better)} for the better, {len(worse)} for the worse")
+for title, rows in (("better", better), ("worse", worse)):
+    for ref, a, s in rows[:2]:
+        print(f"-- {title}\\n   REF     {ref}\\n   ICT     {course.clean(a)}\\n   SNAPPED {course.clean(s)}")
+course.note()"""),
     ("md", "## Live: one utterance with and without its list"),
     ("result", """from speechlm_lib.decoding.generation import transcribe
 

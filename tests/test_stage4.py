@@ -262,3 +262,25 @@ def test_biasing_evaluation_with_the_filter_counts_its_time_and_what_it_kept(sta
     off = evaluate_biasing(cfg, model, test, lists)
     assert out[3]["context_tokens"] < off[3]["context_tokens"]  # one name a list instead of four
     assert out[3]["b_words"] == off[3]["b_words"]  # scored against the whole list either way
+
+
+def test_biasing_evaluation_snaps_the_same_decoding_and_keeps_the_scores_before(stage3, tmp_path):
+    from dataclasses import replace
+
+    from speechlm_lib.decoding.list_snap import ListSnapConfig, snap_to_list
+    from speechlm_lib.recipes.stage4_context import tune_snap
+
+    cfg = _cfg(stage3)
+    model = load_stage3(cfg, trainable=False)
+    test = _utts(tmp_path, "s", 4)
+    lists = {"none": None, 3: biasing_lists([u.keywords for u in test], POOL, 3)}
+    snap = ListSnapConfig(min_score=0.01, names_only=False)  # anything sharing a letter with an entry is swapped
+    off = evaluate_biasing(cfg, model, test, lists)
+    on = evaluate_biasing(replace(cfg, evaluation=replace(cfg.evaluation, snap=snap)), model, test, lists)
+    assert "before_snap" not in off[3] and on[3]["raw_hyps"] == off[3]["hyps"]  # one decoding, snapped after
+    assert on[3]["before_snap"]["wer"] == off[3]["wer"] and on[3]["swaps"] > 0
+    assert on[3]["hyps"] == [snap_to_list(h, w, snap)[0] for h, w in zip(off[3]["hyps"], on[3]["given"])]
+    assert on["none"]["swaps"] == 0 and on["none"]["hyps"] == off["none"]["hyps"]  # no list, nothing to snap to
+    best, rows = tune_snap(cfg, model, test, {0: lists[3]}, grid=(0.0, 0.01, 0.9))
+    assert best in (0.0, 0.01, 0.9) and [r["min_score"] for r in rows] == [0.0, 0.01, 0.9]
+    assert rows[1]["swaps"] >= rows[2]["swaps"] and rows[0]["swaps"] == 0

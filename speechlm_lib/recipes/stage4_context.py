@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,6 +34,7 @@ from speechlm_lib.data.sources import DataSource
 from speechlm_lib.data.speechlm_dataset import TaskDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
 from speechlm_lib.decoding.list_filter import ListFilterConfig, filter_list, projector_texts
+from speechlm_lib.decoding.list_snap import SNAP_GRID, ListSnapConfig, snap_all, tune_min_score
 from speechlm_lib.metrics_bias import biasing_scores
 from speechlm_lib.models.context import (
     ICTConfig,
@@ -77,6 +78,8 @@ class BiasEvalConfig:
     whisper_max_new_tokens: int = 96  # the peer's answer budget
     filter: ListFilterConfig = field(default_factory=ListFilterConfig)  # CTC-assisted list filtering before the
     #   prompt (decoding.list_filter; keep 0 = the whole list). The peer always gets the whole list.
+    snap: ListSnapConfig = field(default_factory=ListSnapConfig)  # after decoding, near-misses of a list entry
+    #   become the entry (decoding.list_snap; min_score 0 = off; choose it on dev with `tune_snap`)
 
 
 @dataclass
@@ -168,9 +171,9 @@ def train_ict(cfg: Stage4Config, model: SpeechLM, train_ds: TaskDataset, cache: 
 
 
 # ----- 3. evaluation lists and scores -----------------------------------------------------------------------
-def evaluation_lists(cfg: Stage4Config, splits: dict[str, list[Utterance]]) -> dict:
-    """``{"none": None, N: one list per test utterance, ...}``: own keywords + N unseen distractors."""
-    test = splits["test"]
+def evaluation_lists(cfg: Stage4Config, splits: dict[str, list[Utterance]], split: str = "test") -> dict:
+    """``{"none": None, N: one list per utterance of `split`, ...}``: own keywords + N unseen distractors."""
+    test = splits[split]
     pool = unseen_pool([u.text for u in splits["train"]], [k for s in ("dev", "test") for u in splits.get(s, [])
                                                             for k in u.keywords],
                        size=max(cfg.evaluation.distractors, default=0) + 20, seed=cfg.evaluation.pool_seed)
@@ -197,11 +200,14 @@ def fitted_lists(lists: list, tokenizer, room: int, on_overflow: str, template: 
 
 
 def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], lists: dict,
-                     cache: FeatureCache | None = None, progress: bool = False) -> dict:
+                     cache: FeatureCache | None = None, progress: bool = False, known: set[str] | None = None) -> dict:
     """Decode `test` once per condition of `lists` and score each (`biasing_scores`) with its latency
     (``seconds_per_utt``, ``rtf``) and cost (``prompt_tokens``: mean prompt ids a row, ``context_tokens``).
     The no-context condition is scored against the true keywords (the N = 0 lists), so its B words are the
-    same as every other condition's."""
+    same as every other condition's. With ``cfg.evaluation.snap`` on, the hypotheses are snapped to the lists
+    the model was given (`decoding.list_snap`; `known`: the training vocabulary it trusts) before scoring;
+    ``before_snap`` holds the scores without, ``swaps`` the words replaced and ``raw_hyps`` the hypotheses as
+    decoded. ``given``: each utterance's list as the model got it (filtered, cut)."""
     tok, tpl, out = model.tokenizer, cfg.ict.template, {}
     bare = model.prompts.prompt(cfg.instruction)
     room = context_room(model, max((u.duration for u in test), default=0.0),
@@ -218,16 +224,48 @@ def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], 
         given, cut = fitted_lists(given, tok, room, cfg.evaluation.on_overflow, tpl) if given else ([None] * len(test), 0)
         instructions = [with_context(cfg.instruction, w, tpl) for w in given]
         run = transcribe(model, test, cfg.decode, instruction=instructions, cache=cache, progress=progress)
-        scores = biasing_scores([u.text for u in test], run.texts, lists[key] if lists[key] else truth)
+        scores = snapped_scores(cfg, test, run.texts, given, lists[key] if lists[key] else truth, known)
+        texts, snap_seconds = scores["hyps"], scores.pop("snap_seconds")
         prompt = [len(p.prefix) + len(p.suffix) for p in map(model.prompts.prompt, instructions)]
-        seconds = run.seconds + extra  # the filter's projector pass and matching count as decoding time
+        seconds = run.seconds + extra + snap_seconds  # the filter's projector pass and matching, and the snapping,
+        #   count as decoding time
         scores.update(seconds=seconds, seconds_per_utt=seconds / max(1, len(test)),
-                      rtf=run.rtf * seconds / max(run.seconds, 1e-9), filter_seconds=extra, keywords_kept=kept,
+                      rtf=run.rtf * seconds / max(run.seconds, 1e-9), filter_seconds=extra, snap_seconds=snap_seconds,
+                      keywords_kept=kept,
                       prompt_tokens=sum(prompt) / max(1, len(prompt)),
                       context_tokens=sum(prompt) / max(1, len(prompt)) - len(bare.prefix) - len(bare.suffix),
-                      lists_cut=cut, hyps=run.texts, ids=[u.id for u in test])
+                      lists_cut=cut, hyps=texts, ids=[u.id for u in test], given=given)
         out[key] = scores
     return out
+
+
+def snapped_scores(cfg: Stage4Config, test: list[Utterance], hyps: list[str], given: list, scored: list,
+                   known: set[str] | None = None) -> dict:
+    """`biasing_scores` of `hyps` after snapping them to the lists the model was `given` (``cfg.evaluation.snap``;
+    off: as they are), against the `scored` lists, plus ``hyps`` (snapped) and ``snap_seconds``; with the snap on,
+    also ``before_snap`` (the scores of `hyps` as given), ``swaps`` and ``raw_hyps``. No decoding: notebooks
+    snap results they already have with it."""
+    refs, t0 = [u.text for u in test], time.perf_counter()
+    texts, swaps = snap_all(hyps, given, cfg.evaluation.snap, known)
+    scores = {**biasing_scores(refs, texts, scored), "hyps": texts, "snap_seconds": time.perf_counter() - t0}
+    if cfg.evaluation.snap.min_score > 0:
+        scores.update(before_snap=biasing_scores(refs, hyps, scored), swaps=swaps, raw_hyps=list(hyps))
+    return scores
+
+
+def tune_snap(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: dict, cache=None,
+              grid=SNAP_GRID,
+              known: set[str] | None = None) -> tuple[float, list[dict]]:
+    """The snap threshold (``evaluation.snap.min_score``) of `grid` with the lowest WER on `dev`, pooled over the
+    list conditions of `lists` (``{N: one list per dev utterance}``, e.g. `evaluation_lists` of the dev split):
+    each condition decoded once as `evaluate_biasing` would (filter included), then snapped at each point."""
+    off = replace(cfg, evaluation=replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=0.0)))
+    given = {k: v for k, v in lists.items() if v}
+    scores = evaluate_biasing(off, model, dev, given, cache=cache)
+    refs = [u.text for _ in given for u in dev]
+    hyps = [h for k in given for h in scores[k]["hyps"]]
+    used = [w for k in given for w in scores[k]["given"]]
+    return tune_min_score(refs, hyps, used, grid, base=cfg.evaluation.snap, known=known)
 
 
 def filter_hypotheses(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], cache=None) -> tuple:
@@ -245,10 +283,13 @@ def _kept_share(given: list, truth: list) -> float | None:
     return sum(k in g for k, g in pairs) / len(pairs) if pairs else None
 
 
-def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None) -> dict:
+def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None,
+                    known: set[str] | None = None) -> dict:
     """The peer: Whisper given each list as its prompt (the same context line), one clip at a time in every
     condition (no context included, so latencies compare). Lists over Whisper's 223 prompt tokens are cut
-    from their end and counted in ``lists_cut`` (the peer's own limit, shown in every table; no warning)."""
+    from their end and counted in ``lists_cut`` (the peer's own limit, shown in every table; no warning).
+    With ``cfg.evaluation.snap`` on, its answers are snapped to the same lists as the speech-LLM's
+    (``before_snap``, ``swaps`` as in `evaluate_biasing`)."""
     from speechlm_lib.data.audio import load_audio
     from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe
     from speechlm_lib.models.sources import load_whisper
@@ -262,11 +303,12 @@ def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisp
         given, cut = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
                                   warn=False) if given else ([None] * len(test), 0)  # the peer's cap: lists_cut
         prompts = [context_text(w, cfg.ict.template) if w else None for w in given]
-        texts, seconds = whisper_transcribe(whisper, processor, waves, prompts=prompts,
-                                            max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
-        scores = biasing_scores([u.text for u in test], texts, lists[key] if lists[key] else truth)
+        raw, seconds = whisper_transcribe(whisper, processor, waves, prompts=prompts,
+                                          max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
+        scores = snapped_scores(cfg, test, raw, given, lists[key] if lists[key] else truth, known)
+        del scores["snap_seconds"]
         scores.update(seconds=seconds, seconds_per_utt=seconds / max(1, len(test)), rtf=seconds / max(audio, 1e-9),
-                      lists_cut=cut, hyps=texts)
+                      lists_cut=cut)
         out[key] = scores
     return out
 
