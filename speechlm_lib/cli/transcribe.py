@@ -52,8 +52,11 @@ def find_audio(paths: list[str], report: Report) -> list[tuple[str, Path]]:
 
 
 def keyword_instruction(instruction: str, keywords: list[str]) -> str:
-    """The instruction with keyword context (the biasing prompt: "... Keywords: A, B.")."""
-    return f"{instruction} Keywords: {', '.join(keywords)}." if keywords else instruction
+    """The instruction with keyword context in front, in the line stage 4 trains with (`models.context`:
+    "Names that may occur: A, B. <instruction>"); the instruction alone for no keywords."""
+    from speechlm_lib.models.context import with_context
+
+    return with_context(instruction, keywords)
 
 
 @dataclass
@@ -116,7 +119,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output file (default: stdout)")
     p.add_argument("--format", choices=sorted(WRITERS), help="jsonl or text (default: from --out's suffix, else jsonl)")
     p.add_argument("--batch-size", type=int, help="clips decoded together (default: the config's decode.batch_size)")
-    p.add_argument("--keywords", default="", help="comma-separated words to bias towards (added to the instruction)")
+    p.add_argument("--keywords", default="",
+                   help="comma-separated words to bias towards (a line in front of the instruction, as stage 4 trains)")
     p.add_argument("--instruction", help="the task instruction (default: the model's own)")
     p.add_argument("--chunk-seconds", type=float, default=25.0,
                    help="longer audio is cut into pieces of at most this (and at most the encoder's limit)")

@@ -29,7 +29,7 @@ instead; with a few demonstrations it copies (measured in
 `SpeechLM.prefix_cache` runs them once, not once a row.
 
 The instruction is a parameter of `PromptBuilder.prompt`, so later stages
-add keyword context ("Keywords: Zbigniew, ...") or ask for a translation by
+add keyword context ("Names that may occur: Zbigniew, ...") or ask for a translation by
 passing a different instruction; nothing else changes.
 """
 from __future__ import annotations
