@@ -44,9 +44,13 @@ def _key(text: str) -> str:
 
 
 def _known(word: str, known: set[str]) -> bool:
-    """Whether every normalised part of `word` (its possessive aside) is in the vocabulary `known`."""
-    parts = normalize(_POSSESSIVE.sub("", word)).split()
-    return bool(parts) and all(p in known for p in parts)
+    """Whether every normalised part of `word`, as written ("Let's") or without its possessive ("Peter"), is in
+    the vocabulary `known`."""
+    for form in (word, _POSSESSIVE.sub("", word)):
+        parts = normalize(form).split()
+        if parts and all(p in known for p in parts):
+            return True
+    return False
 
 
 def training_vocabulary(texts) -> set[str]:
