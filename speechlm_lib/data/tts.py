@@ -225,7 +225,6 @@ class _Engine:
             raise RuntimeError(f"espeak_Synth failed (error {err}) for text {text[:60]!r}")
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
 
-
     def phonemes(self, text: str, voice: str) -> str:
         """eSpeak's phoneme mnemonics for `text` as `voice` would say it (``espeak_TextToPhonemes``, clause by
         clause), e.g. ``"m'aTju:z"`` for "Matthews" in English."""

@@ -18,7 +18,7 @@ words (false alarms), too high and nothing changes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 
 from speechlm_lib.data.text import normalize
@@ -120,9 +120,8 @@ def tune_min_score(refs: list[str], hypotheses: list[str], lists: list, grid=SNA
 
     `refs`, `hypotheses` and `lists` are parallel and may pool several list conditions (e.g. N = 0 and N = 100)
     so the choice holds for short and long lists; ties go to the higher score (fewer swaps). `base`: the other
-    settings (`ListSnapConfig`), `known`: the training vocabulary."""
-    from dataclasses import replace
-
+    settings (`ListSnapConfig`), `known`: the training vocabulary. The rows' B-WER and false alarms count the
+    words of `lists` (the lists as given to the model, filtered or not); WER, the criterion, does not depend on it."""
     from speechlm_lib.metrics_bias import biasing_scores
 
     rows, base = [], base or ListSnapConfig()
