@@ -145,6 +145,13 @@ by speaker 80/10/10, the same held-out speakers as the table above):
    to the corpus's word pieces (`CTCProjector.extend_vocabulary`), then it learns the real voices;
 2. **LoRA on the LLM** for English ASR, the projector frozen, its tokens drawn at temperature 1 as in stage 3.
 
+The speech-LLM reads only the projector's best path, and on these speakers it copies it. The table's last row
+lets the LLM weigh the alternatives instead (`decoding.ctc_rescore`): a CTC prefix beam search over the
+projector's posteriors keeps its 16 most probable transcripts, the LLM (adapters off) scores each as the next
+line after five training transcripts, and a weighted sum of the two log-probabilities and a length bonus picks
+one. The weights were chosen on the dev speakers by `benchmarks/bench_rescore.py` and are read from
+`runs/<profile>/results.json` (the class's defaults when that has not run).
+
 Here the steps start from the synthetic stage-2 model of notebook 02 (about 10 minutes on a 2-core CPU), unless a
 fine-tuned model is already saved in `runs/<profile>/real_*`, which is then scored like every other system in
 this notebook. `benchmarks/bench_real_speech.py` runs the steps from both starts: the synthetic model, and a new
@@ -164,7 +171,9 @@ if real_rows:
 course.note(("Whisper tiny.en, held-out speakers", "real_speech_bench", "whisper_wer", "%"),
             ("fine-tuned from the synthetic model", "real_speech_bench", "synthetic_wer", "%"),
             ("its ratio to Whisper", "real_speech_bench", "synthetic_to_whisper", ""),
-            ("fine-tuned from scratch", "real_speech_bench", "scratch_wer", "%"))"""),
+            ("fine-tuned from scratch", "real_speech_bench", "scratch_wer", "%"),
+            ("its n-best rescored by the LLM", "real_speech_rescore", "rescored_wer", "%"),
+            ("its ratio to Whisper", "real_speech_rescore", "rescored_to_whisper", ""))"""),
 ("md", """## B-WER against the size of the keyword list
 
 A biasing list holds the words that matter (names) and, in use, many that do not. B-WER counts errors on the

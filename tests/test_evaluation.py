@@ -286,6 +286,11 @@ def test_speechlm_system_puts_keywords_in_the_prompt(tones, tmp_path):
     assert len(out.texts) == 2 and all(len(t.split()) <= word_cap(2.0, GuardConfig()) for t in out.texts)
     projector = SYSTEMS.build("projector", model=model).decode(tones[:2])
     assert len(projector.texts) == 2
+    # the n-best rescored by the LLM (decoding.ctc_rescore has the logic's tests): the same interface
+    from speechlm_lib.decoding.ctc_rescore import RescoreConfig
+
+    rescored = SYSTEMS.build("rescored", model=model, rescore=RescoreConfig(beam=4, lm_weight=0.5)).decode(tones[:2])
+    assert len(rescored.texts) == 2 and all(len(t.split()) <= word_cap(2.0, GuardConfig()) for t in rescored.texts)
 
 
 def test_faster_whisper_is_optional(monkeypatch):

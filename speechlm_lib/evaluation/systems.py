@@ -7,6 +7,7 @@
 ``stage1_ctc``     notebook 01's Conformer (``runs/<profile>/stage1_encoder``), greedy CTC
 ``speechlm``       a saved `SpeechLM` folder (stage 2, 3 or 4), batched greedy decoding (`decoding.generation`)
 ``projector``      the same folder's CTC projector alone (its best path, no LLM): what the LLM was shown
+``rescored``       the same folder's projector n-best rescored by its LLM (`decoding.ctc_rescore`)
 ``whisper``        the complete Whisper (transformers), its own decoder
 ``faster_whisper`` the same Whisper weights in CTranslate2 (int8) through faster-whisper's
                    `BatchedInferencePipeline` (an optional extra: ``pip install speechlm_lib[speed]``)
@@ -19,7 +20,7 @@ through `guards.guard` (repetition and length). A bad audio file gives "" and is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -142,8 +143,6 @@ class SpeechLMSystem(System):
         return keyword_instruction(instruction or self.model.prompts.config.instruction, list(keywords or []))
 
     def _run(self, utts, waves, keywords, instruction) -> list[str]:
-        from dataclasses import replace
-
         from speechlm_lib.decoding.generation import transcribe
 
         cfg = replace(self.decode_cfg, batch_size=len(waves))
@@ -169,6 +168,33 @@ class ProjectorSystem(SpeechLMSystem):
         return [m.prompts.decode(row) for row in m.projector.guess_tokens(states, n)]
 
 
+class RescoredSystem(SpeechLMSystem):
+    """The CTC projector's n-best rescored by the LLM (`decoding.ctc_rescore`): the LLM weighs the alternatives
+    the projector dropped instead of copying its best path. `rescore`: a `RescoreConfig` with weights chosen
+    on dev (`choose_weights`)."""
+
+    name = "rescored"
+    keywords = False
+
+    def __init__(self, folder=None, model=None, rescore=None, **kw):
+        super().__init__(folder, model=model, **kw)
+        from speechlm_lib.decoding.ctc_rescore import RescoreConfig
+
+        self.rescore = rescore or RescoreConfig(lm_weight=0.5)
+
+    @torch.no_grad()
+    def _run(self, utts, waves, keywords, instruction) -> list[str]:
+        from speechlm_lib.decoding.ctc_rescore import nbest_scores, rescored
+
+        m = self.model
+        device = next(m.projector.parameters()).device
+        feats, lengths = m.encoder.collate([m.encoder.featurize(w) for w in waves])
+        states, n = m.encode(feats.to(device), lengths.to(device))
+        cfg = replace(self.rescore, grid={})  # score only what the weights use
+        tables = nbest_scores(m, states, n, cfg, instruction)
+        return [m.prompts.decode(ids) for ids in rescored(tables, cfg)]
+
+
 @SYSTEMS.register("speechlm")
 def _speechlm(folder=None, model=None, **kw) -> System:
     return SpeechLMSystem(folder, model=model, **kw)
@@ -177,6 +203,11 @@ def _speechlm(folder=None, model=None, **kw) -> System:
 @SYSTEMS.register("projector")
 def _projector(folder=None, model=None, **kw) -> System:
     return ProjectorSystem(folder, model=model, **kw)
+
+
+@SYSTEMS.register("rescored")
+def _rescored(folder=None, model=None, rescore=None, **kw) -> System:
+    return RescoredSystem(folder, model=model, rescore=rescore, **kw)
 
 
 def load_speechlm(folder, shared: dict | None = None):

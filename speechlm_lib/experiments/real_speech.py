@@ -127,10 +127,27 @@ def saved_or_fine_tuned(cfg: Stage3Config, splits: dict[str, list[Utterance]], r
     return model
 
 
+def rescore_settings(train: list[Utterance], stage: str = "real_speech_rescore", profile: str = "cpu"):
+    """The `RescoreConfig` for a real-speech model: five training transcripts (seed 0) as the LLM's context and
+    the weights ``benchmarks/bench_rescore.py`` chose on the dev speakers (`stage` in runs/<profile>'s
+    results.json), or the class's defaults when it has not run."""
+    import random
+
+    from speechlm_lib.decoding.ctc_rescore import RescoreConfig
+    from speechlm_lib.results import load
+
+    examples = [u.text for u in random.Random(0).sample(train, min(5, len(train)))]
+    metrics = load(profile)["stages"].get(stage, {}).get("metrics", {})
+    chosen = {k[len("chosen_"):]: v for k, v in metrics.items() if k.startswith("chosen_")}
+    sizes = {k: metrics[k] for k in ("beam", "top_k") if k in metrics}
+    return RescoreConfig(examples=examples, **chosen, **sizes)
+
+
 def real_speech_rows(cfg: Stage3Config, runs: Path, profile: str, shared: dict | None = None, say=print) -> list:
-    """Notebook 05's real-speech table: Whisper tiny.en, the fine-tuned speech-LLM and its projector alone on
-    `cfg`'s held-out speakers (`against_whisper` figures, one dict a row). Empty, with a line, when the corpus
-    or notebook 02's model (``runs/stage2_speechlm``) is absent."""
+    """Notebook 05's real-speech table: Whisper tiny.en, the fine-tuned speech-LLM, its projector alone and the
+    projector's n-best rescored by the LLM (`rescore_settings`) on `cfg`'s held-out speakers (`against_whisper`
+    figures, one dict a row). Empty, with a line, when the corpus or notebook 02's model
+    (``runs/stage2_speechlm``) is absent."""
     from speechlm_lib.evaluation.systems import SYSTEMS
 
     splits = load_real(cfg, say)
@@ -143,7 +160,9 @@ def real_speech_rows(cfg: Stage3Config, runs: Path, profile: str, shared: dict |
     model = saved_or_fine_tuned(cfg, splits, runs, profile, shared, say)
     rows = [{"system": "Whisper tiny.en (complete)", "wer": whisper.summary["wer"], "wer_low": whisper.ci[0],
              "wer_high": whisper.ci[1], **by_age(whisper)}]
-    for label, kind in (("speech-LLM, fine-tuned", "speechlm"), ("its projector alone", "projector")):
-        rows.append({"system": label, **against_whisper(SYSTEMS.build(kind, model=model), splits["test"], whisper,
-                                                        "real")[1]})
+    rescore = rescore_settings(splits["train"], profile=profile)
+    for label, kind, kw in (("speech-LLM, fine-tuned", "speechlm", {}), ("its projector alone", "projector", {}),
+                            ("its projector's n-best rescored by the LLM", "rescored", {"rescore": rescore})):
+        rows.append({"system": label, **against_whisper(SYSTEMS.build(kind, model=model, **kw), splits["test"],
+                                                        whisper, "real")[1]})
     return rows
