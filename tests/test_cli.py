@@ -209,6 +209,24 @@ def test_transcribe_folders_and_files_skips_bad_ones_and_splits_long_audio(run, 
     assert again.returncode == 0 and text.read_text() == rows["a"]["text"] + "\n"  # plain text, same transcript
 
 
+def test_transcribe_rescore_lets_the_llm_choose_among_the_nbest(run, tiny, tmp_path):
+    write_tone(tmp_path / "a.wav", 1.0)
+    write_tone(tmp_path / "b.wav", 1.5, freq=300)
+    examples = tmp_path / "examples.txt"
+    examples.write_text("hello world\nthe quick brown fox\n")
+    out = tmp_path / "r.jsonl"
+    proc = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", tmp_path / "b.wav", "--checkpoint", run["dir"],
+               "--rescore", "--lm-examples", examples, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["id"] for r in map(json.loads, out.read_text().splitlines())] == ["a", "b"]
+    both = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", "--checkpoint", run["dir"], "--rescore",
+               "--keywords", "fox")
+    assert both.returncode == 2 and "--rescore does not use --keywords" in both.stderr
+    missing = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", "--checkpoint", run["dir"], "--rescore",
+                  "--lm-examples", tmp_path / "nope.txt")
+    assert missing.returncode == 2 and f"{tmp_path / 'nope.txt'}: no such file" in missing.stderr
+
+
 def test_transcribe_with_only_bad_inputs_fails(run, tiny, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"nope")
     proc = cli(tiny["tmp"], "transcribe", tmp_path / "bad.wav", "--checkpoint", run["dir"])

@@ -47,11 +47,11 @@ def test_prefix_beam_keeps_repeats_apart_only_across_a_blank():
 def test_choose_weights_lets_the_language_model_overrule_a_close_call():
     tables = [{"candidates": [[1], [2]], "scores": {"ctc": torch.tensor([-1.0, -1.2]),
                                                    "lm": torch.tensor([-9.0, -2.0]), "tokens": torch.ones(2)}}]
-    cfg = RescoreConfig(grid={"lm_weight": [0.0, 0.5]})
+    cfg = RescoreConfig(lm_weight=0.0, length_bonus=0.0, grid={"lm_weight": [0.0, 0.5]})
     weights, tried = choose_weights(tables, ["two"], lambda ids: {1: "one", 2: "two"}[ids[0]], cfg,
                                     lambda refs, hyps: float(refs != hyps))
     assert weights == {"lm_weight": 0.5} and [v for _, v in tried] == [1.0, 0.0]
-    assert rescored(tables, RescoreConfig()) == [[1]]
+    assert rescored(tables, RescoreConfig(lm_weight=0.0, length_bonus=0.0)) == [[1]]
 
 
 @pytest.fixture(scope="module")
@@ -89,4 +89,4 @@ def test_with_no_llm_weight_a_confident_projector_keeps_its_best_path(model):
             classify.weight.copy_(saved)
     assert set(tables[0]["scores"]) == {"ctc", "tokens", "lm"}
     assert all(len(t["candidates"]) == len(t["scores"]["lm"]) == len(t["scores"]["ctc"]) for t in tables)
-    assert rescored(tables, RescoreConfig()) == best
+    assert rescored(tables, RescoreConfig(lm_weight=0.0, length_bonus=0.0)) == best

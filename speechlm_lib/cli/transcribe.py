@@ -71,9 +71,9 @@ class Done:
 
 
 def transcribe_files(model, files: list[tuple[str, Path]], decode, instruction: str | None,
-                     chunk_seconds: float, report: Report) -> list[Done]:
-    """Transcribe `files` in groups (progress bar over files); unreadable ones go to `report`."""
-    from speechlm_lib.decoding.generation import transcribe
+                     chunk_seconds: float, report: Report, rescore=None) -> list[Done]:
+    """Transcribe `files` in groups (progress bar over files); unreadable ones go to `report`. With `rescore`
+    (a `RescoreConfig`) the projector's n-best is rescored by the LLM instead of decoding greedily."""
 
     limit = min(chunk_seconds, model.encoder.max_seconds or chunk_seconds)
     done = []
@@ -89,7 +89,7 @@ def transcribe_files(model, files: list[tuple[str, Path]], decode, instruction: 
             pieces = split_long(wave, limit)
             loaded.append((uid, path, wave.shape[-1] / SAMPLE_RATE, len(pieces)))
             items += [(f"{path}#{k}", piece) for k, (_, piece) in enumerate(pieces)]
-        texts = transcribe(model, items, decode, instruction=instruction, progress=False).texts if items else []
+        texts = _decode(model, items, decode, instruction, rescore) if items else []
         k = 0
         for uid, path, seconds, n in loaded:
             text = " ".join(t.strip() for t in texts[k: k + n] if t.strip())
@@ -99,6 +99,39 @@ def transcribe_files(model, files: list[tuple[str, Path]], decode, instruction: 
     bar.close()
     report.kept += len(done)
     return done
+
+
+def _decode(model, items: list, decode, instruction: str | None, rescore) -> list[str]:
+    """Texts of ``(name, wave)`` items: greedy decoding, or the n-best rescored in batches of ``decode.batch_size``."""
+    from speechlm_lib.decoding.ctc_rescore import rescore_waves
+    from speechlm_lib.decoding.generation import transcribe
+
+    if rescore is None:
+        return transcribe(model, items, decode, instruction=instruction, progress=False).texts
+    waves = [w for _, w in items]
+    return [t for b in range(0, len(waves), decode.batch_size)
+            for t in rescore_waves(model, waves[b: b + decode.batch_size], rescore, instruction)]
+
+
+def rescore_settings(args, model):
+    """The `RescoreConfig` of ``--rescore`` (None without it); ``--lm-examples``: a text file whose lines the LLM
+    reads before each candidate. A model without the ``ctc`` projector, or keywords, are an error."""
+    if not args.rescore:
+        return None
+    from speechlm_lib.decoding.ctc_rescore import RescoreConfig
+
+    if not hasattr(model.projector, "logits"):
+        raise CLIError(f"--rescore needs a model with the 'ctc' projector; {args.checkpoint} has "
+                       f"{type(model.projector).__name__}")
+    if args.keywords.strip():
+        raise CLIError("--rescore does not use --keywords (the list is a prompt for greedy decoding): give one")
+    examples = []
+    if args.lm_examples:
+        path = Path(args.lm_examples)
+        if not path.is_file():
+            raise CLIError(f"{path}: no such file (--lm-examples: example transcripts, one a line)")
+        examples = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return RescoreConfig(examples=examples)
 
 
 WRITERS = {
@@ -122,6 +155,11 @@ def add_parser(sub) -> None:
     p.add_argument("--keywords", default="",
                    help="comma-separated words to bias towards (a line in front of the instruction, as stage 4 trains)")
     p.add_argument("--instruction", help="the task instruction (default: the model's own)")
+    p.add_argument("--rescore", action="store_true",
+                   help="let the LLM choose among the ctc projector's 16 best transcripts (decoding.ctc_rescore; "
+                        "the weights chosen on speechocean762's dev speakers) instead of greedy decoding")
+    p.add_argument("--lm-examples", help="with --rescore: a text file of example transcripts, one a line, that "
+                                         "the LLM reads before each candidate (e.g. five of your training texts)")
     p.add_argument("--chunk-seconds", type=float, default=25.0,
                    help="longer audio is cut into pieces of at most this (and at most the encoder's limit)")
     add_config_args(p, Stage2Config)
@@ -147,7 +185,8 @@ def run(args, argv: list[str]) -> int:
     model = load_model(args.checkpoint)
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
     instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
-    done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report)
+    rescore = rescore_settings(args, model)
+    done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report, rescore)
     fmt = args.format or ("text" if args.out and Path(args.out).suffix == ".txt" else "jsonl")
     lines = "".join(WRITERS[fmt](d) + "\n" for d in done)
     if args.out:

@@ -22,7 +22,7 @@ import itertools
 import math
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -39,9 +39,11 @@ class RescoreConfig(StageConfig):
     beam: int = 16  # label sequences kept by the prefix beam search: the n-best the LLM scores
     top_k: int = 6  # candidate labels per frame (the most probable ones)
     blank_skip: float = 0.999  # frames at least this sure of blank extend no prefix (speed; exact enough)
-    lm_weight: float = 0.0  # weight of the text LLM's log-probability (adapters off, `lm_prompt`)
+    # the weights: defaults are what the dev speakers of speechocean762 chose for the reference run
+    # (runs/cpu/results.json, real_speech_rescore); `choose_weights` finds them for another model or corpus
+    lm_weight: float = 1.3  # weight of the text LLM's log-probability (adapters off, `lm_prompt`)
     speech_weight: float = 0.0  # weight of the speech-LLM's log-probability of the candidate given the audio
-    length_bonus: float = 0.0  # added per token: fusion with an LM otherwise favours short candidates
+    length_bonus: float = 8.0  # added per token: an LM's log-probability otherwise favours short candidates
     lm_prompt: str = "Sentences read aloud by learners of English:"  # the text line before the examples
     examples: list = field(default_factory=list)  # training transcripts listed after `lm_prompt`, one a line
     #   (the benchmark puts 5 there): the LLM scores each candidate as the next line of that list
@@ -240,3 +242,15 @@ def nbest_scores(model, states: torch.Tensor, lengths: torch.Tensor, cfg: Rescor
 def rescored(tables: list[dict], cfg: RescoreConfig) -> list[list[int]]:
     """The chosen candidate of each utterance's table under `cfg`'s weights."""
     return [t["candidates"][int(combine(t["scores"], cfg).argmax())] for t in tables]
+
+
+@torch.no_grad()
+def rescore_waves(model, waves: list[torch.Tensor], cfg: RescoreConfig, instruction: str | None = None) -> list[str]:
+    """Transcripts of one batch of 16 kHz waveforms ``(samples,)``: each one's n-best rescored with `cfg`'s
+    weights (the grid is not searched). What the ``rescored`` evaluation system and ``speechlm transcribe
+    --rescore`` decode with."""
+    device = next(model.projector.parameters()).device
+    feats, lengths = model.encoder.collate([model.encoder.featurize(w) for w in waves])
+    states, n = model.encode(feats.to(device), lengths.to(device))
+    cfg = replace(cfg, grid={})  # score only what the weights use
+    return [model.prompts.decode(ids) for ids in rescored(nbest_scores(model, states, n, cfg, instruction), cfg)]

@@ -180,19 +180,12 @@ class RescoredSystem(SpeechLMSystem):
         super().__init__(folder, model=model, **kw)
         from speechlm_lib.decoding.ctc_rescore import RescoreConfig
 
-        self.rescore = rescore or RescoreConfig(lm_weight=0.5)
+        self.rescore = rescore or RescoreConfig()
 
-    @torch.no_grad()
     def _run(self, utts, waves, keywords, instruction) -> list[str]:
-        from speechlm_lib.decoding.ctc_rescore import nbest_scores, rescored
+        from speechlm_lib.decoding.ctc_rescore import rescore_waves
 
-        m = self.model
-        device = next(m.projector.parameters()).device
-        feats, lengths = m.encoder.collate([m.encoder.featurize(w) for w in waves])
-        states, n = m.encode(feats.to(device), lengths.to(device))
-        cfg = replace(self.rescore, grid={})  # score only what the weights use
-        tables = nbest_scores(m, states, n, cfg, instruction)
-        return [m.prompts.decode(ids) for ids in rescored(tables, cfg)]
+        return rescore_waves(self.model, waves, self.rescore, instruction)
 
 
 @SYSTEMS.register("speechlm")
