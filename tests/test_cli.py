@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     llm, enc = save_tiny_llm(tmp / "llm"), save_tiny_wav2vec2(tmp / "w2v")
     data = make_manifest_folder(tmp / "mydata")
-    settings = [f"model.encoder=wav2vec2", f"model.encoder_source={enc}", f"model.llm={llm}", "model.stride=4",
+    settings = ["model.encoder=wav2vec2", f"model.encoder_source={enc}", f"model.llm={llm}", "model.stride=4",
                 "model.projector_kwargs={'hidden': 32, 'hard': True, 'context': 1}", "model.prompt_examples=2",
                 "data.source.kind=manifest", f"data.source.name={data}",
                 "data.source.split_by_speaker={'train': 0.5, 'dev': 0.25, 'test': 0.25}"]

@@ -34,7 +34,7 @@ def test_a_manifest_folder_with_its_own_splits_and_a_missing_file(tmp_path):
     splits = load_source(DataSource(kind="manifest", name=str(tmp_path)), report)
     assert {k: len(v) for k, v in splits.items()} == {"train": 3, "dev": 3, "test": 3}
     assert report.skipped == [("ghost", f"{tmp_path / 'audio' / 'ghost.wav'}: file not found")]
-    cfg = Stage2Config.preset("smoke").override([f"data.source.kind=manifest", f"data.source.name={tmp_path}",
+    cfg = Stage2Config.preset("smoke").override(["data.source.kind=manifest", f"data.source.name={tmp_path}",
                                                  "data.train_limit=2"])
     assert [len(v) for v in load_splits(cfg).values()] == [2, 2, 3]  # dev_limit 2 in smoke
 
