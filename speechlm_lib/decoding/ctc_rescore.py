@@ -130,28 +130,42 @@ def lm_context(cfg: RescoreConfig) -> str:
 @torch.no_grad()
 def text_logprobs(model, candidates: list[list[int]], context: str) -> torch.Tensor:
     """log P(candidate + newline | `context`) under the LLM with its adapters off, ``(rows,)``: how plausible
-    each sentence is as the next line of `context`, its sound unheard. The context runs once, as a cache."""
+    each sentence is as the next line of `context`, its sound unheard. The context runs once, as a cache
+    kept between calls."""
     pb = model.prompts
     tok = pb.tokenizer
     head = pb._encode(context)
     if not pb.chat and pb._adds_bos():
         head = [tok.bos_token_id] + head
-    texts = [pb.decode(c) for c in candidates]  # re-encoded after a newline, as the context's lines are
-    rows = [pb._encode(t) for t in texts]
+    texts = [t.strip() for t in tok.batch_decode(candidates, skip_special_tokens=True)]
+    rows = tok(texts, add_special_tokens=False)["input_ids"]  # re-encoded after a newline, as the context's lines
     newline = pb.newline_id if pb.newline_id is not None else pb.end_id
     device = model.llm.get_input_embeddings().weight.device
     with adapters_off(model):
         return _scored_after(model.llm, head, rows, newline, pb.pad_id, device)
 
 
+_HEAD: dict = {}  # the last context's key -> (log P of the next token, its keys/values): one entry
+
+
+def _head(llm, head: list[int], device):
+    """The LLM run over `head` once: log P of the token after it ``(vocab,)`` and the per-layer keys/values,
+    kept while the head, the device and the weights (their in-place version) stay the same."""
+    key = (id(llm), tuple(head), str(device), sum(p._version for p in llm.parameters()))
+    if key not in _HEAD:
+        out = llm.get_decoder()(input_ids=torch.tensor([head], device=device), use_cache=True)
+        first = llm.get_output_embeddings()(out.last_hidden_state[:, -1]).float().log_softmax(-1)[0]
+        _HEAD.clear()
+        _HEAD[key] = (first, [(layer.keys, layer.values) for layer in cache_of(out).layers])
+    return _HEAD[key]
+
+
 def _scored_after(llm, head: list[int], rows: list[list[int]], end: int, pad: int, device) -> torch.Tensor:
-    """Sum of log P over each row's tokens + `end`, after the shared `head` (run once: its last position
+    """Sum of log P over each row's tokens + `end`, after the shared `head` (`_head`: its last position
     predicts each row's first token). ``(rows,)``."""
     from transformers import DynamicCache
 
-    out = llm.get_decoder()(input_ids=torch.tensor([head], device=device), use_cache=True)
-    first = llm.get_output_embeddings()(out.last_hidden_state[:, -1]).float().log_softmax(-1)[0]
-    layers = [(layer.keys, layer.values) for layer in cache_of(out).layers]
+    first, layers = _head(llm, head, device)
     ids, mask, scored = _rows([], rows, end, pad, device)
     n, h = ids.shape[0], len(head)
     cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in layers],
@@ -231,11 +245,13 @@ def nbest_scores(model, states: torch.Tensor, lengths: torch.Tensor, cfg: Rescor
         nbest = ctc_prefix_beam(logp[i, :frames], cfg.beam, cfg.top_k, cfg.blank_skip)
         cands = [[vocab[c - 1] for c in labels] for labels, _ in nbest]
         scores = {"ctc": torch.tensor([s for _, s in nbest]), "tokens": torch.tensor([float(len(c)) for c in cands])}
-        if wants["lm"]:
-            scores["lm"] = text_logprobs(model, cands, lm_context(cfg))
         if wants["speech"]:
             scores["speech"] = speech_logprobs(model, audio[i, :int(audio_n[i])], cands, instruction)
         out.append({"candidates": cands, "scores": scores})
+    if wants["lm"]:  # every utterance's candidates in one call of the LLM
+        lm = text_logprobs(model, [c for t in out for c in t["candidates"]], lm_context(cfg))
+        for t, part in zip(out, lm.split([len(t["candidates"]) for t in out])):
+            t["scores"]["lm"] = part
     return out
 
 
