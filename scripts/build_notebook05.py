@@ -152,7 +152,7 @@ line after five training transcripts, and a weighted sum of the two log-probabil
 one. The weights were chosen on the dev speakers by `benchmarks/bench_rescore.py` (for the model fine-tuned from
 scratch; they are the LLM's weights against the projector's, so they carry over) and are read from
 `runs/<profile>/results.json` (the class's defaults when that has not run). The reference run: 46.1 % for the
-projector's best path, 41.6 % rescored, 1.05 × Whisper with a paired interval of [0.96, 1.17] — the first
+projector's best path, 41.6 % rescored, 1.06 × Whisper with a paired interval of [0.96, 1.17] — the first
 time on real speech that the LLM adds something, not yet better than Whisper (docs/real_speech_findings.md).
 
 Here the steps start from the synthetic stage-2 model of notebook 02 (about 10 minutes on a 2-core CPU), unless a

@@ -90,3 +90,23 @@ def test_with_no_llm_weight_a_confident_projector_keeps_its_best_path(model):
     assert set(tables[0]["scores"]) == {"ctc", "tokens", "lm"}
     assert all(len(t["candidates"]) == len(t["scores"]["lm"]) == len(t["scores"]["ctc"]) for t in tables)
     assert rescored(tables, RescoreConfig(lm_weight=0.0, length_bonus=0.0)) == best
+
+
+def test_speech_scores_are_the_speech_llms_teacher_forced_log_likelihood(model):
+    from speechlm_lib.decoding.ctc_rescore import speech_logprobs
+
+    torch.manual_seed(2)
+    dim = model.projector.hidden[0].in_features // model.projector.stride
+    states, lengths = torch.randn(1, 10, dim), torch.tensor([10])
+    tok, pb = model.prompts.tokenizer, model.prompts
+    cand = tok("a dog ran", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        audio, n = model.audio_embeddings(states=states, state_lengths=lengths)
+        got = speech_logprobs(model, audio[0, :int(n[0])], [cand, cand[:1]])
+        p = pb.prompt()
+        target = torch.tensor([cand + [pb.end_id]])
+        out = model(torch.tensor([p.prefix]), torch.tensor([len(p.prefix)]), torch.tensor([p.suffix]),
+                    torch.tensor([len(p.suffix)]), target, torch.tensor([target.shape[1]]), states=states,
+                    state_lengths=lengths)
+    assert float(got[0]) == pytest.approx(-float(out["loss"]) * out["n_tokens"], rel=1e-3, abs=1e-3)
+    assert float(got[1]) != pytest.approx(float(got[0]))  # each row scores its own candidate
