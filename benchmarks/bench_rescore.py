@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shlex
 import sys
 import time
@@ -33,7 +32,7 @@ from speechlm_lib.decoding.ctc_rescore import RescoreConfig, choose_weights, nbe
 from speechlm_lib.evaluation.aggregate import paired_bootstrap
 from speechlm_lib.evaluation.run import evaluate
 from speechlm_lib.evaluation.systems import SYSTEMS, load_speechlm
-from speechlm_lib.experiments.real_speech import against_whisper, load_real
+from speechlm_lib.experiments.real_speech import against_whisper, load_real, rescore_examples
 from speechlm_lib.metrics import wer
 from speechlm_lib.recipes.stage3_lora import Stage3Config
 
@@ -101,8 +100,7 @@ def main() -> None:
     if not (folder / "speechlm.json").is_file():
         sys.exit(f"{folder}: no saved model (benchmarks/bench_real_speech.py or notebook 03 makes it)")
     dev, test = splits["dev"][:args.dev_limit], splits["test"][:args.test_limit]
-    examples = [u.text for u in random.Random(0).sample(splits["train"], 5)]  # as `rescore_settings` takes them
-    cfg = RescoreConfig(examples=examples).override(args.set)
+    cfg = RescoreConfig(examples=rescore_examples(splits["train"])).override(args.set)
     model = load_speechlm(folder).eval()
     metrics = {"dev_utterances": len(dev), "test_utterances": len(test), "beam": cfg.beam, "top_k": cfg.top_k,
                "cpu_threads": torch.get_num_threads(), "model": folder.name, "data": args.data}

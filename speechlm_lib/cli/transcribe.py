@@ -113,7 +113,7 @@ def _decode(model, items: list, decode, instruction: str | None, rescore) -> lis
             for t in rescore_waves(model, waves[b: b + decode.batch_size], rescore, instruction)]
 
 
-def rescore_settings(args, model):
+def _rescore_config(args, model):
     """The `RescoreConfig` of ``--rescore`` (None without it); ``--lm-examples``: a text file whose lines the LLM
     reads before each candidate. A model without the ``ctc`` projector, or keywords, are an error."""
     if not args.rescore:
@@ -185,7 +185,7 @@ def run(args, argv: list[str]) -> int:
     model = load_model(args.checkpoint)
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
     instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
-    rescore = rescore_settings(args, model)
+    rescore = _rescore_config(args, model)
     done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report, rescore)
     fmt = args.format or ("text" if args.out and Path(args.out).suffix == ".txt" else "jsonl")
     lines = "".join(WRITERS[fmt](d) + "\n" for d in done)

@@ -25,13 +25,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from speechlm_lib.config import StageConfig
 from speechlm_lib.models.kv import CACHE_KW, cache_of
+from speechlm_lib.models.lora import adapters_off
 
 NEG = float("-inf")
 
@@ -198,12 +198,6 @@ def speech_logprobs(model, audio: torch.Tensor, candidates: list[list[int]], ins
     return _row_logprobs(model.llm, full, att, labels >= 0, inputs_embeds=embeds)
 
 
-def adapters_off(model):
-    """``with adapters_off(model):`` a `SpeechLM`'s base LLM (peft's `disable_adapter`; nothing without)."""
-    wrapped = getattr(model, "peft", None)
-    return wrapped.disable_adapter() if wrapped is not None else nullcontext()
-
-
 def combine(scores: dict[str, torch.Tensor], cfg: RescoreConfig) -> torch.Tensor:
     """The weighted sum of `scores` (``ctc``, ``lm``, ``speech``, ``tokens``; each ``(rows,)``)."""
     total = scores["ctc"] + cfg.length_bonus * scores["tokens"]
@@ -221,8 +215,7 @@ def choose_weights(tables: list[dict], refs: list[str], decode, cfg: RescoreConf
     tried = []
     for values in itertools.product(*(cfg.grid[k] for k in keys)):
         weights = dict(zip(keys, values))
-        trial = RescoreConfig(**{**cfg.__dict__, **weights})
-        hyps = [decode(c) for c in rescored(tables, trial)]
+        hyps = [decode(c) for c in rescored(tables, replace(cfg, **weights))]
         tried.append((weights, metric(refs, hyps)))
     best = min(tried, key=lambda wv: (wv[1], sum(wv[0].values())))  # a tie: the smaller weights
     return best[0], tried
@@ -240,10 +233,11 @@ def nbest_scores(model, states: torch.Tensor, lengths: torch.Tensor, cfg: Rescor
     x = states.to(next(proj.parameters()).dtype)
     logits, n = proj.logits(x, lengths)
     logp = logits.float().log_softmax(-1)
-    audio, audio_n = proj(x, lengths)
-    audio = audio.to(model.llm.get_input_embeddings().weight.dtype)
     vocab = proj.vocab.tolist()
     wants = {k: getattr(cfg, f"{k}_weight") or any(cfg.grid.get(f"{k}_weight", [0])) for k in ("lm", "speech")}
+    if wants["speech"]:  # what the speech-LLM reads: the projector's tokens (a second projector pass)
+        audio, audio_n = proj(x, lengths)
+        audio = audio.to(model.llm.get_input_embeddings().weight.dtype)
     out = []
     for i, frames in enumerate(n.tolist()):
         nbest = ctc_prefix_beam(logp[i, :frames], cfg.beam, cfg.top_k, cfg.blank_skip)

@@ -127,16 +127,21 @@ def saved_or_fine_tuned(cfg: Stage3Config, splits: dict[str, list[Utterance]], r
     return model
 
 
-def rescore_settings(train: list[Utterance], stage: str = "real_speech_rescore", profile: str = "cpu"):
-    """The `RescoreConfig` for a real-speech model: five training transcripts (seed 0) as the LLM's context and
-    the weights ``benchmarks/bench_rescore.py`` chose on the dev speakers (`stage` in runs/<profile>'s
-    results.json), or the class's defaults when it has not run."""
+def rescore_examples(train: list[Utterance], n: int = 5) -> list[str]:
+    """`n` training transcripts (seed 0): the lines the LLM reads before each candidate when rescoring."""
     import random
 
+    return [u.text for u in random.Random(0).sample(train, min(n, len(train)))]
+
+
+def rescore_settings(train: list[Utterance], stage: str = "real_speech_rescore", profile: str = "cpu"):
+    """The `RescoreConfig` for a real-speech model: `rescore_examples` as the LLM's context and the weights
+    ``benchmarks/bench_rescore.py`` chose on the dev speakers (`stage` in runs/<profile>'s results.json), or
+    the class's defaults when it has not run."""
     from speechlm_lib.decoding.ctc_rescore import RescoreConfig
     from speechlm_lib.results import load
 
-    examples = [u.text for u in random.Random(0).sample(train, min(5, len(train)))]
+    examples = rescore_examples(train)
     metrics = load(profile)["stages"].get(stage, {}).get("metrics", {})
     chosen = {k[len("chosen_"):]: v for k, v in metrics.items() if k.startswith("chosen_")}
     sizes = {k: metrics[k] for k in ("beam", "top_k") if k in metrics}

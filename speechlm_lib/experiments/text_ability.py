@@ -7,20 +7,11 @@ switched off, i.e. the original LLM. SLM kept its LLM frozen to keep these numbe
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
-
 import torch
 
 from speechlm_lib.data.text import normalize
 from speechlm_lib.data.text_checks import HELD_OUT_TEXT, QUESTIONS
-
-
-@contextmanager
-def adapters_off(model):
-    """Within the block the LLM answers without its LoRA adapters (a no-op for a model without them)."""
-    wrapped = getattr(model, "peft", None)
-    with (wrapped.disable_adapter() if wrapped is not None else nullcontext()):
-        yield model
+from speechlm_lib.models.lora import adapters_off  # noqa: F401  (re-exported: callers take it from here too)
 
 
 def answered(answer: str, expected: tuple[str, ...], window: int = 6) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -86,6 +86,15 @@ def attach(model, wrapped) -> None:
     object.__setattr__(model, "peft", wrapped)
     model.freeze_llm = True  # the LLM's own weights stay frozen; the adapters are the trainable part
     model.llm.train(model.training)
+
+
+@contextmanager
+def adapters_off(model):
+    """Within the block the LLM answers without its LoRA adapters (a no-op for a model without them): the
+    original LLM, as `experiments.text_ability` and `decoding.ctc_rescore` need it."""
+    wrapped = getattr(model, "peft", None)
+    with (wrapped.disable_adapter() if wrapped is not None else nullcontext()):
+        yield model
 
 
 def lora_parameters(model) -> dict[str, torch.Tensor]:
