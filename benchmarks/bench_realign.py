@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/bench_realign.py --profile cpu                       # the variants below, ~17 min
     .venv/bin/python benchmarks/bench_realign.py --profile cpu --variant masked_synthetic:   # notebook 02's start
     .venv/bin/python benchmarks/bench_realign.py --profile cpu --variant long:realign.max_steps=1200
+    .venv/bin/python benchmarks/bench_realign.py --profile cpu --variant masked: \
+        --variant pieces0.1:realign_piece_dropout=0.1 --record-as real_speech_realign_pieces  # BPE-dropout
 
 Each variant starts from a new projector (``scratch``; ``synthetic`` in its name: notebook 02's stage-2 model),
 re-aligns it (`recipes.stage3_lora.realign_projector`, preset ``cpu-speechocean`` plus the variant's settings;
@@ -36,7 +38,8 @@ from speechlm_lib.recipes.stage3_lora import Stage3Config, realign_projector
 OFF = ["realign_masking.time_masks=0", "realign_masking.channel_masks=0"]
 VARIANTS = {  # name -> settings over the preset ("masked": the preset's own masking)
     "plain": OFF, "masked": [], "masked_more": ["realign_masking.time_masks=4", "realign_masking.channel_masks=4"],
-    "masked_1200": ["realign.max_steps=1200"], "masked_dropout0.3": ["projector.dropout=0.3"]}
+    "masked_1200": ["realign.max_steps=1200"], "masked_dropout0.3": ["projector.dropout=0.3"],
+    "masked_pieces0.1": ["realign_piece_dropout=0.1"]}
 
 
 def score(model, utts, cache, masking: StateMasking | None = None) -> float:
@@ -80,6 +83,7 @@ def main() -> None:
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                     help="a variant of your own (default: the built-in ones)")
+    ap.add_argument("--record-as", default="real_speech_realign", help="the name in results.json")
     args = ap.parse_args()
     os.environ[config.PROFILE_ENV] = args.profile
     config.set_threads()
@@ -96,7 +100,7 @@ def main() -> None:
     for i, (name, sets) in enumerate(variants.items()):
         figures = run_variant(name, sets, base, splits, args.profile)
         print(name, " ".join(f"{k} {v:.3f}" for k, v in figures.items()), flush=True)
-        results.record("real_speech_realign", {f"{name}_{k}": v for k, v in figures.items()}, command=command,
+        results.record(args.record_as, {f"{name}_{k}": v for k, v in figures.items()}, command=command,
                        profile_name=args.profile, replace=i == 0)
 
 

@@ -97,6 +97,17 @@ def ctc_prefix_beam(logp: torch.Tensor, beam: int = 16, top_k: int = 6,
     return [(p, _logadd(*s)) for p, s in beams.items()]
 
 
+def merge_spellings(nbest: list[tuple[list[int], float]], prompts) -> list[tuple[list[int], float]]:
+    """Candidates that spell the same text in different pieces ("Ġbig" + "ger" and "Ġbigger": a projector
+    trained with piece dropout writes both) become one, in the LLM tokenizer's own pieces, their CTC
+    probabilities summed; best first. `prompts`: the model's `PromptBuilder`."""
+    merged: dict[tuple[int, ...], float] = {}
+    for ids, score in nbest:
+        key = tuple(prompts.target(prompts.decode(ids))[:-1])
+        merged[key] = _logadd(merged.get(key, NEG), score)
+    return sorted(((list(k), v) for k, v in merged.items()), key=lambda kv: -kv[1])
+
+
 def _row_logprobs(llm, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor, **kw) -> torch.Tensor:
     """Sum of log P(token) over the positions `scored` marks, per row. `ids`/`mask`/`scored`: ``(rows, seq)``;
     ``scored[:, t]`` means token t is scored (predicted from position t - 1); `kw` may carry inputs_embeds."""
@@ -241,7 +252,8 @@ def nbest_scores(model, states: torch.Tensor, lengths: torch.Tensor, cfg: Rescor
     out = []
     for i, frames in enumerate(n.tolist()):
         nbest = ctc_prefix_beam(logp[i, :frames], cfg.beam, cfg.top_k, cfg.blank_skip)
-        cands = [[vocab[c - 1] for c in labels] for labels, _ in nbest]
+        nbest = merge_spellings([([vocab[c - 1] for c in labels], s) for labels, s in nbest], model.prompts)
+        cands = [ids for ids, _ in nbest]
         scores = {"ctc": torch.tensor([s for _, s in nbest]), "tokens": torch.tensor([float(len(c)) for c in cands])}
         if wants["speech"]:
             scores["speech"] = speech_logprobs(model, audio[i, :int(audio_n[i])], cands, instruction)

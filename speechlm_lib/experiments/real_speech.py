@@ -44,18 +44,22 @@ def load_real(cfg: Stage3Config, say=print) -> dict[str, list[Utterance]]:
 def start_model(start: str, cfg: Stage3Config, train: list[Utterance], profile: str,
                 projector: dict | None = None, encoder_source: str | None = None):
     """The model a start begins from: the saved synthetic stage-2 model, or a new projector on the same parts
-    (the stage-2 preset's encoder, projector and LLM; its vocabulary from `train`'s texts; `projector`: settings
-    of the new projector changed, e.g. ``{"dropout": 0.3}``; `encoder_source`: another encoder, e.g.
-    ``openai/whisper-base``)."""
+    (the stage-2 preset's encoder, projector and LLM; its vocabulary from `train`'s texts; its heads
+    ``cfg.projector_members``; `projector`: settings of the new projector changed, e.g. ``{"dropout": 0.3}``;
+    `encoder_source`: another encoder, e.g. ``openai/whisper-base``)."""
     from speechlm_lib.models.build import build_speechlm
     from speechlm_lib.recipes.stage2_align import Stage2Config
 
     if start not in STARTS:
         raise ValueError(f"unknown start {start!r}; known: {', '.join(STARTS)}")
     if start == "synthetic":
+        if cfg.projector_members > 1:
+            raise ValueError("projector_members makes a new projector: use the scratch start (the synthetic "
+                             "start keeps the saved projector's heads)")
         return load_stage2(cfg)
     model_cfg = Stage2Config.preset(profile).model
-    kwargs = {**model_cfg.projector_kwargs, **(projector or {})}
+    members = {"members": cfg.projector_members} if cfg.projector_members > 1 else {}
+    kwargs = {**model_cfg.projector_kwargs, **members, **(projector or {})}
     model_cfg = replace(model_cfg, prompt_examples=0, projector_kwargs=kwargs,
                         encoder_source=encoder_source or model_cfg.encoder_source)
     return build_speechlm(model_cfg, texts=[u.text for u in train])

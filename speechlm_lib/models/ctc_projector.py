@@ -90,19 +90,21 @@ class CTCProjector(Projector):
 
     def __init__(self, in_dim: int, out_dim: int, stride: int = 5, hidden: int = 1024,
                  vocab_ids: list[int] | None = None, dropout: float = 0.1, compress: bool = True,
-                 hard: bool = False, context: int = 0):
+                 hard: bool = False, context: int = 0, members: int = 1):
         if not vocab_ids:
             raise ValueError("the ctc projector needs vocab_ids: the LLM token ids it may emit "
                              "(ctc_projector.ctc_vocabulary(prompts, training texts))")
+        if members < 1:
+            raise ValueError(f"a ctc projector needs at least one member, got members={members}")
         super().__init__(in_dim, out_dim, stride, hidden=hidden, vocab_ids=list(vocab_ids), dropout=dropout,
-                         compress=compress, hard=hard, context=context)
+                         compress=compress, hard=hard, context=context, members=members)
         self.compress, self.hard = compress, hard
-        self.hidden = nn.Sequential(nn.Linear(in_dim * stride, hidden), nn.ReLU(), nn.Dropout(dropout))
-        # context: a residual stride-1 `transformer` over the tokens -- the MLP alone classifies each
-        # window of `stride` frames by itself, and a word piece often spans more audio than that
-        self.context = (TransformerProjector(hidden, hidden, stride=1, d_model=256, layers=context, dropout=dropout)
-                        if context else None)
-        self.classify = nn.Linear(hidden, len(vocab_ids) + 1)
+        head = _Head(in_dim * stride, hidden, len(vocab_ids) + 1, dropout, context)
+        self.hidden, self.context, self.classify = head.hidden, head.context, head.classify  # member 0
+        # members: independent heads (own initialisation, own state masking in training), their log-posteriors
+        # averaged -- an ensemble of projectors at the cost of one encoder pass (1 = a single projector)
+        self.others = nn.ModuleList(_Head(in_dim * stride, hidden, len(vocab_ids) + 1, dropout, context)
+                                    for _ in range(members - 1))
         # derived, so not saved: the ids are in the settings, the embeddings are the LLM's (`bind`)
         self.register_buffer("vocab", torch.tensor(vocab_ids, dtype=torch.long), persistent=False)
         self.register_buffer("table", torch.zeros(len(vocab_ids), out_dim), persistent=False)
@@ -129,13 +131,9 @@ class CTCProjector(Projector):
         new = sorted({int(t) for t in token_ids} - known)
         if not new:
             return 0
-        old = self.classify
-        grown = nn.Linear(old.in_features, old.out_features + len(new)).to(old.weight)
-        grown.weight[: old.out_features] = old.weight
-        grown.weight[old.out_features:] = 0.0  # deterministic; each row's own targets pull it apart from the rest
-        grown.bias[: old.out_features] = old.bias
-        grown.bias[old.out_features:] = old.bias[1:].mean()
-        self.classify = grown
+        self.classify = _grown(self.classify, len(new))
+        for head in self.others:
+            head.classify = _grown(head.classify, len(new))
         ids = self.vocab.tolist() + new
         self.settings["vocab_ids"] = ids
         self.vocab = torch.tensor(ids, dtype=torch.long, device=self.vocab.device)
@@ -147,15 +145,27 @@ class CTCProjector(Projector):
         """``(batch, frames, in_dim)`` -> CTC logits ``(batch, ceil(frames/stride), V + 1)``, lengths."""
         return self._run(x, lengths)[1:]
 
+    @property
+    def members(self) -> list["_Head"]:
+        """The heads whose log-posteriors are averaged: member 0 (this module's own layers), then `others`."""
+        return [_Head.of(self), *self.others]
+
+    def member_logits(self, x: torch.Tensor, lengths: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One member's logits ``(batch, ceil(frames/stride), V + 1)`` and lengths (each trains by its own CTC)."""
+        x, lengths = stack_frames(x, lengths, self.stride)
+        return self.members[member](x, lengths), lengths
+
     def _run(self, x, lengths):
-        """Hidden ``(batch, tokens, hidden)``, logits ``(batch, tokens, V + 1)``, token lengths."""
+        """Stacked input ``(batch, tokens, in_dim * stride)``, logits ``(batch, tokens, V + 1)`` (with several
+        members, their mean log-softmax), token lengths."""
         if self.training and self.state_masking is not None:
             x = self.state_masking.apply(x, lengths)
         x, lengths = stack_frames(x, lengths, self.stride)
-        h = self.hidden(x)
-        if self.context is not None:
-            h = h + self.context(h, lengths)[0]
-        return h, self.classify(h), lengths
+        heads = self.members
+        if len(heads) == 1:
+            return x, heads[0](x, lengths), lengths
+        logp = torch.stack([h(x, lengths).float().log_softmax(-1) for h in heads]).mean(0)
+        return x, logp.to(x.dtype), lengths
 
     @torch.no_grad()
     def guess_tokens(self, x: torch.Tensor, lengths: torch.Tensor, temperature: float = 0.0) -> list[list[int]]:
@@ -213,6 +223,45 @@ class CTCProjector(Projector):
         return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
 
 
+class _Head(nn.Module):
+    """One member of a ``ctc`` projector: Linear -> ReLU -> Dropout -> (`context` Transformer layers, residual)
+    -> Linear to the CTC classes. ``(batch, tokens, in_dim)`` stacked frames -> logits ``(batch, tokens, V + 1)``."""
+
+    def __init__(self, in_dim: int, hidden: int, classes: int, dropout: float, context: int):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        # context: a residual stride-1 `transformer` over the tokens -- the MLP alone classifies each
+        # window of `stride` frames by itself, and a word piece often spans more audio than that
+        self.context = (TransformerProjector(hidden, hidden, stride=1, d_model=256, layers=context, dropout=dropout)
+                        if context else None)
+        self.classify = nn.Linear(hidden, classes)
+
+    @classmethod
+    def of(cls, proj: "CTCProjector") -> "_Head":
+        """Member 0 as a head, sharing the projector's own layers (kept there so old checkpoints load)."""
+        head = cls.__new__(cls)
+        nn.Module.__init__(head)
+        head.hidden, head.context, head.classify = proj.hidden, proj.context, proj.classify
+        return head
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(x)
+        if self.context is not None:
+            h = h + self.context(h, lengths)[0]
+        return self.classify(h)
+
+
+def _grown(old: nn.Linear, extra: int) -> nn.Linear:
+    """`old` with `extra` new output rows: zero weights (each row's own targets pull it apart from the rest) and
+    the mean bias of the old tokens, so a new class starts rare; old rows keep their weights."""
+    grown = nn.Linear(old.in_features, old.out_features + extra).to(old.weight)
+    grown.weight[: old.out_features] = old.weight
+    grown.weight[old.out_features:] = 0.0
+    grown.bias[: old.out_features] = old.bias
+    grown.bias[old.out_features:] = old.bias[1:].mean()
+    return grown
+
+
 def _compress(soft: torch.Tensor, best: torch.Tensor, blank_p: torch.Tensor) -> torch.Tensor:
     """One row ``(tokens, dim)``: drop blank frames, average runs of the same best label.
 
@@ -234,12 +283,14 @@ class CTCAlignment(nn.Module):
 
     Takes the same batches as the `SpeechLM` (cached ``states`` or ``features``) and
     returns ``{"loss", "n_tokens"}``; only the projector trains (its states masked by `masking` in training
-    mode). Target tokens outside `vocab_ids` (and the end-of-turn id) are left out of the CTC labels.
+    mode). Target tokens outside `vocab_ids` (and the end-of-turn id) are left out of the CTC labels. With
+    `piece_dropout` (`models.piece_dropout.PieceDropout`), training targets are re-split into smaller pieces.
     """
 
-    def __init__(self, speechlm, masking: StateMasking | None = None):
+    def __init__(self, speechlm, masking: StateMasking | None = None, piece_dropout=None):
         super().__init__()
         self.masking = masking or StateMasking()  # applied to the states in training mode only
+        self.piece_dropout = piece_dropout  # likewise: BPE-dropout on the target pieces (None = off)
         proj = speechlm.projector
         if not isinstance(proj, CTCProjector):
             raise TypeError(f"CTC pre-alignment needs the 'ctc' projector, not {speechlm.projector_name!r}")
@@ -251,7 +302,10 @@ class CTCAlignment(nn.Module):
 
     def labels(self, target_ids: torch.Tensor, target_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenated CTC labels ``(sum of lengths,)`` and per-row lengths ``(batch,)``."""
-        rows = [self.lookup[target_ids[i, :n]] for i, n in enumerate(target_lengths.tolist())]
+        rows = [target_ids[i, :n] for i, n in enumerate(target_lengths.tolist())]
+        if self.training and self.piece_dropout is not None:
+            rows = [torch.tensor(self.piece_dropout(r.tolist()), dtype=torch.long, device=r.device) for r in rows]
+        rows = [self.lookup[r] for r in rows]
         rows = [r[r > 0] for r in rows]
         return torch.cat(rows), torch.tensor([len(r) for r in rows], device=target_ids.device)
 
@@ -260,13 +314,14 @@ class CTCAlignment(nn.Module):
         if states is None:
             states, state_lengths = self.speechlm.encode(features, feature_lengths)
         proj = self.speechlm.projector
-        if self.training:
-            states = self.masking.apply(states, state_lengths)
-        logits, n = proj.logits(states.to(proj.table.dtype), state_lengths)
         labels, label_lengths = self.labels(target_ids, target_lengths)
-        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (frames, batch, classes)
-        loss = nn.functional.ctc_loss(log_probs, labels, n, label_lengths, blank=BLANK, zero_infinity=True)
-        return {"loss": loss, "n_tokens": int(label_lengths.sum())}
+        losses = []
+        for member in range(len(proj.members)):  # each member its own CTC loss, on its own masking of the states
+            x = self.masking.apply(states, state_lengths) if self.training else states
+            logits, n = proj.member_logits(x.to(proj.table.dtype), state_lengths, member)
+            log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (frames, batch, classes)
+            losses.append(nn.functional.ctc_loss(log_probs, labels, n, label_lengths, blank=BLANK, zero_infinity=True))
+        return {"loss": torch.stack(losses).mean(), "n_tokens": int(label_lengths.sum())}
 
     @torch.no_grad()
     def greedy(self, states: torch.Tensor, state_lengths: torch.Tensor) -> list[list[int]]:

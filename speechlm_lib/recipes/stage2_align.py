@@ -200,12 +200,12 @@ def pretrain_ctc(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDataset,
 def align_projector(train: TrainConfig, model: SpeechLM, train_ds: SpeechLMDataset,
                     dev_ds: SpeechLMDataset | None = None, batch_size: int = 32, seed: int = 0,
                     num_workers: int = 0, callbacks: Sequence[Callback] = (), run_config=None,
-                    masking: StateMasking | None = None) -> dict:
+                    masking: StateMasking | None = None, piece_dropout=None) -> dict:
     """The CTC alignment loop itself (`CTCAlignment` under the generic `Trainer`, settings `train`, the states
-    masked by `masking`), shared by stage 2's pre-alignment and stage 3's re-alignment on a new corpus."""
+    masked by `masking`, the targets re-split by `piece_dropout`), shared by stage 2's pre-alignment and stage 3's re-alignment on a new corpus."""
     loader = make_loader(train_ds, batch_size=batch_size, seed=seed, num_workers=num_workers)
     evaluate = (lambda m: {"wer": ctc_wer(m, dev_ds)["wer"]}) if dev_ds is not None else None
-    return Trainer(train, CTCAlignment(model, masking), loader, evaluate=evaluate, callbacks=callbacks,
+    return Trainer(train, CTCAlignment(model, masking, piece_dropout), loader, evaluate=evaluate, callbacks=callbacks,
                    run_config=run_config).run()
 
 

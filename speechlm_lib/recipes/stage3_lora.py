@@ -86,6 +86,11 @@ class Stage3Config(StageConfig):
     #   the adapters train, its vocabulary grown to their words: for a new corpus, e.g. real speech (None = none)
     realign_batch_size: int = 32  # utterances a batch of re-alignment (no LLM runs: larger is cheap)
     realign_masking: StateMasking = field(default_factory=StateMasking)  # SpecAugment on the states in re-alignment
+    projector_members: int = 1  # heads of a new projector (the real-speech ``scratch`` start), each trained by
+    #   its own CTC loss, their log-posteriors averaged: an ensemble for one encoder pass (1 = a single head)
+    realign_piece_dropout: float = 0.0  # BPE-dropout on the re-alignment targets (models.piece_dropout): each
+    #   merge undone with this probability and the vocabulary grown to the smaller pieces, so words no training
+    #   transcript has can be spelled (0 = off)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)  # the projector's errors in training
     tasks: dict = field(default_factory=lambda: {"asr_en": 1.0, "asr_de": 1.0, "ast_de": 0.3})  # name -> ratio
     eval_tasks: tuple[str, ...] = ("asr_en", "asr_de", "ast_de", "caps", "names")  # scored on test
@@ -127,15 +132,21 @@ def load_stage2(cfg: Stage3Config, llm=None, tokenizer=None, encoder=None) -> Sp
 def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance], dev: list[Utterance] = (),
                       cache: FeatureCache | None = None, callbacks: list[Callback] = ()) -> dict:
     """Stage 2's CTC pre-alignment again, on `train` (``cfg.realign`` sets the updates; the LLM does not run):
-    the projector first learns to emit the new corpus's word pieces (`CTCProjector.extend_vocabulary`), then
-    its voices. A stage-2 model trained on other audio (eSpeak voices) hears real speech as noise until it has.
+    the projector first learns to emit the new corpus's word pieces (`CTCProjector.extend_vocabulary`; with
+    ``realign_piece_dropout`` also the smaller pieces they are built from), then its voices. A stage-2 model trained on other audio (eSpeak voices) hears real speech as noise until it has.
     Returns the trainer's result plus ``added_tokens``; at evaluations, the projector's dev WER (best path)."""
     from speechlm_lib.models.ctc_projector import ctc_vocabulary
+    from speechlm_lib.models.piece_dropout import PieceDropout, bpe_merges, piece_closure
     from speechlm_lib.recipes.stage2_align import align_projector
 
     if not hasattr(model.projector, "extend_vocabulary"):
         raise ValueError(f"realign needs the 'ctc' projector; this model has {type(model.projector).__name__}")
-    added = model.projector.extend_vocabulary(ctc_vocabulary(model.prompts, [u.text for u in train]), model.llm)
+    pieces, dropout = ctc_vocabulary(model.prompts, [u.text for u in train]), None
+    if cfg.realign_piece_dropout:
+        merges = bpe_merges(model.prompts.tokenizer)
+        pieces = piece_closure(pieces, merges)
+        dropout = PieceDropout(merges, cfg.realign_piece_dropout, seed=cfg.train.seed)
+    added = model.projector.extend_vocabulary(pieces, model.llm)
     model.projector.requires_grad_(True)
     if cache is not None:
         train = cache.fill(train, model.encoder, batch_size=16, progress=True)
@@ -144,7 +155,7 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
     dev_ds = SpeechLMDataset(list(dev), model.encoder, model.prompts, cache=cache) if dev else None
     result = align_projector(cfg.realign, model, ds, dev_ds, batch_size=cfg.realign_batch_size,
                              seed=cfg.train.seed, callbacks=callbacks, run_config=cfg,
-                             masking=cfg.realign_masking)
+                             masking=cfg.realign_masking, piece_dropout=dropout)
     return {**result, "added_tokens": added}
 
 
