@@ -227,6 +227,27 @@ def test_transcribe_rescore_lets_the_llm_choose_among_the_nbest(run, tiny, tmp_p
     assert missing.returncode == 2 and f"{tmp_path / 'nope.txt'}: no such file" in missing.stderr
 
 
+def test_transcribe_snaps_to_the_keywords_but_never_a_word_heard_in_training(run, tiny, tmp_path):
+    from speechlm_lib.cli.transcribe import _snapped
+    from speechlm_lib.decoding.list_snap import ListSnapConfig, load_training_words
+
+    known = load_training_words(run["dir"] / "model")  # written by `speechlm train stage2`
+    assert known and {w for t in TEXTS for w in t.lower().replace(".", "").split()} >= known
+    heard = next(w for w in sorted(known) if len(w) > 4)
+    snap = (ListSnapConfig(min_score=0.6, names_only=False), known)
+    texts, swaps = _snapped([f"{heard} met Krolovre", "nothing here"], ["Crolovre", heard[:-1] + "x"], snap)
+    assert texts == [f"{heard} met Crolovre", "nothing here"] and swaps == 1
+    write_tone(tmp_path / "a.wav", 1.0)
+    ok = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", "--checkpoint", run["dir"], "--keywords", "Crolovre",
+             "--snap", "0.7")
+    assert ok.returncode == 0 and "snapped to the list" in ok.stderr.strip().splitlines()[-1], ok.stderr[-2000:]
+    for args, words in ((["--snap", "0.7"], "--snap needs --keywords"),
+                        (["--snap", "1.5", "--keywords", "A"], "--snap is a similarity"),
+                        (["--snap", "0.7", "--keywords", "A", "--known-words", tmp_path / "nope.txt"], "no such file")):
+        bad = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", "--checkpoint", run["dir"], *args)
+        assert bad.returncode == 2 and words in bad.stderr, bad.stderr[-1000:]
+
+
 def test_transcribe_with_only_bad_inputs_fails(run, tiny, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"nope")
     proc = cli(tiny["tmp"], "transcribe", tmp_path / "bad.wav", "--checkpoint", run["dir"])

@@ -73,3 +73,19 @@ def test_words_heard_in_training_are_never_snapped():
     talk = training_vocabulary(["let's go"])
     assert snap_to_list("Let's ask Valois", ["Lemaitre", "Loiseau"], low, talk) == ("Let's ask Loiseau",
                                                                                     [("Valois", "Loiseau")])
+
+
+def test_training_words_are_saved_beside_a_model_and_read_back(tmp_path):
+    from speechlm_lib.decoding.list_snap import WORDS_FILE, load_training_words, save_training_words
+
+    assert load_training_words(tmp_path) is None and load_training_words(tmp_path / "none.txt") is None
+    path = save_training_words(tmp_path, ["Let's meet Peter.", "the Capital city"])
+    assert path == tmp_path / WORDS_FILE
+    words = load_training_words(tmp_path)
+    assert words == training_vocabulary(["Let's meet Peter.", "the Capital city"]) and "capital" in words
+    assert load_training_words(path) == words  # the folder or the file
+    own = tmp_path / "texts.txt"
+    own.write_text("Any transcripts, one a line.\nMore of them\n")
+    assert load_training_words(own) == {"any", "transcripts", "one", "a", "line", "more", "of", "them"}
+    # the words read back protect what the model heard: "Capital" stays, the near-miss of an unheard name snaps
+    assert snap_to_list("The Capital of Krolovre", ["Capelli", "Crolovre"], ON, words)[0] == "The Capital of Crolovre"

@@ -28,6 +28,7 @@ from speechlm_lib.cli.common import MODEL_DIR, CLIError, write_run
 from speechlm_lib.config import StageConfig
 from speechlm_lib.data.records import Report, write_manifest
 from speechlm_lib.data.sources import describe, load_source
+from speechlm_lib.decoding.list_snap import save_training_words
 from speechlm_lib.recipes.stage1_ctc import CTCStageConfig
 from speechlm_lib.recipes.stage2_align import Stage2Config
 from speechlm_lib.recipes.stage3_lora import Stage3Config
@@ -151,6 +152,7 @@ def run_stage2(cfg: Stage2Config, run_dir: Path, command: str) -> dict:
                        test_utterances=len(splits["test"]))
         _write_hyps(run_dir / "test_transcripts.jsonl", splits["test"], scores)
     model.save_pretrained(run_dir / MODEL_DIR)
+    save_training_words(run_dir / MODEL_DIR, [u.text for u in splits["train"]])  # for `transcribe --snap`
     cfg.save(run_dir / "config.yaml")
     write_run(run_dir, "stage2", metrics, command, _time() - start,
               data=describe(cfg.data.source, cfg.corpus_profile), model=_model_line(cfg))

@@ -5,20 +5,22 @@ Folders are searched recursively for files whose extension soundfile reads (wav,
 (`decoding.chunking`: at most ``--chunk-seconds``, cuts at the quietest point, no overlap). A file
 that cannot be read is named, skipped and counted; the rest are transcribed. Output: JSONL
 (``{"id", "audio", "text", "seconds", "chunks"}`` a line) or plain text (one transcript a line, in
-input order), to ``--out`` or stdout.
+input order), to ``--out`` or stdout. ``--keywords`` puts a list in the prompt (stage 4); ``--snap`` then
+replaces written words that nearly match an entry by that entry, except words the model heard in training.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from speechlm_lib.cli.common import CLIError, add_config_args, load_config, load_model, run_folder, summary
+from speechlm_lib.cli.common import (CLIError, add_config_args, load_config, load_model, model_folder, run_folder,
+                                     summary)
 from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, load_audio
 from speechlm_lib.data.records import Report
 from speechlm_lib.decoding.chunking import split_long
@@ -134,6 +136,35 @@ def _rescore_config(args, model):
     return RescoreConfig(examples=examples)
 
 
+def _snap(args, checkpoint):
+    """``(ListSnapConfig, training words)`` of ``--snap`` (None without it). The words come from
+    ``--known-words`` or the checkpoint's ``training_words.txt``; without either, every word may snap (said)."""
+    if not args.snap:
+        return None
+    from speechlm_lib.decoding.list_snap import ListSnapConfig, load_training_words
+
+    if not 0.0 < args.snap <= 1.0:
+        raise CLIError(f"--snap is a similarity in (0, 1], got {args.snap}")
+    if not args.keywords.strip():
+        raise CLIError("--snap needs --keywords: the list the transcripts snap to")
+    if args.known_words and not Path(args.known_words).is_file():
+        raise CLIError(f"{args.known_words}: no such file (--known-words: the training transcripts or words)")
+    known = load_training_words(args.known_words or checkpoint)
+    if known is None:
+        summary(f"--snap: {checkpoint} has no training_words.txt and no --known-words was given: any word may be "
+                f"replaced by a list entry, words the model heard in training too")
+    return ListSnapConfig(min_score=args.snap), known
+
+
+def _snapped(texts: list[str], keywords: list[str], snap) -> tuple[list[str], int]:
+    """`texts` snapped to `keywords` (`decoding.list_snap`), and how many words were replaced."""
+    from speechlm_lib.decoding.list_snap import snap_all
+
+    if snap is None:
+        return texts, 0
+    return snap_all(texts, [keywords] * len(texts), snap[0], snap[1])
+
+
 WRITERS = {
     "jsonl": lambda d: json.dumps({"id": d.id, "audio": d.audio, "text": d.text, "seconds": d.seconds,
                                    "chunks": d.chunks}, ensure_ascii=False),
@@ -154,6 +185,11 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="clips decoded together (default: the config's decode.batch_size)")
     p.add_argument("--keywords", default="",
                    help="comma-separated words to bias towards (a line in front of the instruction, as stage 4 trains)")
+    p.add_argument("--snap", type=float, default=0.0, metavar="MIN_SCORE",
+                   help="with --keywords: a written word at least this similar (0-1) to a list entry becomes that "
+                        "entry (decoding.list_snap; the stage-4 benchmark chose 0.3 on dev); 0 = off")
+    p.add_argument("--known-words", help="with --snap: a text file of the training transcripts (or words); words "
+                                         "in it are never replaced (default: the checkpoint's training_words.txt)")
     p.add_argument("--instruction", help="the task instruction (default: the model's own)")
     p.add_argument("--rescore", action="store_true",
                    help="let the LLM choose among the ctc projector's 16 best transcripts (decoding.ctc_rescore; "
@@ -186,7 +222,10 @@ def run(args, argv: list[str]) -> int:
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
     instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
     rescore = _rescore_config(args, model)
+    snap = _snap(args, model_folder(args.checkpoint))
     done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report, rescore)
+    texts, swaps = _snapped([d.text for d in done], keywords, snap)
+    done = [replace(d, text=t) for d, t in zip(done, texts)]
     fmt = args.format or ("text" if args.out and Path(args.out).suffix == ".txt" else "jsonl")
     lines = "".join(WRITERS[fmt](d) + "\n" for d in done)
     if args.out:
@@ -197,12 +236,11 @@ def run(args, argv: list[str]) -> int:
     for item, why in report.skipped:
         summary(f"skipped {item}: {why}")
     audio = sum(d.seconds for d in done)
+    snapped = f", {swaps} word run(s) snapped to the list" if snap else ""
     summary(f"transcribe: {len(done)} file(s), {audio:.1f} s of audio in {time.perf_counter() - start:.1f} s, "
-            f"skipped {len(report.skipped)}; transcripts -> {args.out or 'stdout'}")
+            f"skipped {len(report.skipped)}{snapped}; transcripts -> {args.out or 'stdout'}")
     return 0 if done else 1
 
 
 def _with_batch(decode, batch_size: int):
-    from dataclasses import replace
-
     return replace(decode, batch_size=batch_size)

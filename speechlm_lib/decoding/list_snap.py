@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
+from pathlib import Path
 
 from speechlm_lib.data.text import normalize
 
@@ -56,6 +57,27 @@ def _known(word: str, known: set[str]) -> bool:
 def training_vocabulary(texts) -> set[str]:
     """Every `normalize`d word of `texts` (the training transcripts): the words `snap_to_list` trusts."""
     return {w for t in texts for w in normalize(t).split()}
+
+
+WORDS_FILE = "training_words.txt"  # beside a saved model: the words its training transcripts hold, one a line
+
+
+def save_training_words(directory: str | Path, texts) -> Path:
+    """Write `training_vocabulary(texts)` to ``<directory>/training_words.txt`` (sorted, one a line), so
+    ``speechlm transcribe --snap`` knows which words the model heard in training."""
+    path = Path(directory) / WORDS_FILE
+    path.write_text("".join(w + "\n" for w in sorted(training_vocabulary(texts))), encoding="utf-8")
+    return path
+
+
+def load_training_words(path: str | Path) -> set[str] | None:
+    """The training vocabulary of a text file (any transcripts, or `save_training_words`' list; every line's
+    words are normalised); `path` may be a model folder holding ``training_words.txt``. None if there is none."""
+    path = Path(path)
+    path = path / WORDS_FILE if path.is_dir() else path
+    if not path.is_file():
+        return None
+    return training_vocabulary(path.read_text(encoding="utf-8").splitlines())
 
 
 def snap_to_list(hypothesis: str, entries: list[str] | None, cfg: ListSnapConfig,

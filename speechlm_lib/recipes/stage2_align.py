@@ -25,6 +25,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from speechlm_lib.decoding.list_snap import save_training_words
 from speechlm_lib.config import StageConfig
 from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Report, Utterance
@@ -184,6 +185,7 @@ def train_projector(cfg: Stage2Config, model: SpeechLM, train_ds: SpeechLMDatase
     if output_dir is not None:
         model.save_pretrained(output_dir)
         cfg.save(Path(output_dir) / "config.yaml")
+        save_training_words(output_dir, [u.text for u in train_ds.utts])  # for `transcribe --snap`
     return result
 
 

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import torch
 
+from speechlm_lib.decoding.list_snap import save_training_words
 from speechlm_lib.config import StageConfig, runs_dir
 from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Report, Utterance
@@ -250,6 +251,7 @@ def train_lora(cfg: Stage3Config, model: SpeechLM, train_ds: TaskDataset, dev: l
     if output_dir is not None:
         model.save_pretrained(output_dir)
         cfg.save(Path(output_dir) / "config.yaml")
+        save_training_words(output_dir, [u.text for u in train_ds.utts])  # for `transcribe --snap`
     return result
 
 
