@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/bench_real_speech.py --profile smoke                    # plumbing, a minute
     .venv/bin/python benchmarks/bench_real_speech.py --profile cpu --start scratch \
         --set exposure.cross_fit_folds=2 --record-as real_speech_cross_fit     # adapters on cross-fitted tokens
+    .venv/bin/python benchmarks/bench_real_speech.py --profile cpu --start scratch --encoder base \
+        --record-as real_speech_base         # Whisper base's encoder, beside the complete Whisper base
 
 The recipe is stage 3's (`recipes.stage3_lora`, preset ``configs/stage3_lora/cpu-speechocean.yaml``): the
 projector re-aligned to the real voices by CTC (`realign_projector`, its vocabulary grown to the new words),
@@ -37,8 +39,8 @@ from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.evaluation.aggregate import paired_bootstrap
 from speechlm_lib.evaluation.run import evaluate
 from speechlm_lib.evaluation.systems import SYSTEMS
-from speechlm_lib.experiments.real_speech import (SMOKE, STARTS, against_whisper, by_age, fine_tune, load_real,
-                                                  start_model)
+from speechlm_lib.experiments.real_speech import (SMOKE, STARTS, WHISPERS, against_whisper, by_age, fine_tune,
+                                                  load_real, start_model)
 from speechlm_lib.recipes.stage3_lora import Stage3Config, real_speech_test
 
 
@@ -60,6 +62,8 @@ def main() -> None:
     ap.add_argument("--start", nargs="+", default=["synthetic", "scratch"], choices=STARTS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a preset setting")
     ap.add_argument("--record-as", default="real_speech_bench", help="stage name in results.json")
+    ap.add_argument("--encoder", default="tiny.en", choices=sorted(WHISPERS),
+                    help="the frozen encoder (a new projector: the scratch start), and the complete Whisper beside it")
     args = ap.parse_args()
     os.environ[config.PROFILE_ENV] = args.profile
     cfg = Stage3Config.preset("cpu-speechocean").override((list(SMOKE) if args.profile == "smoke" else []) + args.set)
@@ -72,13 +76,16 @@ def main() -> None:
     metrics = {"train_utterances": len(splits["train"]), "dev_utterances": len(splits["dev"]),
                "test_utterances": len(splits["test"]), "cpu_threads": torch.get_num_threads(),
                "test_speakers": len({u.speaker for u in splits["test"]})}
-    whisper = evaluate(SYSTEMS.build("whisper"), splits["test"], "speechocean")
+    if args.encoder != "tiny.en" and "synthetic" in args.start:
+        sys.exit("--encoder base needs --start scratch: the synthetic stage-2 model listens through tiny.en")
+    whisper = evaluate(SYSTEMS.build("whisper", source=WHISPERS[args.encoder], language="en"), splits["test"],
+                       "speechocean")
     figures = {"wer": whisper.summary["wer"], "wer_low": whisper.ci[0], "wer_high": whisper.ci[1],
                "rtf": whisper.summary["rtf"], **by_age(whisper)}
     metrics.update({f"whisper_{k}": v for k, v in figures.items()})
-    show("whisper tiny.en", figures)
+    show(f"whisper {args.encoder}", figures)
     t0 = time.perf_counter()
-    first = start_model(args.start[0], cfg, splits["train"], args.profile)
+    first = start_model(args.start[0], cfg, splits["train"], args.profile, encoder_source=WHISPERS[args.encoder])
     cache = FeatureCache.for_encoder(first.encoder)
     for split in ("train", "dev"):
         splits[split] = cache.fill(splits[split], first.encoder, batch_size=16, progress=True)

@@ -1,11 +1,13 @@
 """The LLM as a second opinion: a saved model's CTC projector n-best rescored by its LLM (`decoding.ctc_rescore`),
-against the projector's best path, the speech-LLM and the complete Whisper tiny.en on the same test
-utterances, in one run.
+against the projector's best path, the speech-LLM and the complete Whisper whose encoder the model uses (tiny.en,
+or base: `experiments.real_speech.whisper_of`) on the same test utterances, in one run.
 
     .venv/bin/python benchmarks/bench_real_speech.py --profile cpu --start scratch   # makes runs/cpu/real_scratch
     .venv/bin/python benchmarks/bench_rescore.py --profile cpu                        # then this, ~10 min
     .venv/bin/python benchmarks/bench_rescore.py --profile cpu --set beam=32 --record-as real_speech_rescore_b32
     .venv/bin/python benchmarks/bench_rescore.py --profile cpu --data synthetic  # stage 3's model, unseen voices
+    .venv/bin/python benchmarks/bench_rescore.py --profile cpu --model real_speech_base_scratch \
+        --record-as real_speech_rescore_base     # the Whisper-base model, beside the complete Whisper base
 
 The weights of the CTC, LLM and speech-LLM scores and the length bonus are chosen on the dev speakers (all of
 them, by WER, over `RescoreConfig.grid`), then the test speakers are scored once with them. The LLM reads five
@@ -32,7 +34,7 @@ from speechlm_lib.decoding.ctc_rescore import RescoreConfig, choose_weights, nbe
 from speechlm_lib.evaluation.aggregate import paired_bootstrap
 from speechlm_lib.evaluation.run import evaluate
 from speechlm_lib.evaluation.systems import SYSTEMS, load_speechlm
-from speechlm_lib.experiments.real_speech import against_whisper, load_real, rescore_examples
+from speechlm_lib.experiments.real_speech import against_whisper, load_real, rescore_examples, whisper_of
 from speechlm_lib.metrics import wer
 from speechlm_lib.recipes.stage3_lora import Stage3Config
 
@@ -114,7 +116,7 @@ def main() -> None:
 
 def score_test(model, test, cfg: RescoreConfig, test_set: str) -> dict:
     """Whisper, the projector, the speech-LLM and the rescored n-best on `test`, in one run: their figures."""
-    whisper = evaluate(SYSTEMS.build("whisper"), test, test_set)
+    whisper = evaluate(SYSTEMS.build("whisper", source=whisper_of(model), language="en"), test, test_set)
     metrics = {"whisper_wer": whisper.summary["wer"], "whisper_wer_low": whisper.ci[0],
                "whisper_wer_high": whisper.ci[1], "whisper_rtf": whisper.summary["rtf"]}
     evs = {}

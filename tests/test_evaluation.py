@@ -184,6 +184,25 @@ def test_whisper_gets_a_token_budget_tied_to_the_audio(tones, monkeypatch):
                                int(np.ceil(g.tokens_per_second * 1.0 + g.extra_tokens))]
 
 
+def test_whisper_is_told_the_language_and_each_model_meets_the_whisper_it_listens_through(tones, monkeypatch):
+    from types import SimpleNamespace
+
+    from speechlm_lib.experiments.real_speech import WHISPERS, whisper_of
+
+    seen = []
+
+    def fake(model, processor, waves, language=None, **kw):
+        seen.append(language)
+        return [""] * len(waves), 0.0
+
+    monkeypatch.setattr("speechlm_lib.decoding.whisper.whisper_transcribe", fake)
+    SYSTEMS.build("whisper", model=object(), processor=object(), language="en").decode(tones[:1])
+    SYSTEMS.build("whisper", model=object(), processor=object()).decode(tones[:1])
+    assert seen == ["en", None]  # a multilingual Whisper is told English; by default it detects
+    base = SimpleNamespace(encoder=SimpleNamespace(reference=WHISPERS["base"]))
+    assert whisper_of(base) == "openai/whisper-base"
+
+
 # ----- evaluate, analysis ----------------------------------------------------------------------------------
 def test_evaluate_scores_the_task_and_counts_what_it_leaves_out(tones):
     ev = evaluate(Echo(), tones, "tones", keywords=["big"])

@@ -239,19 +239,21 @@ def _saves_part(weights, prefix: str) -> bool:
 class WhisperSystem(System):
     name = "whisper"
 
-    def __init__(self, source: str = "openai/whisper-tiny.en", model=None, processor=None, **kw):
+    def __init__(self, source: str = "openai/whisper-tiny.en", model=None, processor=None,
+                 language: str | None = None, **kw):
         super().__init__(**kw)
         if model is None:
             from speechlm_lib.models.sources import load_whisper
 
             model, processor = load_whisper(source)
         self.model, self.processor = model, processor
+        self.language = language  # a multilingual model's language token ("en"; None: detected)
 
     def _run(self, utts, waves, keywords, instruction) -> list[str]:
         from speechlm_lib.decoding.whisper import whisper_transcribe
 
         texts, _ = whisper_transcribe(self.model, self.processor, waves, batch_size=len(waves),
-                                      max_new_tokens=self.budget(waves))
+                                      max_new_tokens=self.budget(waves), language=self.language)
         return texts
 
 

@@ -25,6 +25,13 @@ from speechlm_lib.recipes.stage3_lora import (Stage3Config, add_adapters, load_s
                                               prepare_projector, train_lora)
 
 STARTS = ("synthetic", "scratch")
+WHISPERS = {"tiny.en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}  # --encoder: the speech-LLM's
+#   frozen encoder, and the complete Whisper it is measured against (told the audio is English)
+
+
+def whisper_of(model) -> str:
+    """The complete Whisper whose encoder `model` listens through (its hub id): the peer it must beat."""
+    return getattr(model.encoder, "reference", WHISPERS["tiny.en"])
 SMOKE = ("realign.max_steps=6", "realign.eval_every=0", "train.max_steps=3", "train.eval_every=0", "data.dev_limit=4",
          "data.test_limit=8", "data.train_limit=24", "realign_batch_size=8", "lora.r=2")  # the plumbing in seconds
 
