@@ -35,6 +35,23 @@ def save_tiny_parts(folder: Path) -> tuple[str, str]:
     return str(save_tiny_llm(folder / "llm")), str(save_tiny_wav2vec2(folder / "w2v"))
 
 
+def tiny_whisper_ctc(texts, members: int = 1, seed: int = 0):
+    """An in-memory `SpeechLM`: a random tiny Whisper encoder and Llama LLM, the soft-token ``ctc`` projector
+    (stride 2, hidden 32, no dropout, `members` heads) over `texts`' tokens."""
+    import torch
+
+    from speechlm_lib.models.build import ModelConfig, build_speechlm
+    from speechlm_lib.models.encoders import ENCODERS
+    from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
+
+    torch.manual_seed(seed)
+    llm, tok = tiny_llm()
+    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
+    kwargs = {"hidden": 32, "dropout": 0.0, **({"members": members} if members > 1 else {})}
+    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs=kwargs)
+    return build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=list(texts))
+
+
 def tiny_ctc_speechlm(parts: tuple[str, str], texts, r: int = 0, seed: int = 0):
     """A `SpeechLM` on the tiny saved `parts`: the hard-token ``ctc`` projector over `texts`' tokens and, with
     `r`, LoRA adapters of rank r whose B is random (peft starts it at zero: these change the output)."""

@@ -5,23 +5,18 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_whisper_ctc
 
 from speechlm_lib.decoding.ctc_rescore import merge_spellings
-from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.ctc_projector import CTCAlignment
-from speechlm_lib.models.encoders import ENCODERS
 from speechlm_lib.models.piece_dropout import PieceDropout, bpe_merges, piece_closure
-from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
 
 TEXTS = ["hello world", "the quick brown fox", "you are tiny"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    llm, tok = tiny_llm()
-    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
-    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs={"hidden": 32, "dropout": 0.0})
-    return build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=TEXTS)
+    return tiny_whisper_ctc(TEXTS)
 
 
 def test_each_merge_joins_two_tokens_into_the_same_text(model):

@@ -3,25 +3,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_whisper_ctc
 
 from speechlm_lib.experiments.real_speech import start_model
-from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.ctc_projector import CTCAlignment, CTCProjector, ctc_vocabulary
-from speechlm_lib.models.encoders import ENCODERS
 from speechlm_lib.models.projectors import stack_frames
 from speechlm_lib.models.speechlm import SpeechLM
-from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
 from speechlm_lib.recipes.stage3_lora import Stage3Config
 
 TEXTS = ["hello world", "the quick brown fox", "you are tiny"]
 
 
 def build(members: int):
-    torch.manual_seed(0)
-    llm, tok = tiny_llm()
-    enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
-    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs={"hidden": 32, "dropout": 0.0, "members": members})
-    return build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=TEXTS).eval()
+    return tiny_whisper_ctc(TEXTS, members=members).eval()
 
 
 @pytest.fixture(scope="module")
