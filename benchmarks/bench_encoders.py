@@ -29,10 +29,10 @@ import torch
 from speechlm_lib import config, results
 from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
-from speechlm_lib.experiments.real_speech import fine_tune, start_model
+from speechlm_lib.experiments.real_speech import WHISPERS, fine_tune, start_model
 from speechlm_lib.recipes.stage3_lora import Stage3Config, evaluate_tasks, load_splits, projector_wer
 
-SOURCES = {"tiny.en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}
+SOURCES = WHISPERS  # encoder name -> hub id
 TASKS = ("eval_tasks=('asr_en', 'asr_de', 'ast_de')",)
 BENCH = ("data.train_limit=3000", "data.test_limit=100", "train.max_steps=200") + TASKS
 SMOKE = ("data.train_limit=16", "data.test_limit=4", "data.dev_limit=4", "train.max_steps=2",

@@ -47,8 +47,7 @@ def tiny_whisper_ctc(texts, members: int = 1, seed: int = 0):
     torch.manual_seed(seed)
     llm, tok = tiny_llm()
     enc = ENCODERS.build("whisper", source="tiny-random", model=tiny_whisper())
-    kwargs = {"hidden": 32, "dropout": 0.0, **({"members": members} if members > 1 else {})}
-    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs=kwargs)
+    cfg = ModelConfig(projector="ctc", stride=2, projector_kwargs={"hidden": 32, "dropout": 0.0, "members": members})
     return build_speechlm(cfg, encoder=enc, llm=llm, tokenizer=tok, texts=list(texts))
 
 

@@ -199,8 +199,9 @@ def test_whisper_is_told_the_language_and_each_model_meets_the_whisper_it_listen
     SYSTEMS.build("whisper", model=object(), processor=object(), language="en").decode(tones[:1])
     SYSTEMS.build("whisper", model=object(), processor=object()).decode(tones[:1])
     assert seen == ["en", None]  # a multilingual Whisper is told English; by default it detects
-    base = SimpleNamespace(encoder=SimpleNamespace(reference=WHISPERS["base"]))
-    assert whisper_of(base) == "openai/whisper-base"
+    base = SimpleNamespace(encoder=SimpleNamespace(name="whisper", reference=WHISPERS["base"]))
+    conformer = SimpleNamespace(encoder=SimpleNamespace(name="conformer", reference="runs/cpu/stage1_encoder"))
+    assert whisper_of(base) == "openai/whisper-base" and whisper_of(conformer) == WHISPERS["tiny.en"]
 
 
 # ----- evaluate, analysis ----------------------------------------------------------------------------------

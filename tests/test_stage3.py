@@ -14,10 +14,11 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.speechlm_dataset import Collate, TaskDataset
 from speechlm_lib.data.tasks import TASKS, get_task, task_items
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
-from speechlm_lib.experiments.text_ability import adapters_off, answered, text_ability
+from speechlm_lib.experiments.text_ability import answered, text_ability
 from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.encoders import ENCODERS
-from speechlm_lib.models.lora import LoraSettings, LowRankLinear, add_lora, lora_parameters, merge_lora
+from speechlm_lib.models.lora import (LoraSettings, LowRankLinear, adapters_off, add_lora, lora_parameters,
+                                      merge_lora)
 from speechlm_lib.models.speechlm import load_llm
 from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2
 from speechlm_lib.recipes.stage3_lora import Stage3Config, add_adapters, score_task

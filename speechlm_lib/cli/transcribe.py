@@ -149,9 +149,10 @@ def _snap(args, checkpoint):
         raise CLIError("--snap needs --keywords: the list the transcripts snap to")
     if args.known_words and not Path(args.known_words).is_file():
         raise CLIError(f"{args.known_words}: no such file (--known-words: the training transcripts or words)")
-    known = load_training_words(args.known_words or checkpoint)
+    folder = model_folder(checkpoint)
+    known = load_training_words(args.known_words or folder)
     if known is None:
-        summary(f"--snap: {checkpoint} has no training_words.txt and no --known-words was given: any word may be "
+        summary(f"--snap: {folder} has no training_words.txt and no --known-words was given: any word may be "
                 f"replaced by a list entry, words the model heard in training too")
     return ListSnapConfig(min_score=args.snap), known
 
@@ -222,7 +223,7 @@ def run(args, argv: list[str]) -> int:
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
     instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
     rescore = _rescore_config(args, model)
-    snap = _snap(args, model_folder(args.checkpoint))
+    snap = _snap(args, args.checkpoint)
     done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report, rescore)
     texts, swaps = _snapped([d.text for d in done], keywords, snap)
     done = [replace(d, text=t) for d, t in zip(done, texts)]

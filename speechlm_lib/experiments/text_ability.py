@@ -7,11 +7,12 @@ switched off, i.e. the original LLM. SLM kept its LLM frozen to keep these numbe
 from __future__ import annotations
 
 import math
+
 import torch
 
 from speechlm_lib.data.text import normalize
 from speechlm_lib.data.text_checks import HELD_OUT_TEXT, QUESTIONS
-from speechlm_lib.models.lora import adapters_off  # noqa: F401  (re-exported: callers take it from here too)
+from speechlm_lib.models.lora import adapters_off
 
 
 def answered(answer: str, expected: tuple[str, ...], window: int = 6) -> bool:

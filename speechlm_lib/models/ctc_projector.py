@@ -146,14 +146,15 @@ class CTCProjector(Projector):
         return self._run(x, lengths)[1:]
 
     @property
-    def members(self) -> list["_Head"]:
-        """The heads whose log-posteriors are averaged: member 0 (this module's own layers), then `others`."""
-        return [_Head.of(self), *self.others]
+    def members(self) -> list[nn.Module]:
+        """The heads whose log-posteriors are averaged: this module's own layers (member 0, where old checkpoints
+        keep them), then `others`. Each has ``hidden``, ``context`` and ``classify`` (`_head_logits`)."""
+        return [self, *self.others]
 
     def member_logits(self, x: torch.Tensor, lengths: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One member's logits ``(batch, ceil(frames/stride), V + 1)`` and lengths (each trains by its own CTC)."""
         x, lengths = stack_frames(x, lengths, self.stride)
-        return self.members[member](x, lengths), lengths
+        return _head_logits(self.members[member], x, lengths), lengths
 
     def _run(self, x, lengths):
         """Stacked input ``(batch, tokens, in_dim * stride)``, logits ``(batch, tokens, V + 1)`` (with several
@@ -161,10 +162,9 @@ class CTCProjector(Projector):
         if self.training and self.state_masking is not None:
             x = self.state_masking.apply(x, lengths)
         x, lengths = stack_frames(x, lengths, self.stride)
-        heads = self.members
-        if len(heads) == 1:
-            return x, heads[0](x, lengths), lengths
-        logp = torch.stack([h(x, lengths).float().log_softmax(-1) for h in heads]).mean(0)
+        if not self.others:
+            return x, _head_logits(self, x, lengths), lengths
+        logp = torch.stack([_head_logits(h, x, lengths).float().log_softmax(-1) for h in self.members]).mean(0)
         return x, logp.to(x.dtype), lengths
 
     @torch.no_grad()
@@ -224,8 +224,8 @@ class CTCProjector(Projector):
 
 
 class _Head(nn.Module):
-    """One member of a ``ctc`` projector: Linear -> ReLU -> Dropout -> (`context` Transformer layers, residual)
-    -> Linear to the CTC classes. ``(batch, tokens, in_dim)`` stacked frames -> logits ``(batch, tokens, V + 1)``."""
+    """The layers of one member of a ``ctc`` projector: Linear -> ReLU -> Dropout -> (`context` Transformer
+    layers, residual) -> Linear to the CTC classes (run by `_head_logits`)."""
 
     def __init__(self, in_dim: int, hidden: int, classes: int, dropout: float, context: int):
         super().__init__()
@@ -236,19 +236,13 @@ class _Head(nn.Module):
                         if context else None)
         self.classify = nn.Linear(hidden, classes)
 
-    @classmethod
-    def of(cls, proj: "CTCProjector") -> "_Head":
-        """Member 0 as a head, sharing the projector's own layers (kept there so old checkpoints load)."""
-        head = cls.__new__(cls)
-        nn.Module.__init__(head)
-        head.hidden, head.context, head.classify = proj.hidden, proj.context, proj.classify
-        return head
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(x)
-        if self.context is not None:
-            h = h + self.context(h, lengths)[0]
-        return self.classify(h)
+def _head_logits(head: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A member's logits: ``(batch, tokens, in_dim * stride)`` stacked frames -> ``(batch, tokens, V + 1)``."""
+    h = head.hidden(x)
+    if head.context is not None:
+        h = h + head.context(h, lengths)[0]
+    return head.classify(h)
 
 
 def _grown(old: nn.Linear, extra: int) -> nn.Linear:
