@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/bench_realign.py --profile cpu --variant long:realign.max_steps=1200
     .venv/bin/python benchmarks/bench_realign.py --profile cpu --variant masked: \
         --variant pieces0.1:realign_piece_dropout=0.1 --record-as real_speech_realign_pieces  # BPE-dropout
+    .venv/bin/python benchmarks/bench_realign.py --profile cpu --variant masked: \
+        --variant speed:"realign_speeds=(0.9, 1.1)" --record-as real_speech_realign_speed  # speed perturbation
 
 Each variant starts from a new projector (``scratch``; ``synthetic`` in its name: notebook 02's stage-2 model),
 re-aligns it (`recipes.stage3_lora.realign_projector`, preset ``cpu-speechocean`` plus the variant's settings;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
@@ -39,7 +42,7 @@ OFF = ["realign_masking.time_masks=0", "realign_masking.channel_masks=0"]
 VARIANTS = {  # name -> settings over the preset ("masked": the preset's own masking)
     "plain": OFF, "masked": [], "masked_more": ["realign_masking.time_masks=4", "realign_masking.channel_masks=4"],
     "masked_1200": ["realign.max_steps=1200"], "masked_dropout0.3": ["projector.dropout=0.3"],
-    "masked_pieces0.1": ["realign_piece_dropout=0.1"]}
+    "masked_pieces0.1": ["realign_piece_dropout=0.1"], "masked_speed": ["realign_speeds=(0.9, 1.1)"]}
 
 
 def score(model, utts, cache, masking: StateMasking | None = None) -> float:
@@ -89,7 +92,8 @@ def main() -> None:
     config.set_threads()
     variants = dict(VARIANTS)
     if args.variant:
-        variants = {v.split(":")[0]: [s for s in v.partition(":")[2].split(",") if s] for v in args.variant}
+        variants = {v.split(":")[0]: [s for s in re.split(r",(?=[\w.]+=)", v.partition(":")[2]) if s]
+                    for v in args.variant}  # split at a comma before the next "key=", not inside a value
     base = Stage3Config.preset("cpu-speechocean")
     if args.profile == "smoke":
         base = base.override(["realign.max_steps=4", "data.train_limit=24", "realign_batch_size=8"])

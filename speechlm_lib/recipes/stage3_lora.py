@@ -92,6 +92,10 @@ class Stage3Config(StageConfig):
     realign_piece_dropout: float = 0.0  # BPE-dropout on the re-alignment targets (models.piece_dropout): each
     #   merge undone with this probability and the vocabulary grown to the smaller pieces, so words no training
     #   transcript has can be spelled (0 = off)
+    realign_speeds: tuple[float, ...] = ()  # speed-perturbed copies of each training utterance added to the
+    #   re-alignment (data.perturb), e.g. (0.9, 1.1) triples the voices it hears (() = the originals only)
+    realign_noise_snr: tuple[float, ...] = ()  # copies of each training utterance (and of its speed copies) with
+    #   white noise at these SNRs in dB (evaluation.noise) added to the re-alignment (() = none)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)  # the projector's errors in training
     tasks: dict = field(default_factory=lambda: {"asr_en": 1.0, "asr_de": 1.0, "ast_de": 0.3})  # name -> ratio
     eval_tasks: tuple[str, ...] = ("asr_en", "asr_de", "ast_de", "caps", "names")  # scored on test
@@ -134,9 +138,12 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
                       cache: FeatureCache | None = None, callbacks: list[Callback] = ()) -> dict:
     """Stage 2's CTC pre-alignment again, on `train` (``cfg.realign`` sets the updates; the LLM does not run):
     the projector first learns to emit the new corpus's word pieces (`CTCProjector.extend_vocabulary`; with
-    ``realign_piece_dropout`` also the smaller pieces they are built from), then its voices. A stage-2 model trained on other audio (eSpeak voices) hears real speech as noise until it has.
+    ``realign_piece_dropout`` also the smaller pieces they are built from), then its voices (with ``realign_speeds``
+    and ``realign_noise_snr`` also `train`'s speed-perturbed and noisy copies). A stage-2 model trained on other
+    audio (eSpeak voices) hears real speech as noise until it has.
     Returns the trainer's result plus ``added_tokens``; at evaluations, the projector's dev WER (best path)."""
     from speechlm_lib.models.ctc_projector import ctc_vocabulary
+    from speechlm_lib.data.perturb import augmented
     from speechlm_lib.models.piece_dropout import PieceDropout, bpe_merges, piece_closure
     from speechlm_lib.recipes.stage2_align import align_projector
 
@@ -149,6 +156,11 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
         dropout = PieceDropout(merges, cfg.realign_piece_dropout, seed=cfg.train.seed)
     added = model.projector.extend_vocabulary(pieces, model.llm)
     model.projector.requires_grad_(True)
+    if cfg.realign_speeds or cfg.realign_noise_snr:
+        report = Report()
+        train = augmented(train, cfg.realign_speeds, cfg.realign_noise_snr, report=report)
+        if report.skipped:
+            print(f"perturbed copies: {report}")
     if cache is not None:
         train = cache.fill(train, model.encoder, batch_size=16, progress=True)
         dev = cache.fill(list(dev), model.encoder, batch_size=16, progress=False) if dev else []
