@@ -160,12 +160,18 @@ def rescore_settings(train: list[Utterance], stage: str = "real_speech_rescore",
     return RescoreConfig(examples=examples, **chosen, **sizes)
 
 
-def real_speech_rows(cfg: Stage3Config, runs: Path, profile: str, shared: dict | None = None, say=print) -> list:
+BEST = ("real_speech_speed_members3_scratch", "real_speech_rescore_speed_members3_b32_lm")  # the best measured
+#   real-speech model's folder in runs/<profile> and the results.json stage of its rescoring (docs/real_speech_findings.md)
+
+
+def real_speech_rows(cfg: Stage3Config, runs: Path, profile: str, shared: dict | None = None, say=print,
+                     best: tuple[str, str] | None = BEST) -> list:
     """Notebook 05's real-speech table: Whisper tiny.en, the fine-tuned speech-LLM, its projector alone and the
     projector's n-best rescored by the LLM (`rescore_settings`) on `cfg`'s held-out speakers (`against_whisper`
-    figures, one dict a row). Empty, with a line, when the corpus or notebook 02's model
+    figures, one dict a row); then, if the benchmarks saved it, `best`'s model (folder in `runs`) rescored with
+    the weights and beam of its results stage. Empty, with a line, when the corpus or notebook 02's model
     (``runs/stage2_speechlm``) is absent."""
-    from speechlm_lib.evaluation.systems import SYSTEMS
+    from speechlm_lib.evaluation.systems import SYSTEMS, load_speechlm
 
     splits = load_real(cfg, say)
     if not splits["train"] or not (runs / "stage2_speechlm").is_dir():
@@ -182,4 +188,13 @@ def real_speech_rows(cfg: Stage3Config, runs: Path, profile: str, shared: dict |
                             ("its projector's n-best rescored by the LLM", "rescored", {"rescore": rescore})):
         rows.append({"system": label, **against_whisper(SYSTEMS.build(kind, model=model, **kw), splits["test"],
                                                         whisper, "real")[1]})
+    if best is not None and (runs / best[0] / "speechlm.json").is_file():
+        del model
+        rescore = rescore_settings(splits["train"], stage=best[1], profile=profile)
+        system = SYSTEMS.build("rescored", model=load_speechlm(runs / best[0], shared).eval(), rescore=rescore)
+        rows.append({"system": f"{best[0]}, {rescore.beam}-best rescored",
+                     **against_whisper(system, splits["test"], whisper, "real")[1]})
+    elif best is not None:
+        say(f"{runs / best[0]} is absent: benchmarks/bench_real_speech.py and bench_rescore.py make it "
+            "(docs/real_speech_findings.md), and it then joins this table")
     return rows
