@@ -9,6 +9,7 @@ Copies are written once under ``config.cache_dir()/speed/<set tag>/x<factor>/`` 
 source's transcript, speaker and metadata, gets the id ``<id>-sp<factor>`` and holds ``speed`` in
 `Utterance.extra`. The frozen encoder's feature cache keys them by their bytes like any other clip.
 `augmented` adds noisy copies of those too (stage 3's re-alignment: ``realign_speeds``, ``realign_noise_snr``).
+`write_copies` (write each clip's transformed audio once) is shared with `evaluation.noise.noisy_copies`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
@@ -37,30 +39,43 @@ def speed_change(wave: torch.Tensor, factor: float) -> torch.Tensor:
     return torchaudio.functional.resample(wave, ratio.numerator, ratio.denominator)
 
 
-def speed_copies(utts: list[Utterance], factor: float, out_dir: str | Path | None = None,
-                 report: Report | None = None) -> list[Utterance]:
-    """`utts` played `factor` times as fast (files written once; `speed_change`). An unreadable clip is
-    skipped and named in `report`; the rest are returned in order."""
-    report = report if report is not None else Report()
-    tag = hashlib.sha1("|".join(f"{u.id}={u.audio}" for u in utts).encode()).hexdigest()[:10]
-    folder = (Path(out_dir) if out_dir else cache_dir() / "speed" / tag) / f"x{factor:g}"
+def set_tag(utts: list[Utterance]) -> str:
+    """A short hash of `utts`' ids and audio paths: the folder their derived copies are written to."""
+    return hashlib.sha1("|".join(f"{u.id}={u.audio}" for u in utts).encode()).hexdigest()[:10]
+
+
+def write_copies(utts: list[Utterance], folder: Path, transform, report: Report) -> list[tuple[Utterance, str]]:
+    """``(utterance, path)`` of each of `utts` whose audio reads, `path` holding ``transform(wave, utterance)``
+    (``(samples,)`` in, 16 kHz samples out) as a float wav under `folder`, written once (atomically) and read back
+    after; files are named by a hash of the id (ids may hold "/" or spaces). An unreadable clip is skipped and
+    named in `report`."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for u in utts:
-        path = folder / f"{hashlib.sha1(u.id.encode()).hexdigest()[:16]}.wav"  # ids may hold "/" or spaces
+        path = folder / f"{hashlib.sha1(u.id.encode()).hexdigest()[:16]}.wav"
         if not path.is_file():
             try:
-                wave = speed_change(load_audio(u.audio), factor)
+                wave = transform(load_audio(u.audio), u)
             except AudioError as e:
                 report.skip(u.id, str(e))
                 continue
             tmp = path.with_name(path.stem + ".tmp.wav")
-            sf.write(str(tmp), wave.numpy(), SAMPLE_RATE, subtype="FLOAT")
+            sf.write(str(tmp), np.asarray(wave, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
             tmp.replace(path)
-        out.append(replace(u, id=f"{u.id}-sp{factor:g}", audio=str(path), duration=u.duration / factor,
-                           extra={**u.extra, "speed": factor}))
+        out.append((u, str(path)))
     report.kept += len(out)
     return out
+
+
+def speed_copies(utts: list[Utterance], factor: float, out_dir: str | Path | None = None,
+                 report: Report | None = None) -> list[Utterance]:
+    """`utts` played `factor` times as fast (files written once; `speed_change`). An unreadable clip is
+    skipped and named in `report`; the rest are returned in order."""
+    folder = (Path(out_dir) if out_dir else cache_dir() / "speed" / set_tag(utts)) / f"x{factor:g}"
+    written = write_copies(utts, folder, lambda wave, u: speed_change(wave, factor),
+                           report if report is not None else Report())
+    return [replace(u, id=f"{u.id}-sp{factor:g}", audio=path, duration=u.duration / factor,
+                    extra={**u.extra, "speed": factor}) for u, path in written]
 
 
 def with_speeds(utts: list[Utterance], factors: tuple[float, ...] | list[float], out_dir: str | Path | None = None,

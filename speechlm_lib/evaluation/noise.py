@@ -12,41 +12,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from speechlm_lib.config import cache_dir
-from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, load_audio
 from speechlm_lib.data.corpus import add_noise
+from speechlm_lib.data.perturb import set_tag, write_copies
 from speechlm_lib.data.records import Report, Utterance
 
 
 def noisy_copies(utts: list[Utterance], snr_db: float, out_dir: str | Path | None = None, seed: int = 0,
                  report: Report | None = None) -> list[Utterance]:
-    """`utts` with their audio at `snr_db` dB SNR (files written once). An unreadable clip is skipped and
-    named in `report`."""
-    import hashlib
-
-    report = report if report is not None else Report()
-    tag = hashlib.sha1("|".join(u.audio for u in utts).encode()).hexdigest()[:10]
-    folder = Path(out_dir) if out_dir else cache_dir() / "noisy" / tag
-    folder = folder / f"snr{snr_db:g}"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for u in utts:
-        path = folder / f"{u.id}.wav"
-        if not path.is_file():
-            try:
-                wave = load_audio(u.audio).numpy()
-            except AudioError as e:
-                report.skip(u.id, str(e))
-                continue
-            noisy = add_noise(wave, snr_db, zlib.crc32(f"{seed}:{u.id}".encode()))
-            tmp = path.with_name(path.stem + ".tmp.wav")
-            sf.write(str(tmp), noisy, SAMPLE_RATE, subtype="FLOAT")
-            tmp.replace(path)
-        out.append(replace(u, audio=str(path), extra={**u.extra, "snr_db": snr_db}))
-    report.kept += len(out)
-    return out
+    """`utts` with their audio at `snr_db` dB SNR (files written once: `data.perturb.write_copies`). An
+    unreadable clip is skipped and named in `report`."""
+    folder = (Path(out_dir) if out_dir else cache_dir() / "noisy" / set_tag(utts)) / f"snr{snr_db:g}"
+    written = write_copies(utts, folder, lambda wave, u: add_noise(wave.numpy(), snr_db,
+                                                                   zlib.crc32(f"{seed}:{u.id}".encode())),
+                           report if report is not None else Report())
+    return [replace(u, audio=path, extra={**u.extra, "snr_db": snr_db}) for u, path in written]
 
 
 def measured_snr(clean: np.ndarray, noisy: np.ndarray) -> float:

@@ -142,8 +142,8 @@ def realign_projector(cfg: Stage3Config, model: SpeechLM, train: list[Utterance]
     and ``realign_noise_snr`` also `train`'s speed-perturbed and noisy copies). A stage-2 model trained on other
     audio (eSpeak voices) hears real speech as noise until it has.
     Returns the trainer's result plus ``added_tokens``; at evaluations, the projector's dev WER (best path)."""
-    from speechlm_lib.models.ctc_projector import ctc_vocabulary
     from speechlm_lib.data.perturb import augmented
+    from speechlm_lib.models.ctc_projector import ctc_vocabulary
     from speechlm_lib.models.piece_dropout import PieceDropout, bpe_merges, piece_closure
     from speechlm_lib.recipes.stage2_align import align_projector
 
