@@ -157,7 +157,7 @@ time on real speech that the LLM adds something. Two more steps closed the gap (
 the projector re-aligned on every clip also played at 0.9 × and 1.1 × speed (`realign_speeds`, more voices from
 the same 2,000 utterances) with three heads averaged (`projector_members`), then its 32 best transcripts
 rescored: 39.0 % against Whisper tiny.en's 39.4 %, 0.99 × [0.89, 1.09] — as good as the model whose ears it
-borrows, within what 260 utterances can tell apart, in 13.4 minutes of training from nothing. When the
+borrows, within what 260 utterances can tell apart, in 13.3 minutes of training from nothing. When the
 benchmarks have saved that model (`runs/<profile>/real_speech_speed_members3_scratch`), it is scored here too, as
 the table's last row.
 
