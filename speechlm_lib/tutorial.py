@@ -12,6 +12,10 @@ and each notebook's headline metrics when it ends. A failing cell stops the run
 with the notebook, the cell and its error. The kernels talk to the runner over
 local IPC sockets, so the kernel's "running over TCP without encryption"
 warning does not appear; their torch thread count is `config.threads()`.
+
+``python -m speechlm_lib.tutorial --cells`` runs nothing and prints where the last run's time went: the
+code cells that took 30 s or more, read from the executed copies' timing. The ``tutorial`` record keeps
+the same list (``slow_cells``).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ HEADLINES = {
     "stage5_evaluation": ("speed_ratio_speechlm_to_faster_whisper",),
 }
 HEARTBEAT_SECONDS = 30.0
+SLOW_CELL_SECONDS = 30.0  # a cell this slow is named in the ``tutorial`` record (`slow_cells`)
 
 
 def notebooks(folder: Path | None = None) -> list[Path]:
@@ -156,6 +161,29 @@ def execute(nb_path: Path, out_path: Path | None = None, timeout: int = 3600, pr
     return time.perf_counter() - start
 
 
+def cell_seconds(nb, at_least: float = 0.0) -> list[tuple[int, float, str]]:
+    """``[(cell number, seconds, first line)]`` of an executed notebook's code cells that took `at_least`
+    seconds, slowest first, read from the timing nbclient stamps on each cell (``metadata.execution``).
+    Cell numbers count from 1 over all cells, as the runner's progress lines do; the line shown is the first
+    that is not an import or a comment; cells without timing are left out."""
+    from datetime import datetime
+
+    rows = []
+    for n, cell in enumerate(nb["cells"], 1):
+        stamp = cell.get("metadata", {}).get("execution", {})
+        start, end = stamp.get("iopub.execute_input"), stamp.get("shell.execute_reply")
+        if cell.get("cell_type") != "code" or not (start and end):
+            continue
+        seconds = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                   - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+        if seconds >= at_least:
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            first = next((line for line in source.splitlines()
+                          if line.strip() and not line.startswith(("from ", "import ", "#"))), "")
+            rows.append((n, round(seconds, 1), first.strip()[:80]))
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def headline(stage: str, metrics: dict) -> str:
     """``'stage1_ctc: test_wer 0.527, test_cer 0.154'``: the stage's headline metrics."""
     keys = HEADLINES.get(stage) or [k for k in metrics if k.startswith("test_")][:3] or list(metrics)[:3]
@@ -169,27 +197,39 @@ def run_all(command: str, only: list[str] | None = None, write=print) -> dict[st
     os.environ["SPEECHLM_COMMAND"] = command
     out_dir = runs_dir() / profile() / "notebooks"
     todo = [nb for nb in notebooks() if not only or any(o in nb.name for o in only)]
-    times = {}
+    times, cells = {}, {}
     for n, nb in enumerate(todo, 1):
         before = results.load().get("stages", {})
         write(f"[{profile()}] notebook {n}/{len(todo)}: {nb.name}")
         seconds = execute(nb, out_dir / nb.name, progress=True)
         times[nb.name] = round(seconds, 1)
+        cells[nb.name] = slow_cells(out_dir / nb.name)
         new = _stamp_new_stages(before, nb.name, seconds, command)
         lines = [headline(stage, metrics) for stage, metrics in new.items()] or ["(recorded no results)"]
         write(f"[{profile()}] {nb.name} done in {clock(seconds)}: " + "; ".join(lines))
-    _record_times(times, command, partial=bool(only))
+    _record_times(times, command, partial=bool(only), cells=cells)
     return times
 
 
-def _record_times(times: dict[str, float], command: str, partial: bool) -> None:
-    """Record the notebooks' times under ``tutorial``. A full run replaces the record; a partial run
-    (``--only``) replaces just the notebooks it ran, keeps the others' earlier times and adds what it
-    ran to ``rerun``, so the total says which notebooks were timed apart."""
-    metrics = {"notebook_seconds": times}
+def slow_cells(executed: Path, at_least: float = SLOW_CELL_SECONDS) -> dict[str, float]:
+    """``{"cell 13: model, run = train_encoder(...)": 351.2}``: an executed notebook's cells that took
+    `at_least` seconds, slowest first (`cell_seconds`)."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    return {f"cell {n}: {first}": seconds for n, seconds, first in cell_seconds(nb, at_least)}
+
+
+def _record_times(times: dict[str, float], command: str, partial: bool,
+                  cells: dict[str, dict] | None = None) -> None:
+    """Record the notebooks' times (and their slow cells, `slow_cells`) under ``tutorial``. A full run
+    replaces the record; a partial run (``--only``) replaces just the notebooks it ran, keeps the others'
+    earlier times and adds what it ran to ``rerun``, so the total says which notebooks were timed apart."""
+    metrics = {"notebook_seconds": times, "slow_cells": cells or {}}
     if partial:
         earlier = results.load().get("stages", {}).get("tutorial", {}).get("metrics", {})
         metrics = {"notebook_seconds": {**earlier.get("notebook_seconds", {}), **times},
+                   "slow_cells": {**earlier.get("slow_cells", {}), **(cells or {})},
                    "rerun": sorted(set(earlier.get("rerun", [])) | set(times))}
     metrics["total_seconds"] = round(sum(metrics["notebook_seconds"].values()), 1)
     results.record("tutorial", metrics, command=command, replace=not partial)
@@ -206,10 +246,28 @@ def _stamp_new_stages(before: dict, notebook: str, seconds: float, command: str)
     return new
 
 
+def print_slow_cells(folder: Path, only: list[str] | None = None, write=print) -> int:
+    """Print each executed notebook in `folder`'s slow cells (`slow_cells`) and their share of its time."""
+    found = [nb for nb in notebooks(folder) if not only or any(o in nb.name for o in only)]
+    if not found:
+        write(f"no executed notebooks in {folder}: run the tutorial first (scripts/tutorial.sh)")
+        return 1
+    for nb in found:
+        cells = slow_cells(nb)
+        write(f"{nb.name}: {clock(sum(cells.values()))} in {len(cells)} cells of {SLOW_CELL_SECONDS:.0f} s or more")
+        for name, seconds in cells.items():
+            write(f"  {clock(seconds):>7}  {name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="run only notebooks whose names contain these")
+    ap.add_argument("--cells", action="store_true", help="run nothing: print where the time of the last run went "
+                    f"(code cells of runs/<profile>/notebooks/ that took {SLOW_CELL_SECONDS:.0f} s or more)")
     args = ap.parse_args(argv)
+    if args.cells:
+        return print_slow_cells(runs_dir() / profile() / "notebooks", args.only)
     command = f"{PROFILE_ENV}={profile()} bash scripts/tutorial.sh"
     print(f"tutorial ({profile()}): torch threads {threads()} (set {THREADS_ENV} to change)", flush=True)
     try:

@@ -156,9 +156,39 @@ def test_a_partial_tutorial_run_keeps_the_other_notebooks_times(tmp_path, monkey
     tutorial._record_times({"01_b.ipynb": 5.0}, "only 01", partial=True)
     metrics = results.load()["stages"]["tutorial"]["metrics"]
     assert metrics == {"notebook_seconds": {"00_a.ipynb": 10.0, "01_b.ipynb": 5.0}, "total_seconds": 15.0,
-                       "rerun": ["01_b.ipynb"]}
+                       "rerun": ["01_b.ipynb"], "slow_cells": {}}
+    tutorial._record_times({"00_a.ipynb": 9.0, "01_b.ipynb": 4.0}, "full", partial=False,
+                           cells={"00_a.ipynb": {"cell 2: train()": 40.0}, "01_b.ipynb": {"cell 3: x": 31.0}})
+    tutorial._record_times({"01_b.ipynb": 3.0}, "only 01", partial=True, cells={"01_b.ipynb": {}})
+    metrics = results.load()["stages"]["tutorial"]["metrics"]
+    assert metrics["slow_cells"] == {"00_a.ipynb": {"cell 2: train()": 40.0}, "01_b.ipynb": {}}
     tutorial._record_times({"00_a.ipynb": 9.0, "01_b.ipynb": 4.0}, "full", partial=False)
     assert "rerun" not in results.load()["stages"]["tutorial"]["metrics"]  # a full run starts clean
+
+
+def _timed(source: str, start: str, end: str | None):
+    cell = nbformat.v4.new_code_cell(source)
+    if end is not None:
+        cell.metadata["execution"] = {"iopub.execute_input": start, "shell.execute_reply": end}
+    return cell
+
+
+def test_slow_cells_come_from_the_executed_notebooks_timing(tmp_path, capsys):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"),
+                _timed("import torch\nmodel = train()", "2026-12-01T03:00:00.000000Z", "2026-12-01T03:01:05.500000Z"),
+                _timed("x = 1", "2026-12-01T03:01:06Z", "2026-12-01T03:01:07Z"),
+                _timed("never ran", "", None),
+                _timed("# a comment\nscores = evaluate()", "2026-12-01T03:01:07Z", "2026-12-01T03:03:07Z")]
+    assert tutorial.cell_seconds(nb) == [(5, 120.0, "scores = evaluate()"), (2, 65.5, "model = train()"),
+                                         (3, 1.0, "x = 1")]
+    path = tmp_path / "01_t.ipynb"
+    nbformat.write(nb, str(path))
+    assert tutorial.slow_cells(path, at_least=30) == {"cell 5: scores = evaluate()": 120.0, "cell 2: model = train()": 65.5}
+    assert tutorial.print_slow_cells(tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert "01_t.ipynb: 3:06 in 2 cells" in printed and "2:00  cell 5" in printed
+    assert tutorial.print_slow_cells(tmp_path / "none") == 1
 
 
 @pytest.mark.slow
