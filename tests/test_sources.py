@@ -278,6 +278,34 @@ def test_converted_whisper_transcribes_clip(whisper, clip, cache):
 
 
 @pytest.mark.slow
+def test_several_prompts_on_one_encoding_give_each_prompts_own_transcript(whisper, clip):
+    """`whisper_transcribe_prompted` encodes each clip once for every condition; each condition's texts must be
+    what Whisper's own generate gives from the features with that prompt, and a bad wave is named, not decoded."""
+    from speechlm_lib.data.records import Report
+    from speechlm_lib.decoding.whisper import prompt_ids, whisper_transcribe_prompted
+
+    model, processor = whisper
+    wave = load_audio(clip[0])
+    waves = [wave, wave[: len(wave) // 2], torch.zeros(16000 * 31)]  # the last is over 30 s
+    sets = {"none": [None, "", None], "names": ["Names that may occur: Quintavalle.", "Kowalczyk, Lemaitre", "x"]}
+    report = Report()
+    got = whisper_transcribe_prompted(model, processor, waves, sets, max_new_tokens=40, report=report)
+    for name, prompts in sets.items():
+        texts, seconds = got[name]
+        assert texts[2] == "" and seconds > 0
+        for w, prompt, text in zip(waves[:2], prompts, texts):
+            feats = processor.feature_extractor([w.numpy()], sampling_rate=16000, return_tensors="pt").input_features
+            extra = {"prompt_ids": prompt_ids(processor, prompt)} if prompt else {}
+            with torch.no_grad():
+                ids = model.generate(input_features=feats, max_new_tokens=40, **extra)
+            assert text == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    assert got["none"][0][:2] != got["names"][0][:2]  # the prompt was used
+    assert report.kept == 2 and [name for name, _ in report.skipped] == ["wave 2"]
+    with pytest.raises(ValueError, match="condition 'names': 2 prompts for 3 waves"):
+        whisper_transcribe_prompted(model, processor, waves, {"names": ["a", "b"]})
+
+
+@pytest.mark.slow
 def test_gguf_llm_chats_and_continues(llm):
     model, tok = llm
     assert tok.chat_template and "<|im_start|>" in tok.chat_template

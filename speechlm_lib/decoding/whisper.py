@@ -53,9 +53,30 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
     `language` ('de', 'en', ...; None: detected) and `task` ('transcribe', 'translate') set a
     multilingual model's prompt (`prompt_options`).
     """
-    limit = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
-    limit |= prompt_options(model, language, task)
+    limit = _limits(model, max_new_tokens, language, task)
+    good = _checked(waves, report)
+    texts = [""] * len(waves)
+    t0 = time.perf_counter()
+    index = list(good)
+    if prompts is not None:
+        if len(prompts) != len(waves):
+            raise ValueError(f"{len(prompts)} prompts for {len(waves)} waves")
+        return _prompted(model, processor, good, len(waves), {"": prompts}, num_beams, limit, progress)[""]
+    for start, got in _decode(model, processor, [good[i] for i in index], padded, batch_size, num_beams, limit,
+                              progress):
+        for j, text in enumerate(got):
+            texts[index[start + j]] = text
+    return texts, time.perf_counter() - t0
+
+
+def _limits(model, max_new_tokens: int | None, language: str | None, task: str | None) -> dict:
+    """`generate` keywords: the length cap and the language and task tokens (`prompt_options`); puts `model` in eval."""
     model.eval()
+    return ({"max_new_tokens": max_new_tokens} if max_new_tokens else {}) | prompt_options(model, language, task)
+
+
+def _checked(waves: list[torch.Tensor], report: Report | None) -> dict[int, torch.Tensor]:
+    """index -> wave for the waves `audio.check_wave` accepts (30 s at most); the others are named in `report`."""
     report = report if report is not None else Report()
     good = {}
     for i, w in enumerate(waves):
@@ -64,20 +85,7 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
         except AudioError as e:
             report.skip(f"wave {i}", str(e))
     report.kept += len(good)
-    texts = [""] * len(waves)
-    t0 = time.perf_counter()
-    index = list(good)
-    if prompts is not None:
-        if len(prompts) != len(waves):
-            raise ValueError(f"{len(prompts)} prompts for {len(waves)} waves")
-        for i in tqdm(index, desc="whisper+prompt", disable=not progress):
-            texts[i] = _decode_prompted(model, processor, good[i], prompts[i], num_beams, limit)
-        return texts, time.perf_counter() - t0
-    for start, got in _decode(model, processor, [good[i] for i in index], padded, batch_size, num_beams, limit,
-                              progress):
-        for j, text in enumerate(got):
-            texts[index[start + j]] = text
-    return texts, time.perf_counter() - t0
+    return good
 
 
 WHISPER_PROMPT_MAX = 223  # prompt tokens Whisper takes (max_target_positions // 2 - 1, as OpenAI's decoder cuts)
@@ -91,12 +99,51 @@ def prompt_ids(processor, text: str) -> torch.Tensor:
     return ids
 
 
-def _decode_prompted(model, processor, wave: torch.Tensor, prompt: str | None, num_beams: int, limit: dict) -> str:
-    """One padded clip, with `prompt` as Whisper's previous-text prompt (none for None / "")."""
-    feats = processor.feature_extractor([wave.numpy()], sampling_rate=16000, return_tensors="pt").input_features
+@torch.no_grad()
+def whisper_transcribe_prompted(model, processor, waves: list[torch.Tensor], prompt_sets: dict[str, list],
+                                num_beams: int = 1, max_new_tokens: int | None = None, progress: bool = False,
+                                report: Report | None = None, language: str | None = None, task: str | None = None
+                                ) -> dict[str, tuple[list[str], float]]:
+    """Each ``(samples,)`` wave decoded once per condition of `prompt_sets` (name -> one prompt per wave, None or
+    "" for none; see `whisper_transcribe`'s `prompts`), the clip's padded encoding computed once for all of them.
+
+    Returns name -> (texts, seconds). A condition's seconds are its own decoding plus the encoding of every clip:
+    what it would take alone, so the conditions' latencies compare. The texts are those `whisper_transcribe` gives
+    each condition on its own (a test). A bad wave gets "" in every condition and is named in `report`.
+    """
+    for name, prompts in prompt_sets.items():
+        if len(prompts) != len(waves):
+            raise ValueError(f"condition {name!r}: {len(prompts)} prompts for {len(waves)} waves")
+    limit = _limits(model, max_new_tokens, language, task)
+    good = _checked(waves, report)
+    return _prompted(model, processor, good, len(waves), prompt_sets, num_beams, limit, progress)
+
+
+def _prompted(model, processor, good: dict[int, torch.Tensor], n: int, prompt_sets: dict[str, list], num_beams: int,
+              limit: dict, progress: bool) -> dict[str, tuple[list[str], float]]:
+    """`whisper_transcribe_prompted` on checked waves (`good`: index -> wave, of `n`)."""
+    texts = {name: [""] * n for name in prompt_sets}
+    seconds = dict.fromkeys(prompt_sets, 0.0)
+    encoding = 0.0
+    for i in tqdm(list(good), desc="whisper+prompt", disable=not progress):
+        t0 = time.perf_counter()
+        feats = processor.feature_extractor([good[i].numpy()], sampling_rate=16000, return_tensors="pt").input_features
+        encoded = model.get_encoder()(feats.to(model.device, model.dtype))
+        encoding += time.perf_counter() - t0
+        for name, prompts in prompt_sets.items():
+            t0 = time.perf_counter()
+            texts[name][i] = _decode_prompted(model, processor, encoded, prompts[i], num_beams, limit)
+            seconds[name] += time.perf_counter() - t0
+    return {name: (texts[name], seconds[name] + encoding) for name in prompt_sets}
+
+
+def _decode_prompted(model, processor, encoded: BaseModelOutput, prompt: str | None, num_beams: int,
+                     limit: dict) -> str:
+    """One padded clip's encoder states (`encoded`, ``(1, 1500, dim)``), decoded with `prompt` as Whisper's
+    previous-text prompt (none for None / "")."""
     extra = {"prompt_ids": prompt_ids(processor, prompt).to(model.device)} if prompt and prompt.strip() else {}
     with _quiet_generate():
-        ids = model.generate(input_features=feats.to(model.device, model.dtype), num_beams=num_beams, **limit, **extra)
+        ids = model.generate(encoder_outputs=encoded, num_beams=num_beams, **limit, **extra)
     return processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
 

@@ -286,25 +286,30 @@ def _kept_share(given: list, truth: list) -> float | None:
 def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None,
                     known: set[str] | None = None) -> dict:
     """The peer: Whisper given each list as its prompt (the same context line), one clip at a time in every
-    condition (no context included, so latencies compare). Lists over Whisper's 223 prompt tokens are cut
-    from their end and counted in ``lists_cut`` (the peer's own limit, shown in every table; no warning).
+    condition (no context included, so latencies compare; each clip is encoded once for all conditions, and that
+    encoding counts in every condition's seconds: `whisper_transcribe_prompted`). Lists over Whisper's 223 prompt
+    tokens are cut from their end and counted in ``lists_cut`` (the peer's own limit, shown in every table; no
+    warning).
     With ``cfg.evaluation.snap`` on, its answers are snapped to the same lists as the speech-LLM's
     (``before_snap``, ``swaps`` as in `evaluate_biasing`)."""
     from speechlm_lib.data.audio import load_audio
-    from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe
+    from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe_prompted
     from speechlm_lib.models.sources import load_whisper
 
     if whisper is None:
         whisper, processor = load_whisper(cfg.evaluation.whisper_source)
     waves = [load_audio(u.audio) for u in test]
     audio = sum(u.duration for u in test)
-    truth, out = [clean_list(u.keywords) for u in test], {}
+    truth, out, fitted = [clean_list(u.keywords) for u in test], {}, {}
     for key, given in lists.items():
-        given, cut = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
-                                  warn=False) if given else ([None] * len(test), 0)  # the peer's cap: lists_cut
-        prompts = [context_text(w, cfg.ict.template) if w else None for w in given]
-        raw, seconds = whisper_transcribe(whisper, processor, waves, prompts=prompts,
-                                          max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
+        fitted[key] = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
+                                   warn=False) if given else ([None] * len(test), 0)  # the peer's cap: lists_cut
+    decoded = whisper_transcribe_prompted(  # each clip encoded once for every condition (timed into each)
+        whisper, processor, waves, {key: [context_text(w, cfg.ict.template) if w else None for w in given]
+                                    for key, (given, _) in fitted.items()},
+        max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
+    for key, (given, cut) in fitted.items():
+        raw, seconds = decoded[key]
         scores = snapped_scores(cfg, test, raw, given, lists[key] if lists[key] else truth, known)
         del scores["snap_seconds"]
         scores.update(seconds=seconds, seconds_per_utt=seconds / max(1, len(test)), rtf=seconds / max(audio, 1e-9),
