@@ -220,3 +220,34 @@ def test_text_ability_asks_with_adapters_on_and_off(parts):
     assert on["perplexity"] != off["perplexity"] and on["perplexity"] > 1
     assert answered("Paris, of course.", ("paris",)) and answered("It is 7.", ("seven", "7"))
     assert not answered("London", ("paris",))
+
+
+def test_batches_bucketed_by_tokens_group_rows_of_similar_length(parts, tmp_path):
+    """`data.bucket_by: tokens` (stage 4's lists make prompts differ in length): the key counts every LLM position
+    of a row, and batches drawn by it pad less than batches drawn by seconds."""
+    from speechlm_lib.data.speechlm_dataset import make_loader
+
+    model = _model(parts, r=0)
+    utts = _utts(tmp_path, n=8, german=0)
+    ds = TaskDataset(task_items({"asr_en": 1.0}, utts), model.encoder, model.prompts)
+    for i, u in enumerate(sorted(ds.utts, key=lambda u: u.duration)):  # as ICT gives: a long list on every other
+        #   item by duration, so the prompt's length no longer follows the audio's
+        ds.instructions[id(u)] = "Names: " + ", ".join(["Quintavalle"] * (40 if i % 2 else 0)) + ". Transcribe."
+    lengths = ds.token_lengths(model.token_rate)
+    item = ds[3]
+    assert lengths[3] == pytest.approx(ds.utts[3].duration * model.token_rate + len(item["prefix"])
+                                       + len(item["suffix"]) + len(item["target"]))
+
+    def padding(loader):
+        rows = [[lengths[i] for i in batch] for batch in loader.batch_sampler]
+        return sum(len(r) * max(r) - sum(r) for r in rows)
+
+    by_tokens = make_loader(ds, batch_size=2, shuffle=False, lengths=lengths)
+    assert padding(by_tokens) < padding(make_loader(ds, batch_size=2, shuffle=False))
+    assert sorted(i for b in by_tokens.batch_sampler for i in b) == list(range(len(ds)))  # every item once
+    with pytest.raises(ValueError, match="max_batch_seconds budgets durations"):
+        make_loader(ds, max_batch_seconds=10.0, lengths=lengths)
+    from speechlm_lib.recipes.stage3_lora import train_lora
+
+    with pytest.raises(ValueError, match="data.bucket_by must be 'seconds' or 'tokens', got 'frames'"):
+        train_lora(Stage3Config.preset("smoke").override(["data.bucket_by=frames"]), model, ds)

@@ -69,6 +69,16 @@ class SpeechLMDataset(Dataset):
         """Seconds per item (manifest durations), for bucketing."""
         return [u.duration for u in self.utts]
 
+    def token_lengths(self, token_rate: float) -> list[float]:
+        """LLM positions per item: its audio tokens (``duration * token_rate``) plus prompt and answer ids.
+        A bucketing key for batches of similar whole-row length (`make_loader`'s `lengths`)."""
+        out = []
+        for u in self.utts:
+            prompt = self.prompts.prompt(self.instruction_fn(u))
+            out.append(u.duration * token_rate + len(prompt.prefix) + len(prompt.suffix)
+                       + len(self.prompts.target(self.target_fn(u))))
+        return out
+
     def audio_item(self, u: Utterance) -> dict:
         """``{"states": (frames, dim)}`` with a cache (encoded now on a miss), else ``{"features": ...}``."""
         if self.cache is not None:
@@ -162,9 +172,14 @@ class Collate:
 
 
 def make_loader(dataset: SpeechLMDataset, batch_size: int | None = 8, max_batch_seconds: float | None = None,
-                shuffle: bool = True, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A DataLoader with duration-bucketed batches (`BucketBatchSampler`)."""
-    sampler = BucketBatchSampler(dataset.durations(), batch_size=batch_size, max_batch_seconds=max_batch_seconds,
-                                 shuffle=shuffle, seed=seed)
+                shuffle: bool = True, seed: int = 0, num_workers: int = 0,
+                lengths: list[float] | None = None) -> DataLoader:
+    """A DataLoader with length-bucketed batches (`BucketBatchSampler`): by the items' durations, or by
+    `lengths` (one per item, e.g. `SpeechLMDataset.token_lengths`) when given. `max_batch_seconds` always
+    counts durations, so it needs the default key."""
+    if lengths is not None and max_batch_seconds is not None:
+        raise ValueError("max_batch_seconds budgets durations: it cannot be used with other lengths")
+    sampler = BucketBatchSampler(dataset.durations() if lengths is None else lengths, batch_size=batch_size,
+                                 max_batch_seconds=max_batch_seconds, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       collate_fn=Collate(dataset.encoder, dataset.prompts.pad_id))

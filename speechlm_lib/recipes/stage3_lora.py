@@ -71,6 +71,8 @@ class DataConfig:
     dev_limit: int = 48  # English dev utterances scored at each evaluation (German ones: dev_limit // 4)
     test_limit: int | None = 200  # English test utterances per task (German: all of them, up to this)
     use_cache: bool = True  # cache the frozen encoder's states on disk (shared with stage 2)
+    bucket_by: str = "seconds"  # training batches of similar "seconds" of audio, or of similar "tokens": whole
+    #   rows (audio tokens + prompt + answer), less padding where prompts differ in length (stage 4's lists)
 
 
 @dataclass
@@ -251,7 +253,10 @@ def train_lora(cfg: Stage3Config, model: SpeechLM, train_ds: TaskDataset, dev: l
                output_dir: str | Path | None = None) -> dict:
     """Train the adapters (and the projector if it trains along). Returns the trainer's result plus
     ``train_seconds`` / ``eval_seconds`` / ``samples_per_second``; saves the model to `output_dir`."""
-    loader = make_loader(train_ds, batch_size=cfg.data.batch_size, seed=cfg.train.seed)
+    if cfg.data.bucket_by not in ("seconds", "tokens"):
+        raise ValueError(f"data.bucket_by must be 'seconds' or 'tokens', got {cfg.data.bucket_by!r}")
+    lengths = train_ds.token_lengths(model.token_rate) if cfg.data.bucket_by == "tokens" else None
+    loader = make_loader(train_ds, batch_size=cfg.data.batch_size, seed=cfg.train.seed, lengths=lengths)
     evaluate = None
     if dev:
         asr = TASKS.build("asr_en")
