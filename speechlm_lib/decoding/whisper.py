@@ -53,15 +53,14 @@ def whisper_transcribe(model, processor, waves: list[torch.Tensor], padded: bool
     `language` ('de', 'en', ...; None: detected) and `task` ('transcribe', 'translate') set a
     multilingual model's prompt (`prompt_options`).
     """
+    if prompts is not None:
+        return whisper_transcribe_prompted(model, processor, waves, {"": prompts}, num_beams, max_new_tokens,
+                                           progress, report, language, task)[""]
     limit = _limits(model, max_new_tokens, language, task)
     good = _checked(waves, report)
     texts = [""] * len(waves)
     t0 = time.perf_counter()
     index = list(good)
-    if prompts is not None:
-        if len(prompts) != len(waves):
-            raise ValueError(f"{len(prompts)} prompts for {len(waves)} waves")
-        return _prompted(model, processor, good, len(waves), {"": prompts}, num_beams, limit, progress)[""]
     for start, got in _decode(model, processor, [good[i] for i in index], padded, batch_size, num_beams, limit,
                               progress):
         for j, text in enumerate(got):
@@ -113,16 +112,11 @@ def whisper_transcribe_prompted(model, processor, waves: list[torch.Tensor], pro
     """
     for name, prompts in prompt_sets.items():
         if len(prompts) != len(waves):
-            raise ValueError(f"condition {name!r}: {len(prompts)} prompts for {len(waves)} waves")
+            where = f"condition {name!r}: " if name else ""
+            raise ValueError(f"{where}{len(prompts)} prompts for {len(waves)} waves")
     limit = _limits(model, max_new_tokens, language, task)
     good = _checked(waves, report)
-    return _prompted(model, processor, good, len(waves), prompt_sets, num_beams, limit, progress)
-
-
-def _prompted(model, processor, good: dict[int, torch.Tensor], n: int, prompt_sets: dict[str, list], num_beams: int,
-              limit: dict, progress: bool) -> dict[str, tuple[list[str], float]]:
-    """`whisper_transcribe_prompted` on checked waves (`good`: index -> wave, of `n`)."""
-    texts = {name: [""] * n for name in prompt_sets}
+    texts = {name: [""] * len(waves) for name in prompt_sets}
     seconds = dict.fromkeys(prompt_sets, 0.0)
     encoding = 0.0
     for i in tqdm(list(good), desc="whisper+prompt", disable=not progress):
