@@ -232,8 +232,8 @@ course.note()"""),
 
 RTF (compute seconds per audio second, decoding only) and the peak resident memory while each system decoded
 the synthetic set. Then the speech-LLM's batched decoding (batch 8) against faster-whisper on the same audio in the
-same run, alternating, the median of the repeats (`evaluation.speed`; the cpu figure comes from
-`benchmarks/bench_speed.py --profile cpu`)."""),
+same run, alternating, the median of the repeats, on the first 48 synthetic test utterances as in the benchmark
+(`evaluation.speed`; the cpu figure comes from `benchmarks/bench_speed.py --profile cpu`)."""),
 ("result", """from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
 from speechlm_lib.evaluation.systems import SystemUnavailable
 
@@ -242,7 +242,7 @@ ratio = None
 if folder is not None:
     try:
         fw = SYSTEMS.build("faster_whisper")
-        timing = compare_speed(test_sets["synthetic"], {"speech-LLM": llm, "faster-whisper": fw},
+        timing = compare_speed(test_sets["synthetic"][:48], {"speech-LLM": llm, "faster-whisper": fw},
                                repeats=1 if SMOKE else 3, warmup=1 if SMOKE else 2)
         ratio = speed_ratio(timing, "speech-LLM", "faster-whisper")
         print(f"RTF speech-LLM {timing['rtf']['speech-LLM']:.3f}, faster-whisper {timing['rtf']['faster-whisper']:.3f}: ratio {ratio:.2f}")

@@ -547,3 +547,21 @@ def test_comparison_variants_change_one_thing_each(tmp_path):
                for v in list(without.values())[:-1])
     added = set(with_stage1) - set(without)
     assert len(added) == 1 and with_stage1[added.pop()]["encoder_source"] == str(tmp_path)
+
+
+def test_recorded_comparison_reads_the_reference_run_in_the_variants_order(tmp_path, monkeypatch):
+    from speechlm_lib import results
+    from speechlm_lib.experiments.stage2_compare import CompareConfig, comparison_variants, recorded_comparison
+    from speechlm_lib.recipes.stage2_align import Stage2Config
+
+    monkeypatch.setenv("SPEECHLM_RESULTS", str(tmp_path / "results.json"))
+    variants = comparison_variants(Stage2Config.preset("cpu"), CompareConfig.preset("cpu"))
+    assert recorded_comparison(variants, "cpu") is None  # nothing recorded: the notebook trains the runs itself
+    names = list(variants)
+    row = {"objective": "ctc", "tokens_per_second": 10.0, "seconds_per_step": 0.4, "train_loss": 1.0,
+           "dev_wer": 0.4, "dev_cer": 0.3, "trainable": 7}
+    results.record("stage2_compare", {names[-1]: {**row, "dev_wer": 1.2}, names[0]: row, "settings": {"ctc_steps": 150}},
+                   profile_name="cpu")
+    rows = recorded_comparison(variants, "cpu")
+    assert [r["run"] for r in rows] == [names[0], names[-1]]  # the variants' order; unrecorded ones and settings left out
+    assert rows[1]["dev_wer"] == 1.2 and rows[0]["objective"] == "ctc"

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from speechlm_lib import results
 from speechlm_lib.config import StageConfig
 from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.data.records import Utterance
@@ -85,6 +86,18 @@ def compare(cfg: Stage2Config, runs: CompareConfig, variants: dict[str, dict], s
                      "trainable": model.parameter_counts()["all"]["trainable"],
                      **run(run_cfg, runs, model, splits, make_cache(model), progress)})
     return rows
+
+
+def recorded_comparison(variants: dict[str, dict], profile_name: str | None = None) -> list[dict] | None:
+    """The rows `compare` would give, read from the profile's recorded reference run instead of trained here
+    (``stage2_compare`` in ``runs/<profile>/results.json``, written by ``benchmarks/bench_compare.py``).
+
+    Rows follow `variants`' order; a variant the record lacks is left out. None when the profile has no record.
+    """
+    recorded = results.load(profile_name)["stages"].get("stage2_compare", {}).get("metrics")
+    if not recorded:
+        return None
+    return [{"run": name, **recorded[name]} for name in variants if name in recorded]
 
 
 def _compare_llm(cfg: Stage2Config, runs: CompareConfig, model: SpeechLM, splits: dict, cache: FeatureCache,
