@@ -19,10 +19,9 @@ from pathlib import Path
 
 from speechlm_lib import config, results
 from speechlm_lib.data.audio import load_audio
-from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe, whisper_transcribe_prompted
-from speechlm_lib.models.context import context_text
+from speechlm_lib.decoding.whisper import whisper_transcribe, whisper_transcribe_prompted
 from speechlm_lib.models.sources import load_whisper
-from speechlm_lib.recipes.stage4_context import Stage4Config, evaluation_lists, fitted_lists, load_splits
+from speechlm_lib.recipes.stage4_context import Stage4Config, evaluation_lists, load_splits, whisper_prompts
 
 
 def main() -> None:
@@ -40,11 +39,7 @@ def main() -> None:
     lists = {k: v[: len(test)] if v else v for k, v in evaluation_lists(cfg, splits).items()}
     whisper, processor = load_whisper(cfg.evaluation.whisper_source)
     waves = [load_audio(u.audio) for u in test]
-    prompts = {}
-    for k, v in lists.items():  # the lists as `whisper_biasing` gives them: cut to Whisper's prompt room
-        given = fitted_lists(v, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
-                             warn=False)[0] if v else [None] * len(test)
-        prompts[str(k)] = [context_text(w, cfg.ict.template) if w else None for w in given]
+    prompts = {str(k): p for k, (_, _, p) in whisper_prompts(cfg, lists, processor.tokenizer, len(test)).items()}
     cap = cfg.evaluation.whisper_max_new_tokens
 
     def per_condition():

@@ -283,6 +283,20 @@ def _kept_share(given: list, truth: list) -> float | None:
     return sum(k in g for k, g in pairs) / len(pairs) if pairs else None
 
 
+def whisper_prompts(cfg: Stage4Config, lists: dict, tokenizer, n: int) -> dict[object, tuple[list, int, list]]:
+    """Each condition's lists as the Whisper peer takes them: key -> (given, cut, prompts). Lists over Whisper's 223
+    prompt tokens are cut from their end (``cut`` counts them: the peer's own limit, no warning); ``prompts`` are
+    the context lines, None where there is no list (a condition without lists: `n` Nones)."""
+    from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX
+
+    out = {}
+    for key, given in lists.items():
+        given, cut = fitted_lists(given, tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
+                                  warn=False) if given else ([None] * n, 0)
+        out[key] = (given, cut, [context_text(w, cfg.ict.template) if w else None for w in given])
+    return out
+
+
 def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisper=None, processor=None,
                     known: set[str] | None = None) -> dict:
     """The peer: Whisper given each list as its prompt (the same context line), one clip at a time in every
@@ -293,22 +307,19 @@ def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisp
     With ``cfg.evaluation.snap`` on, its answers are snapped to the same lists as the speech-LLM's
     (``before_snap``, ``swaps`` as in `evaluate_biasing`)."""
     from speechlm_lib.data.audio import load_audio
-    from speechlm_lib.decoding.whisper import WHISPER_PROMPT_MAX, whisper_transcribe_prompted
+    from speechlm_lib.decoding.whisper import whisper_transcribe_prompted
     from speechlm_lib.models.sources import load_whisper
 
     if whisper is None:
         whisper, processor = load_whisper(cfg.evaluation.whisper_source)
     waves = [load_audio(u.audio) for u in test]
     audio = sum(u.duration for u in test)
-    truth, out, fitted = [clean_list(u.keywords) for u in test], {}, {}
-    for key, given in lists.items():
-        fitted[key] = fitted_lists(given, processor.tokenizer, WHISPER_PROMPT_MAX - 2, "truncate", cfg.ict.template,
-                                   warn=False) if given else ([None] * len(test), 0)  # the peer's cap: lists_cut
+    truth, out = [clean_list(u.keywords) for u in test], {}
+    fitted = whisper_prompts(cfg, lists, processor.tokenizer, len(test))
     decoded = whisper_transcribe_prompted(  # each clip encoded once for every condition (timed into each)
-        whisper, processor, waves, {key: [context_text(w, cfg.ict.template) if w else None for w in given]
-                                    for key, (given, _) in fitted.items()},
+        whisper, processor, waves, {key: prompts for key, (_, _, prompts) in fitted.items()},
         max_new_tokens=cfg.evaluation.whisper_max_new_tokens)
-    for key, (given, cut) in fitted.items():
+    for key, (given, cut, _) in fitted.items():
         raw, seconds = decoded[key]
         scores = snapped_scores(cfg, test, raw, given, lists[key] if lists[key] else truth, known)
         del scores["snap_seconds"]
