@@ -212,6 +212,31 @@ def test_score_task_uses_each_metric(parts, tmp_path):
         assert key in out and out["n"] == len(out["hyps"]) == len([u for u in utts if TASKS.build(name).applies(u)])
 
 
+def test_unseen_paraphrases_are_dealt_round_robin_one_pass_in_all(parts, tmp_path, monkeypatch):
+    """``<task>@unseen``: each held-out paraphrase is asked, on disjoint utterances that together are the
+    task's test set once (not once per paraphrase)."""
+    from speechlm_lib.recipes import stage3_lora
+
+    asked = []
+    real = stage3_lora.score_task
+
+    def spy(model, task, utts, decode=None, instruction=None, cache=None, progress=False):
+        asked.append((task.name, instruction, [u.id for u in utts if task.applies(u)]))
+        return real(model, task, utts, decode, instruction=instruction, cache=cache)
+
+    monkeypatch.setattr(stage3_lora, "score_task", spy)
+    utts = _utts(tmp_path, n=5)
+    cfg = Stage3Config.preset("smoke").override(["eval_tasks=('asr_en',)", "decode.max_new_tokens=4"])
+    out = stage3_lora.evaluate_tasks(cfg, _model(parts), utts)
+    unseen = [(phrase, ids) for name, phrase, ids in asked if phrase is not None]
+    task = TASKS.build("asr_en")
+    english = [u.id for u in utts if task.applies(u)]
+    assert [phrase for phrase, _ in unseen] == list(task.held_out) and len(task.held_out) >= 2
+    assert sorted(i for _, ids in unseen for i in ids) == sorted(english)  # disjoint, all of them, once
+    assert out["asr_en@unseen"]["n"] == out["asr_en"]["n"] == len(english)
+    assert sorted(out["asr_en@unseen"]["ids"]) == sorted(english)
+
+
 def test_text_ability_asks_with_adapters_on_and_off(parts):
     model = _model(parts)
     on = text_ability(model, questions=[("Say hi.", ("hi",))], texts=["hello world"])
