@@ -262,6 +262,11 @@ def test_biasing_evaluation_with_the_filter_counts_its_time_and_what_it_kept(sta
     off = evaluate_biasing(cfg, model, test, lists)
     assert out[3]["context_tokens"] < off[3]["context_tokens"]  # one name a list instead of four
     assert out[3]["b_words"] == off[3]["b_words"]  # scored against the whole list either way
+    spot = replace(cfg, evaluation=replace(cfg.evaluation, filter=ListFilterConfig(keep=1, min_score=0.0,
+                                                                                    match="ctc")))
+    spotted = evaluate_biasing(spot, model, test, lists)  # entries spotted in the projector's posteriors
+    assert spotted[3]["filter_seconds"] > 0 and [len(g) for g in spotted[3]["given"]] == [1] * 4
+    assert spotted[3]["b_words"] == off[3]["b_words"]
 
 
 def test_biasing_evaluation_snaps_the_same_decoding_and_keeps_the_scores_before(stage3, tmp_path):

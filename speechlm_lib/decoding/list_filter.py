@@ -7,7 +7,9 @@ were not. The ``ctc`` projector's own best path is a garbled but close spelling 
 its best character similarity to any run of about as many words in that transcript (`difflib.SequenceMatcher`
 ratio, after the shared normaliser); the `keep` best scoring at least `min_score` stay, in the list's order.
 ``match`` chooses what is compared (`MATCH`): the letters (``spelling``), or eSpeak NG's pronunciation of each
-word (``sound``: "Matthews" -> ``maTju:z``, "mateus" -> ``matI2@s``), which does not care how a sound is spelt.
+word (``sound``: "Matthews" -> ``maTju:z``, "mateus" -> ``matI2@s``), which does not care how a sound is spelt. ``ctc`` does not read a transcript at all: it scores each entry on the
+projector's posteriors (`decoding.keyword_spot`, a CTC keyword spotter), so the hypothesis handed over is a
+`Spotted` utterance instead of a text.
 
     hyps = projector_texts(model, utts, cache)                  # one best-path text per utterance
     lists = [filter_list(words, hyp, ListFilterConfig(keep=5)) for words, hyp in zip(lists, hyps)]
@@ -37,7 +39,9 @@ class ListFilterConfig:
 
     keep: int = 0  # at most this many entries a list, the most similar to the projector's transcript (0 = all)
     min_score: float = 0.5  # drop an entry whose best similarity (0..1) to the transcript is below this
-    match: str = "spelling"  # compare letters ("spelling") or eSpeak pronunciations ("sound"); see MATCH
+    match: str = "spelling"  # compare letters ("spelling") or eSpeak pronunciations ("sound") with the projector's
+    #   transcript (MATCH), or spot each entry in the projector's posteriors ("ctc": decoding.keyword_spot; its
+    #   similarity is exp(score per piece), so a min_score of 0.5 is strict there: 0.02 suits it)
 
 
 def similarity(entry: str, words: list[str], match: str = "spelling") -> float:
@@ -55,16 +59,36 @@ def similarity(entry: str, words: list[str], match: str = "spelling") -> float:
     return best
 
 
-def filter_list(entries: list[str] | None, hypothesis: str, cfg: ListFilterConfig) -> list[str] | None:
+@dataclass
+class Spotted:
+    """One utterance as the ``ctc`` match sees it: the projector's log-posteriors ``(frames, classes)`` and the
+    spotter that scores entries on them (`decoding.keyword_spot`)."""
+
+    logp: object
+    spotter: object
+
+    def similarities(self, entries: list[str]) -> list[float]:
+        return self.spotter.similarities(self.logp, entries)
+
+
+def filter_list(entries: list[str] | None, hypothesis: "str | Spotted", cfg: ListFilterConfig) -> list[str] | None:
     """`entries` cut to the ``cfg.keep`` most similar to `hypothesis` (scores >= ``cfg.min_score``), in their
-    own order; unchanged when ``cfg.keep`` is 0 or the list is empty or None."""
+    own order; unchanged when ``cfg.keep`` is 0 or the list is empty or None. `hypothesis`: the projector's
+    transcript, or for ``match="ctc"`` a `Spotted` utterance."""
     if not entries or cfg.keep <= 0:
         return entries
-    if cfg.match not in MATCH:
-        raise ValueError(f"unknown list-filter match {cfg.match!r}; known: {', '.join(MATCH)}")
-    words = [MATCH[cfg.match](w) for w in normalize(hypothesis).split()]
-    scored = sorted(((similarity(e, words, cfg.match), -i) for i, e in enumerate(entries)),
-                    reverse=True)[: cfg.keep]
+    if cfg.match not in (*MATCH, "ctc"):
+        raise ValueError(f"unknown list-filter match {cfg.match!r}; known: {', '.join(MATCH)}, ctc")
+    if (cfg.match == "ctc") != isinstance(hypothesis, Spotted):
+        raise ValueError(f"list-filter match {cfg.match!r} needs "
+                         f"{'a Spotted utterance' if cfg.match == 'ctc' else 'the projector transcript'}, "
+                         f"got {type(hypothesis).__name__}")
+    if cfg.match == "ctc":
+        sims = hypothesis.similarities(list(entries))
+    else:
+        words = [MATCH[cfg.match](w) for w in normalize(hypothesis).split()]
+        sims = [similarity(e, words, cfg.match) for e in entries]
+    scored = sorted(((s, -i) for i, s in enumerate(sims)), reverse=True)[: cfg.keep]
     chosen = {-neg for score, neg in scored if score >= cfg.min_score}
     return [e for i, e in enumerate(entries) if i in chosen]
 
@@ -79,3 +103,11 @@ def projector_texts(model, utts, cache=None, batch_size: int = 32) -> list[str]:
     out = projector_transcripts(model, ds, batch_size=batch_size)
     texts = dict(zip(out["ids"], out["hyps"]))
     return [texts[u.id] for u in utts]
+
+
+def projector_spotted(model, utts, cache=None) -> list[Spotted]:
+    """What ``match="ctc"`` filters against: each of `utts` as a `Spotted` utterance (one projector pass)."""
+    from speechlm_lib.decoding.keyword_spot import KeywordSpotter, projector_logprobs
+
+    spotter = KeywordSpotter.for_model(model)
+    return [Spotted(logp, spotter) for logp in projector_logprobs(model, utts, cache)]

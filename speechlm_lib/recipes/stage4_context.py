@@ -33,7 +33,7 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.sources import DataSource
 from speechlm_lib.data.speechlm_dataset import TaskDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
-from speechlm_lib.decoding.list_filter import ListFilterConfig, filter_list, projector_texts
+from speechlm_lib.decoding.list_filter import ListFilterConfig, filter_list, projector_spotted, projector_texts
 from speechlm_lib.decoding.list_snap import SNAP_GRID, ListSnapConfig, snap_all, tune_min_score
 from speechlm_lib.metrics_bias import biasing_scores
 from speechlm_lib.models.context import (
@@ -269,12 +269,13 @@ def tune_snap(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: d
 
 
 def filter_hypotheses(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], cache=None) -> tuple:
-    """The projector's transcripts the list filter matches against, and their seconds; ``(None, 0)`` when the
-    filter is off (``cfg.evaluation.filter.keep`` 0)."""
+    """The projector's transcripts (for ``match="ctc"``: its spotted posteriors) the list filter matches against,
+    and their seconds; ``(None, 0)`` when the filter is off (``cfg.evaluation.filter.keep`` 0)."""
     if cfg.evaluation.filter.keep <= 0:
         return None, 0.0
     t0 = time.perf_counter()
-    return projector_texts(model, test, cache), time.perf_counter() - t0
+    read = projector_spotted if cfg.evaluation.filter.match == "ctc" else projector_texts
+    return read(model, test, cache), time.perf_counter() - t0
 
 
 def _kept_share(given: list, truth: list) -> float | None:

@@ -1,0 +1,139 @@
+"""CTC keyword spotting: how well a list entry fits anywhere in the ``ctc`` projector's posteriors.
+
+The list filter (`decoding.list_filter`) compares each entry with the projector's *best path*, a garbled spelling
+that often loses an unseen name altogether. The posteriors hold more than their best path: a name the projector
+half-heard still has its pieces among the runners-up. A keyword spotter scores each entry directly on them
+(the CTC keyword-spotting idea behind SLAM-LLM's CTC-assisted contextual ASR):
+
+1. **Spell** the entry in the projector's alphabet: the LLM tokenizer's pieces of ``" " + entry`` when the
+   projector can emit all of them, and the spelling with the fewest pieces it can emit (`spellings`).
+2. **Align it anywhere** (`spot_scores`): a CTC Viterbi over ``blank, piece 1, blank, ..., piece n, blank`` that
+   may start and end at any frame, on log-posteriors normalised by each frame's best (so the frames before and
+   after cost nothing, and a spelling that is the best path itself scores 0).
+3. **Per piece**: the best alignment's score divided by the number of pieces, as a similarity
+   ``exp(score / pieces)`` in (0, 1]: 1 = on the best path, 0.37 = one nat a piece below it.
+
+    spotter = KeywordSpotter.for_model(model)            # the projector's alphabet, spellings cached
+    scores = spotter.similarities(logp, ["Crolovre", "Zadoki"])   # logp: (frames, V + 1) of one utterance
+
+Shapes: log-posteriors ``(frames, classes)`` for one utterance, class 0 the blank (`models.ctc_projector`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+MAX_PIECE_CHARS = 16  # the longest piece string the fewest-piece spelling tries
+
+
+def spellings(entry: str, encode, pieces: dict[str, int], lookup: dict[int, int]) -> list[list[int]]:
+    """Class sequences that spell ``" " + entry``: the tokenizer's own (`encode`: text -> LLM ids, kept when every
+    id is a class of `lookup`, LLM id -> class) and the fewest-piece segmentation over `pieces` (piece text ->
+    class), when it differs. Empty when the projector cannot spell the entry at all."""
+    text, out = " " + entry.strip(), []
+    ids = encode(text)
+    if ids and all(i in lookup for i in ids):
+        out.append([lookup[i] for i in ids])
+    best: list[list[int] | None] = [[]] + [None] * len(text)
+    for i in range(len(text)):
+        if best[i] is None:
+            continue
+        for j in range(i + 1, min(len(text), i + MAX_PIECE_CHARS) + 1):
+            c = pieces.get(text[i:j])
+            if c is not None and (best[j] is None or len(best[i]) + 1 < len(best[j])):
+                best[j] = best[i] + [c]
+    if best[-1] and best[-1] not in out:
+        out.append(best[-1])
+    return out
+
+
+def spot_scores(logp: torch.Tensor, seqs: list[list[int]], blank: int = 0) -> torch.Tensor:
+    """Best keyword-anywhere CTC alignment of each label sequence in `seqs` on one utterance's log-posteriors
+    ``logp (frames, classes)``, each frame normalised by its best class: ``(len(seqs),)`` scores <= 0 (0: the
+    sequence is on the best path; -inf: it does not fit in the frames)."""
+    if not seqs:
+        return torch.empty(0)
+    d = (logp - logp.max(-1, keepdim=True).values).float()  # (frames, classes), <= 0
+    exts = [[blank] + [x for lab in labels for x in (lab, blank)] for labels in seqs]
+    batch, states = len(exts), max(map(len, exts))
+    ext = torch.full((batch, states), blank, dtype=torch.long)
+    valid, skip_ok, final = (torch.zeros(batch, states, dtype=torch.bool) for _ in range(3))
+    for b, e in enumerate(exts):
+        ext[b, :len(e)] = torch.tensor(e)
+        valid[b, :len(e)] = True
+        final[b, len(e) - 2:len(e)] = True
+        skip_ok[b, 2:len(e)] = torch.tensor([e[s] != blank and e[s] != e[s - 2] for s in range(2, len(e))],
+                                            dtype=torch.bool)
+    emit = d[:, ext].masked_fill(~valid, -math.inf)  # (frames, batch, states)
+    pad = torch.full((batch, 2), -math.inf)
+    v, best = torch.full((batch, states), -math.inf), torch.full((batch,), -math.inf)
+    for t in range(d.shape[0]):
+        step = torch.cat([pad[:, :1], v[:, :-1]], 1)
+        skip = torch.cat([pad, v[:, :-2]], 1).masked_fill(~skip_ok, -math.inf)
+        v = torch.maximum(torch.maximum(v, step), skip)
+        v[:, :2] = 0.0  # start here: the frames before cost nothing
+        v = v + emit[t]
+        best = torch.maximum(best, v.masked_fill(~final, -math.inf).max(1).values)
+    return best
+
+
+class KeywordSpotter:
+    """Scores list entries on a ``ctc`` projector's log-posteriors; spellings are computed once per entry."""
+
+    def __init__(self, encode, vocab_ids: list[int], piece_text):
+        """`encode`: text -> LLM ids; `vocab_ids`: the projector's LLM ids (class i + 1 = vocab_ids[i]);
+        `piece_text`: LLM id -> its text."""
+        self.encode = encode
+        self.lookup = {int(t): i + 1 for i, t in enumerate(vocab_ids)}
+        self.pieces: dict[str, int] = {}
+        for t, c in self.lookup.items():
+            self.pieces.setdefault(piece_text(t), c)
+        self.pieces.pop("", None)
+        self._spelt: dict[str, list[list[int]]] = {}
+
+    @classmethod
+    def for_model(cls, model) -> "KeywordSpotter":
+        """The spotter of a `SpeechLM` whose projector is ``ctc`` (it says so otherwise)."""
+        proj, tok = model.projector, model.tokenizer
+        if not hasattr(proj, "vocab"):
+            raise ValueError(f"keyword spotting needs the 'ctc' projector, not {type(proj).__name__}")
+        return cls(lambda text: tok.encode(text, add_special_tokens=False), proj.vocab.tolist(),
+                   lambda t: tok.decode([t]))
+
+    def spell(self, entry: str) -> list[list[int]]:
+        if entry not in self._spelt:
+            self._spelt[entry] = spellings(entry, self.encode, self.pieces, self.lookup)
+        return self._spelt[entry]
+
+    def similarities(self, logp: torch.Tensor, entries: list[str]) -> list[float]:
+        """``exp(best score / pieces)`` of each entry on ``logp (frames, classes)``, in (0, 1]; 0 for an entry
+        the projector cannot spell or fit."""
+        seqs, owner = [], []
+        for k, entry in enumerate(entries):
+            for seq in self.spell(entry):
+                seqs.append(seq)
+                owner.append(k)
+        out = [0.0] * len(entries)
+        for k, seq, score in zip(owner, seqs, spot_scores(logp, seqs).tolist()):
+            out[k] = max(out[k], math.exp(score / len(seq)) if score > -math.inf else 0.0)
+        return out
+
+
+@torch.no_grad()
+def projector_logprobs(model, utts, cache=None, batch_size: int = 32) -> list[torch.Tensor]:
+    """The ``ctc`` projector's log-posteriors ``(frames, classes)`` of each of `utts`, in their order."""
+    from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
+
+    proj, out = model.projector, {}
+    device = next(proj.parameters()).device
+    ds = SpeechLMDataset(list(utts), model.encoder, model.prompts, cache=cache)
+    for batch in make_loader(ds, batch_size=batch_size, shuffle=False):
+        if "states" in batch:
+            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
+        else:
+            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
+        logits, n = proj.logits(states.to(proj.table.dtype), lengths)
+        for uid, row, k in zip(batch["meta"]["id"], logits.float().log_softmax(-1).cpu(), n.tolist()):
+            out[uid] = row[:k]
+    return [out[u.id] for u in utts]
