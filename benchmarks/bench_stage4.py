@@ -14,8 +14,8 @@
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --tune-snap --no-whisper \
         --set evaluation.filter.keep=5 --set evaluation.filter.match=ctc --set evaluation.filter.min_score=0 \
         --set data.dev_limit=200 --set "evaluation.distractors=(0, 100)" --record-as stage4_list_filter_ctc
-        # the filter spots each entry in the projector's posteriors (decoding/keyword_spot.py); the same line
-        # without the match and min_score settings, recorded as stage4_list_filter_spelling, is its baseline
+        # the filter spots each entry in the projector's posteriors (decoding/keyword_spot.py); the record's
+        # "ict_*" keys are the whole lists of the same run, its "filtered_*" keys the five spotted entries
 
 Starts from ``runs/<profile>/stage3_lora`` (notebook 03). Every test utterance gets a biasing list by the
 LibriSpeech convention (its own keywords + N names never heard in training, N from the preset) and is

@@ -86,25 +86,31 @@ def filter_feasible(items: Sequence, frames_of: Callable, labels_of: Callable, n
     return kept
 
 
+def encoder_batches(model, dataset, batch_size: int = 32):
+    """Batches of `dataset` (a `SpeechLMDataset`, in order) with the encoder's states ``(batch, frames, dim)`` and
+    lengths ``(batch,)`` on the projector's device: the cached ``states``, or the encoder run on ``features``."""
+    from speechlm_lib.data.speechlm_dataset import make_loader
+
+    device = next(model.projector.parameters()).device
+    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
+        if "states" in batch:
+            yield batch, batch["states"].to(device), batch["state_lengths"].to(device)
+        else:
+            yield batch, *model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
+
+
 @torch.no_grad()
 def projector_transcripts(model, dataset, temperature: float = 0.0, batch_size: int = 32) -> dict[str, list[str]]:
     """The ``ctc`` projector alone as a recogniser: its best-path transcript of every utterance of `dataset`
     (a `SpeechLMDataset`; cached ``states`` or ``features``), or with `temperature` > 0 the tokens drawn as
     stage 3's exposure draws them. Returns ``{"ids", "refs", "hyps", "tokens"}`` (``tokens``: the LLM token
     ids of each transcript) in the loader's order."""
-    from speechlm_lib.data.speechlm_dataset import make_loader
-
     proj = model.projector
     if not hasattr(proj, "guess_tokens"):
         raise ValueError(f"the projector alone can only transcribe with the 'ctc' projector, not "
                          f"{type(proj).__name__}")
-    device = next(proj.parameters()).device
     out = {"ids": [], "refs": [], "hyps": [], "tokens": []}
-    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
-        if "states" in batch:
-            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
-        else:
-            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
+    for batch, states, lengths in encoder_batches(model, dataset, batch_size):
         rows = proj.guess_tokens(states, lengths, temperature)
         out["tokens"] += rows
         out["hyps"] += [model.prompts.decode(row) for row in rows]

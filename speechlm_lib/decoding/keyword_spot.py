@@ -123,16 +123,12 @@ class KeywordSpotter:
 @torch.no_grad()
 def projector_logprobs(model, utts, cache=None, batch_size: int = 32) -> list[torch.Tensor]:
     """The ``ctc`` projector's log-posteriors ``(frames, classes)`` of each of `utts`, in their order."""
-    from speechlm_lib.data.speechlm_dataset import SpeechLMDataset, make_loader
+    from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
+    from speechlm_lib.decoding.ctc import encoder_batches
 
     proj, out = model.projector, {}
-    device = next(proj.parameters()).device
     ds = SpeechLMDataset(list(utts), model.encoder, model.prompts, cache=cache)
-    for batch in make_loader(ds, batch_size=batch_size, shuffle=False):
-        if "states" in batch:
-            states, lengths = batch["states"].to(device), batch["state_lengths"].to(device)
-        else:
-            states, lengths = model.encode(batch["features"].to(device), batch["feature_lengths"].to(device))
+    for batch, states, lengths in encoder_batches(model, ds, batch_size):
         logits, n = proj.logits(states.to(proj.table.dtype), lengths)
         for uid, row, k in zip(batch["meta"]["id"], logits.float().log_softmax(-1).cpu(), n.tolist()):
             out[uid] = row[:k]

@@ -7,9 +7,9 @@ were not. The ``ctc`` projector's own best path is a garbled but close spelling 
 its best character similarity to any run of about as many words in that transcript (`difflib.SequenceMatcher`
 ratio, after the shared normaliser); the `keep` best scoring at least `min_score` stay, in the list's order.
 ``match`` chooses what is compared (`MATCH`): the letters (``spelling``), or eSpeak NG's pronunciation of each
-word (``sound``: "Matthews" -> ``maTju:z``, "mateus" -> ``matI2@s``), which does not care how a sound is spelt. ``ctc`` does not read a transcript at all: it scores each entry on the
-projector's posteriors (`decoding.keyword_spot`, a CTC keyword spotter), so the hypothesis handed over is a
-`Spotted` utterance instead of a text.
+word (``sound``: "Matthews" -> ``maTju:z``, "mateus" -> ``matI2@s``), which does not care how a sound is spelt.
+``ctc`` reads no transcript: it scores each entry on the projector's posteriors (`decoding.keyword_spot`, a CTC
+keyword spotter), so the hypothesis handed over is a `Spotted` utterance instead of a text.
 
     hyps = projector_texts(model, utts, cache)                  # one best-path text per utterance
     lists = [filter_list(words, hyp, ListFilterConfig(keep=5)) for words, hyp in zip(lists, hyps)]
