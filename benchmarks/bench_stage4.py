@@ -46,11 +46,11 @@ from speechlm_lib import config, results
 from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.decoding.list_snap import training_vocabulary
 from speechlm_lib.recipes.stage4_context import (Stage4Config, evaluate_biasing, evaluation_lists, load_splits,
-                                                 load_stage3, make_ict_dataset, table, train_ict, tune_snap,
-                                                 whisper_biasing)
+                                                 decode_pooled, load_stage3, make_ict_dataset, table, train_ict,
+                                                 tune_place, tune_snap, whisper_biasing)
 
 KEYS = ("wer", "u_wer", "b_wer", "precision", "recall", "f1", "false_alarms", "seconds_per_utt", "prompt_tokens",
-        "context_tokens", "lists_cut", "filter_seconds", "snap_seconds", "keywords_kept")
+        "context_tokens", "lists_cut", "filter_seconds", "snap_seconds", "keywords_kept", "placed")
 
 
 def record(args, metrics: dict, first: bool = False) -> None:
@@ -69,6 +69,8 @@ def flatten(prefix: str, scores: dict, metrics: dict) -> None:
         if "before_snap" in row:  # the same hypotheses before snapping to the list
             metrics.update({f"{prefix}_nosnap_{n}_{k}": v for k, v in row["before_snap"].items() if k in KEYS})
             metrics[f"{prefix}_{n}_swaps"] = row["swaps"]
+        if "snap_only" in row:  # snapped but nothing placed (decoding/list_place.py)
+            metrics.update({f"{prefix}_snaponly_{n}_{k}": v for k, v in row["snap_only"].items() if k in KEYS})
 
 
 def reference_n(cfg: Stage4Config) -> int:
@@ -115,7 +117,7 @@ def eval_only(args, cfg: Stage4Config, metrics: dict) -> None:
     metrics["test_utterances"] = len(splits["test"])
     known = training_vocabulary(u.text for u in splits["train"])  # the words snapping never replaces
     if args.tune_snap:
-        cfg = snap_on_dev(cfg, model, splits, cache, metrics, known)
+        cfg = snap_on_dev(cfg, model, splits, cache, metrics, known, place=args.tune_place)
         record(args, metrics)
     for label, run in (("ict", replace(cfg, evaluation=replace(cfg.evaluation, filter=replace(cfg.evaluation.filter,
                                                                                               keep=0)))),
@@ -129,17 +131,29 @@ def eval_only(args, cfg: Stage4Config, metrics: dict) -> None:
         record(args, metrics)
 
 
-def snap_on_dev(cfg: Stage4Config, model, splits, cache, metrics: dict, known: set[str]) -> Stage4Config:
+def snap_on_dev(cfg: Stage4Config, model, splits, cache, metrics: dict, known: set[str],
+                place: bool = False) -> Stage4Config:
     """Choose ``evaluation.snap.min_score`` on the dev split (N = 0 and the reference N pooled, the list filter
-    as configured); the grid's scores go into `metrics` as ``snap_dev_<score>_<key>``."""
+    as configured), and with `place` then ``evaluation.place.min_similarity`` after snapping, from the same
+    decoding; the grids' scores go into `metrics` as ``snap_dev_<score>_<key>`` and ``place_dev_<sim>_<key>``."""
     n = reference_n(cfg)
     dev_lists = {k: v for k, v in evaluation_lists(cfg, splits, split="dev").items() if k in (0, n)}
-    best, rows = tune_snap(cfg, model, splits["dev"], dev_lists, cache=cache, known=known)
+    decoded = decode_pooled(cfg, model, splits["dev"], dev_lists, cache)
+    best, rows = tune_snap(cfg, model, splits["dev"], dev_lists, known=known, decoded=decoded)
     for row in rows:
         metrics.update({f"snap_dev_{row['min_score']:g}_{k}": v for k, v in row.items() if k != "min_score"})
     metrics.update(snap_min_score=best, dev_utterances=len(splits["dev"]))
     print("snap threshold on dev:", best, rows, flush=True)
-    return replace(cfg, evaluation=replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=best)))
+    cfg = replace(cfg, evaluation=replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=best)))
+    if not place:
+        return cfg
+    best, rows = tune_place(cfg, model, splits["dev"], dev_lists, cache=cache, known=known, decoded=decoded)
+    for row in rows:
+        metrics.update({f"place_dev_{row['min_similarity']:g}_{k}": v for k, v in row.items()
+                        if k != "min_similarity"})
+    metrics["place_min_similarity"] = best
+    print("placing threshold on dev:", best, rows, flush=True)
+    return replace(cfg, evaluation=replace(cfg.evaluation, place=replace(cfg.evaluation.place, min_similarity=best)))
 
 
 def main() -> None:
@@ -160,6 +174,9 @@ def main() -> None:
     ap.add_argument("--tune-snap", action="store_true",
                     help="with --eval-only: choose the snap-to-list threshold on dev, then score test with it "
                          "(before and after snapping, from the same decoding), Whisper's answers too")
+    ap.add_argument("--tune-place", action="store_true",
+                    help="with --tune-snap: then choose the threshold for placing spotted list entries "
+                         "(decoding/list_place.py) on the same dev decoding, and score test with both")
     args = ap.parse_args()
     os.environ[config.PROFILE_ENV] = args.profile  # the corpus and the stage-3 folder of that profile
     cfg = args.cfg = Stage4Config.preset(args.profile).override(args.set)

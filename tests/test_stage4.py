@@ -289,3 +289,29 @@ def test_biasing_evaluation_snaps_the_same_decoding_and_keeps_the_scores_before(
     best, rows = tune_snap(cfg, model, test, {0: lists[3]}, grid=(0.0, 0.01, 0.9))
     assert best in (0.0, 0.01, 0.9) and [r["min_score"] for r in rows] == [0.0, 0.01, 0.9]
     assert rows[1]["swaps"] >= rows[2]["swaps"] and rows[0]["swaps"] == 0
+
+
+def test_biasing_evaluation_places_spotted_entries_after_snapping_from_the_same_decoding(stage3, tmp_path):
+    from dataclasses import replace
+
+    from speechlm_lib.decoding.list_filter import projector_spotted
+    from speechlm_lib.decoding.list_place import ListPlaceConfig, place_spotted
+    from speechlm_lib.recipes.stage4_context import tune_place
+
+    cfg = _cfg(stage3)
+    model = load_stage3(cfg, trainable=False)
+    test = _utts(tmp_path, "p", 4)
+    lower = [[w.lower() for w in words] for words in biasing_lists([u.keywords for u in test], POOL, 3)]
+    lists = {"none": None, 3: lower}  # the tiny projector spells lower-case words only
+    place = ListPlaceConfig(min_similarity=1e-9)  # every entry that fits the frames is placed
+    off = evaluate_biasing(cfg, model, test, lists)
+    on = evaluate_biasing(replace(cfg, evaluation=replace(cfg.evaluation, place=place)), model, test, lists)
+    assert on[3]["raw_hyps"] == off[3]["hyps"] and on[3]["before_snap"]["wer"] == off[3]["wer"]
+    spotted = projector_spotted(model, test)
+    assert on[3]["hyps"] == [place_spotted(h, w, s, place)[0] for h, w, s in zip(off[3]["hyps"], on[3]["given"],
+                                                                                  spotted)]
+    assert on[3]["placed"] > 0 and on[3]["snap_seconds"] > 0  # the projector pass counts as decoding time
+    assert on[3]["snap_only"]["wer"] == off[3]["wer"]  # snapping is off here: only the placing changed them
+    assert on["none"]["placed"] == 0 and on["none"]["hyps"] == off["none"]["hyps"]
+    best, rows = tune_place(cfg, model, test, {0: lists[3]}, grid=(0.0, 1e-9, 1.1))
+    assert best in (0.0, 1e-9, 1.1) and [r["placed"] for r in rows][0] == 0 == rows[2]["placed"] < rows[1]["placed"]

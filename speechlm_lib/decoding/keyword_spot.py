@@ -48,12 +48,13 @@ def spellings(entry: str, encode, pieces: dict[str, int], lookup: dict[int, int]
     return out
 
 
-def spot_scores(logp: torch.Tensor, seqs: list[list[int]], blank: int = 0) -> torch.Tensor:
+def spot(logp: torch.Tensor, seqs: list[list[int]], blank: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best keyword-anywhere CTC alignment of each label sequence in `seqs` on one utterance's log-posteriors
-    ``logp (frames, classes)``, each frame normalised by its best class: ``(len(seqs),)`` scores <= 0 (0: the
-    sequence is on the best path; -inf: it does not fit in the frames)."""
+    ``logp (frames, classes)``, each frame normalised by its best class. Returns ``(scores, starts, ends)``, each
+    ``(len(seqs),)``: scores <= 0 (0: the sequence is on the best path; -inf: it does not fit in the frames) and
+    the first frame of its first piece and the last of its last piece (frames before and after cost nothing)."""
     if not seqs:
-        return torch.empty(0)
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     d = (logp - logp.max(-1, keepdim=True).values).float()  # (frames, classes), <= 0
     exts = [[blank] + [x for lab in labels for x in (lab, blank)] for labels in seqs]
     batch, states = len(exts), max(map(len, exts))
@@ -66,16 +67,46 @@ def spot_scores(logp: torch.Tensor, seqs: list[list[int]], blank: int = 0) -> to
         skip_ok[b, 2:len(e)] = torch.tensor([e[s] != blank and e[s] != e[s - 2] for s in range(2, len(e))],
                                             dtype=torch.bool)
     emit = d[:, ext].masked_fill(~valid, -math.inf)  # (frames, batch, states)
-    pad = torch.full((batch, 2), -math.inf)
-    v, best = torch.full((batch, states), -math.inf), torch.full((batch,), -math.inf)
+    pad, zero = torch.full((batch, 2), -math.inf), torch.zeros(batch, 2, dtype=torch.long)
+    v, start = torch.full((batch, states), -math.inf), torch.zeros(batch, states, dtype=torch.long)
+    best, first, last = torch.full((batch,), -math.inf), torch.zeros(batch, dtype=torch.long), torch.zeros(batch,
+                                                                                                  dtype=torch.long)
     for t in range(d.shape[0]):
-        step = torch.cat([pad[:, :1], v[:, :-1]], 1)
         skip = torch.cat([pad, v[:, :-2]], 1).masked_fill(~skip_ok, -math.inf)
-        v = torch.maximum(torch.maximum(v, step), skip)
-        v[:, :2] = 0.0  # start here: the frames before cost nothing
+        v, came = torch.stack([v, torch.cat([pad[:, :1], v[:, :-1]], 1), skip]).max(0)  # stay, step, skip
+        start = torch.stack([start, torch.cat([zero[:, :1], start[:, :-1]], 1),
+                             torch.cat([zero, start[:, :-2]], 1)]).gather(0, came[None])[0]
+        fresh = v[:, 1] < 0  # start the first piece here, unless a path as good reached it already
+        v[:, 0], start[:, 0] = 0.0, t + 1  # a leading blank here: the pieces start after it
+        v[:, 1], start[:, 1] = torch.where(fresh, 0.0, v[:, 1]), torch.where(fresh, t, start[:, 1])
         v = v + emit[t]
-        best = torch.maximum(best, v.masked_fill(~final, -math.inf).max(1).values)
-    return best
+        score, where = v.masked_fill(~final, -math.inf).max(1)
+        better = score > best
+        best = torch.where(better, score, best)
+        first = torch.where(better, start.gather(1, where[:, None])[:, 0], first)
+        last = torch.where(better, torch.full_like(last, t), last)
+    return best, first, last
+
+
+def spot_scores(logp: torch.Tensor, seqs: list[list[int]], blank: int = 0) -> torch.Tensor:
+    """The scores of `spot` alone: ``(len(seqs),)``, <= 0."""
+    return spot(logp, seqs, blank)[0]
+
+
+def best_path_words(logp: torch.Tensor, piece_of: dict[int, str], blank: int = 0) -> list[tuple[str, int, int]]:
+    """The words of the best path of ``logp (frames, classes)`` with the frames they span: ``[(word, first,
+    last), ...]``; a piece whose text (`piece_of`: class -> text) starts with a space starts a word."""
+    from speechlm_lib.decoding.ctc import path_segments
+
+    words: list[list] = []
+    for c, f0, f1 in path_segments(logp.argmax(-1).tolist(), blank):
+        text = piece_of.get(c, "")
+        if not words or text.startswith(" "):
+            words.append([text.strip(), f0, f1])
+        else:
+            words[-1][0] += text
+            words[-1][2] = f1
+    return [(w, f0, f1) for w, f0, f1 in words if w]
 
 
 class KeywordSpotter:
@@ -87,8 +118,10 @@ class KeywordSpotter:
         self.encode = encode
         self.lookup = {int(t): i + 1 for i, t in enumerate(vocab_ids)}
         self.pieces: dict[str, int] = {}
+        self.texts: dict[int, str] = {}  # class -> its piece's text
         for t, c in self.lookup.items():
-            self.pieces.setdefault(piece_text(t), c)
+            self.texts[c] = piece_text(t)
+            self.pieces.setdefault(self.texts[c], c)
         self.pieces.pop("", None)
         self._spelt: dict[str, list[list[int]]] = {}
 
@@ -109,15 +142,27 @@ class KeywordSpotter:
     def similarities(self, logp: torch.Tensor, entries: list[str]) -> list[float]:
         """``exp(best score / pieces)`` of each entry on ``logp (frames, classes)``, in (0, 1]; 0 for an entry
         the projector cannot spell or fit."""
+        return [sim for sim, _, _ in self.spans(logp, entries)]
+
+    def spans(self, logp: torch.Tensor, entries: list[str]) -> list[tuple[float, int, int]]:
+        """Each entry's ``(similarity, first frame, last frame)`` on ``logp (frames, classes)``: the similarity as
+        in `similarities`, the frames of its best spelling's alignment (``(0.0, -1, -1)`` where it does not fit)."""
         seqs, owner = [], []
         for k, entry in enumerate(entries):
             for seq in self.spell(entry):
                 seqs.append(seq)
                 owner.append(k)
-        out = [0.0] * len(entries)
-        for k, seq, score in zip(owner, seqs, spot_scores(logp, seqs).tolist()):
-            out[k] = max(out[k], math.exp(score / len(seq)) if score > -math.inf else 0.0)
+        out = [(0.0, -1, -1)] * len(entries)
+        scores, firsts, lasts = spot(logp, seqs)
+        for k, seq, score, f0, f1 in zip(owner, seqs, scores.tolist(), firsts.tolist(), lasts.tolist()):
+            sim = math.exp(score / len(seq)) if score > -math.inf else 0.0
+            if sim > out[k][0]:
+                out[k] = (sim, f0, f1)
         return out
+
+    def words(self, logp: torch.Tensor) -> list[tuple[str, int, int]]:
+        """The projector's best-path words with their frames (`best_path_words`)."""
+        return best_path_words(logp, self.texts)
 
 
 @torch.no_grad()

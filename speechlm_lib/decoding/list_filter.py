@@ -16,7 +16,7 @@ keyword spotter), so the hypothesis handed over is a `Spotted` utterance instead
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
 from speechlm_lib.data.text import normalize
@@ -66,9 +66,23 @@ class Spotted:
 
     logp: object
     spotter: object
+    _spans: dict = field(default_factory=dict, repr=False, compare=False)  # entry -> its spotted span, once
+    _words: list | None = field(default=None, repr=False, compare=False)
 
     def similarities(self, entries: list[str]) -> list[float]:
-        return self.spotter.similarities(self.logp, entries)
+        return [sim for sim, _, _ in self.spans(entries)]
+
+    def spans(self, entries: list[str]) -> list[tuple[float, int, int]]:
+        """Each entry's ``(similarity, first frame, last frame)`` (`KeywordSpotter.spans`), each spotted once."""
+        todo = [e for e in dict.fromkeys(entries) if e not in self._spans]
+        self._spans.update(zip(todo, self.spotter.spans(self.logp, todo)))
+        return [self._spans[e] for e in entries]
+
+    def words(self) -> list[tuple[str, int, int]]:
+        """The projector's best-path words with their frames (`keyword_spot.best_path_words`)."""
+        if self._words is None:
+            self._words = self.spotter.words(self.logp)
+        return self._words
 
 
 def filter_list(entries: list[str] | None, hypothesis: "str | Spotted", cfg: ListFilterConfig) -> list[str] | None:

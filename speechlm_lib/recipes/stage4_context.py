@@ -33,7 +33,8 @@ from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.sources import DataSource
 from speechlm_lib.data.speechlm_dataset import TaskDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
-from speechlm_lib.decoding.list_filter import ListFilterConfig, filter_list, projector_spotted, projector_texts
+from speechlm_lib.decoding.list_filter import ListFilterConfig, Spotted, filter_list, projector_spotted, projector_texts
+from speechlm_lib.decoding.list_place import PLACE_GRID, ListPlaceConfig, place_all, tune_min_similarity
 from speechlm_lib.decoding.list_snap import SNAP_GRID, ListSnapConfig, snap_all, tune_min_score
 from speechlm_lib.metrics_bias import biasing_scores
 from speechlm_lib.models.context import (
@@ -80,6 +81,8 @@ class BiasEvalConfig:
     #   prompt (decoding.list_filter; keep 0 = the whole list). The peer always gets the whole list.
     snap: ListSnapConfig = field(default_factory=ListSnapConfig)  # after decoding, near-misses of a list entry
     #   become the entry (decoding.list_snap; min_score 0 = off; choose it on dev with `tune_snap`)
+    place: ListPlaceConfig = field(default_factory=ListPlaceConfig)  # after snapping, an entry the CTC keyword
+    #   spotter finds but the answer lacks goes where it was heard (decoding.list_place; min_similarity 0 = off)
 
 
 @dataclass
@@ -214,6 +217,7 @@ def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], 
                         token_budget(max((u.duration for u in test), default=0.0), cfg.decode))
     truth = [clean_list(u.keywords) for u in test]
     hyps, filter_seconds = filter_hypotheses(cfg, model, test, cache)
+    spotted, spot_seconds = spotted_for_place(cfg, model, test, cache, hyps)
     for key, given in lists.items():
         extra, kept = 0.0, None
         if given and hyps is not None:
@@ -224,11 +228,11 @@ def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], 
         given, cut = fitted_lists(given, tok, room, cfg.evaluation.on_overflow, tpl) if given else ([None] * len(test), 0)
         instructions = [with_context(cfg.instruction, w, tpl) for w in given]
         run = transcribe(model, test, cfg.decode, instruction=instructions, cache=cache, progress=progress)
-        scores = snapped_scores(cfg, test, run.texts, given, lists[key] if lists[key] else truth, known)
-        texts, snap_seconds = scores["hyps"], scores.pop("snap_seconds")
+        scores = snapped_scores(cfg, test, run.texts, given, lists[key] if lists[key] else truth, known, spotted)
+        texts, snap_seconds = scores["hyps"], scores.pop("snap_seconds") + (spot_seconds if any(given) else 0.0)
         prompt = [len(p.prefix) + len(p.suffix) for p in map(model.prompts.prompt, instructions)]
-        seconds = run.seconds + extra + snap_seconds  # the filter's projector pass and matching, and the snapping,
-        #   count as decoding time
+        seconds = run.seconds + extra + snap_seconds  # the filter's projector pass and matching, the snapping and
+        #   the placing (its projector pass too), count as decoding time
         scores.update(seconds=seconds, seconds_per_utt=seconds / max(1, len(test)),
                       rtf=run.rtf * seconds / max(run.seconds, 1e-9), filter_seconds=extra, snap_seconds=snap_seconds,
                       keywords_kept=kept,
@@ -240,32 +244,54 @@ def evaluate_biasing(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], 
 
 
 def snapped_scores(cfg: Stage4Config, test: list[Utterance], hyps: list[str], given: list, scored: list,
-                   known: set[str] | None = None) -> dict:
+                   known: set[str] | None = None, spotted: list | None = None) -> dict:
     """`biasing_scores` of `hyps` after snapping them to the lists the model was `given` (``cfg.evaluation.snap``;
-    off: as they are), against the `scored` lists, plus ``hyps`` (snapped) and ``snap_seconds``; with the snap on,
-    also ``before_snap`` (the scores of `hyps` as given), ``swaps`` and ``raw_hyps``. No decoding: notebooks
-    snap results they already have with it."""
+    off: as they are), then placing the spotted entries they still lack (``cfg.evaluation.place``, with the
+    utterances' `spotted` posteriors; None: no placing), against the `scored` lists, plus ``hyps`` (final) and
+    ``snap_seconds``; with either on, also ``before_snap`` (the scores of `hyps` as given), ``swaps``, ``placed``
+    (the count) and ``raw_hyps``; with placing on, ``snap_only`` (the scores snapped, not placed). No decoding:
+    notebooks snap results they already have with it."""
     refs, t0 = [u.text for u in test], time.perf_counter()
     texts, swaps = snap_all(hyps, given, cfg.evaluation.snap, known)
-    scores = {**biasing_scores(refs, texts, scored), "hyps": texts, "snap_seconds": time.perf_counter() - t0}
-    if cfg.evaluation.snap.min_score > 0:
-        scores.update(before_snap=biasing_scores(refs, hyps, scored), swaps=swaps, raw_hyps=list(hyps))
+    placing = spotted is not None and cfg.evaluation.place.min_similarity > 0
+    final, placed = place_all(texts, given, spotted, cfg.evaluation.place) if placing else (texts, 0)
+    scores = {**biasing_scores(refs, final, scored), "hyps": final, "snap_seconds": time.perf_counter() - t0}
+    if cfg.evaluation.snap.min_score > 0 or placing:
+        scores.update(before_snap=biasing_scores(refs, hyps, scored), swaps=swaps, placed=placed, raw_hyps=list(hyps))
+    if placing:
+        scores["snap_only"] = biasing_scores(refs, texts, scored)  # snapped, nothing placed
     return scores
 
 
 def tune_snap(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: dict, cache=None,
-              grid=SNAP_GRID,
-              known: set[str] | None = None) -> tuple[float, list[dict]]:
+              grid=SNAP_GRID, known: set[str] | None = None, decoded: tuple | None = None) -> tuple[float, list[dict]]:
     """The snap threshold (``evaluation.snap.min_score``) of `grid` with the lowest WER on `dev`, pooled over the
     list conditions of `lists` (``{N: one list per dev utterance}``, e.g. `evaluation_lists` of the dev split):
-    each condition decoded once as `evaluate_biasing` would (filter included), then snapped at each point."""
-    off = replace(cfg, evaluation=replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=0.0)))
-    given = {k: v for k, v in lists.items() if v}
-    scores = evaluate_biasing(off, model, dev, given, cache=cache)
-    refs = [u.text for _ in given for u in dev]
-    hyps = [h for k in given for h in scores[k]["hyps"]]
-    used = [w for k in given for w in scores[k]["given"]]
+    each condition decoded once as `evaluate_biasing` would (filter included), then snapped at each point.
+    `decoded`: `decode_pooled`'s answer when at hand (no decoding then)."""
+    refs, hyps, used = decoded or decode_pooled(cfg, model, dev, lists, cache)
     return tune_min_score(refs, hyps, used, grid, base=cfg.evaluation.snap, known=known)
+
+
+def tune_place(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: dict, cache=None,
+               grid=PLACE_GRID, known: set[str] | None = None, decoded: tuple | None = None) -> tuple[float, list]:
+    """The placing threshold (``evaluation.place.min_similarity``) of `grid` with the lowest WER on `dev`, after
+    snapping with ``cfg.evaluation.snap`` (choose that first: `tune_snap`), pooled as in `tune_snap`."""
+    refs, hyps, used = decoded or decode_pooled(cfg, model, dev, lists, cache)
+    snapped, _ = snap_all(hyps, used, cfg.evaluation.snap, known)
+    spotted = projector_spotted(model, dev, cache) * (len(hyps) // max(1, len(dev)))  # the same for each condition
+    return tune_min_similarity(refs, snapped, used, spotted, grid, base=cfg.evaluation.place)
+
+
+def decode_pooled(cfg: Stage4Config, model: SpeechLM, utts: list[Utterance], lists: dict, cache=None) -> tuple:
+    """`utts` decoded once per list condition of `lists` (those with lists), as `evaluate_biasing` would but with
+    snapping and placing off: ``(refs, hyps, given)`` pooled over the conditions, in their order."""
+    ev = replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=0.0),
+                 place=replace(cfg.evaluation.place, min_similarity=0.0))
+    given = {k: v for k, v in lists.items() if v}
+    scores = evaluate_biasing(replace(cfg, evaluation=ev), model, utts, given, cache=cache)
+    return ([u.text for _ in given for u in utts], [h for k in given for h in scores[k]["hyps"]],
+            [w for k in given for w in scores[k]["given"]])
 
 
 def filter_hypotheses(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], cache=None) -> tuple:
@@ -276,6 +302,18 @@ def filter_hypotheses(cfg: Stage4Config, model: SpeechLM, test: list[Utterance],
     t0 = time.perf_counter()
     read = projector_spotted if cfg.evaluation.filter.match == "ctc" else projector_texts
     return read(model, test, cache), time.perf_counter() - t0
+
+
+def spotted_for_place(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], cache=None,
+                      hyps: list | None = None) -> tuple[list | None, float]:
+    """The `Spotted` utterances the placing step needs and their seconds: the list filter's when it spotted them
+    already (`hyps`), else one projector pass; ``(None, 0)`` when placing is off."""
+    if cfg.evaluation.place.min_similarity <= 0:
+        return None, 0.0
+    if hyps and isinstance(hyps[0], Spotted):
+        return hyps, 0.0
+    t0 = time.perf_counter()
+    return projector_spotted(model, test, cache), time.perf_counter() - t0
 
 
 def _kept_share(given: list, truth: list) -> float | None:

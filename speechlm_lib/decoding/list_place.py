@@ -1,0 +1,136 @@
+"""Placing spotted names: a list entry the CTC keyword spotter finds in the audio, but the answer lacks, goes where
+the spotter heard it (the CTC-assisted step after decoding in SLAM-LLM's contextual ASR).
+
+Snapping (`decoding.list_snap`) repairs a name the speech-LLM spelt *almost* right. It cannot repair one the LLM
+dropped, or wrote as an ordinary word ("Rotraut" as "brought out"). The ``ctc`` projector's posteriors still hold
+such a name (`decoding.keyword_spot`), and they say *when* it was said:
+
+1. **Spot** each list entry the answer does not hold already: its similarity (``exp`` of the CTC score per piece,
+   1 = on the projector's best path) and the frames of its best alignment.
+2. **Find its words**: the projector's best-path words whose middle frame falls inside those frames, and the
+   answer's words aligned to them (`difflib` over the two normalised word sequences: the LLM mostly copies the
+   projector, so the alignment is close).
+3. **Replace** those answer words by the entry, best similarity first, never two entries on the same words, and
+   never more than the entry's words plus ``max_extra_words``; where the LLM dropped the words, insert the entry
+   (one entry a gap).
+
+    text, placed = place_spotted("I met brought out today.", ["Rotraut"], spotted, ListPlaceConfig(min_similarity=0.2))
+    # -> "I met Rotraut today.", [("brought out", "Rotraut")]
+
+``min_similarity`` is chosen on the dev split (`tune_min_similarity`), never on test: too low and distractors
+that merely fit somewhere replace real words.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
+
+from speechlm_lib.decoding.list_snap import _POSSESSIVE, _WORD, _key
+
+PLACE_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # min_similarity tried (0 = off)
+
+
+@dataclass
+class ListPlaceConfig:
+    """Whether and how spotted list entries are placed in the answer."""
+
+    min_similarity: float = 0.0  # place an entry the spotter finds at this similarity (0..1] or more; 0 = off
+    max_extra_words: int = 2  # replace at most the entry's own words plus this many answer words
+
+
+def word_map(source: list[str], target: list[str]) -> list[tuple[int, int]]:
+    """For each word of `source`, the range ``(lo, hi)`` of `target` words aligned to it (``lo == hi``: none, the
+    insertion point); a block of replaced words is shared out in order."""
+    out: list[tuple[int, int]] = []
+    for op, i1, i2, j1, j2 in SequenceMatcher(None, source, target, autojunk=False).get_opcodes():
+        if op == "insert":
+            continue
+        n, m = i2 - i1, j2 - j1
+        out += [(j1 + k * m // n, j1 + (k + 1) * m // n) for k in range(n)]
+    return out
+
+
+def target_span(words: list[tuple[str, int, int]], first: int, last: int,
+                mapped: list[tuple[int, int]], n_target: int) -> tuple[int, int]:
+    """The answer words ``(lo, hi)`` for the frames ``first..last``: those aligned to the projector `words` (``(text,
+    first frame, last frame)``) whose middle frame lies inside; none such: the insertion point after the last word
+    before ``first``."""
+    inside = [k for k, (_, f0, f1) in enumerate(words) if first <= (f0 + f1) / 2 <= last]
+    if inside:
+        return min(mapped[k][0] for k in inside), max(mapped[k][1] for k in inside)
+    before = [mapped[k][1] for k, (_, f0, f1) in enumerate(words) if f1 < first]
+    at = before[-1] if before else (0 if words else n_target)
+    return at, at
+
+
+def holds(keys: list[str], entry: str) -> bool:
+    """Whether the answer's word keys (`list_snap._key` of each word, possessive dropped) already hold `entry`."""
+    parts = [k for k in map(_key, entry.split()) if k]
+    whole = "".join(parts)
+    return any(keys[i:i + len(parts)] == parts or "".join(keys[i:i + len(parts)]) == whole
+               for i in range(len(keys)))
+
+
+def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: ListPlaceConfig) -> tuple[str, list]:
+    """`hypothesis` with the `entries` the spotter finds (similarity >= ``cfg.min_similarity``) placed where they
+    were heard; `spotted`: the utterance's `list_filter.Spotted` (posteriors and spotter). Returns the new text and
+    ``[(words replaced, entry), ...]`` (words replaced "" for an insertion); unchanged when off or no list."""
+    if cfg.min_similarity <= 0 or not entries or spotted is None:
+        return hypothesis, []
+    words = list(_WORD.finditer(hypothesis))
+    keys = [_key(_POSSESSIVE.sub("", w.group())) for w in words]
+    todo = [e for e in dict.fromkeys(entries) if _key(e) and not holds(keys, e)]
+    if not todo:
+        return hypothesis, []
+    found, pwords = spotted.spans(todo), spotted.words()
+    mapped = word_map([_key(w) for w, _, _ in pwords], keys)
+    taken, chosen = set(), []
+    for (sim, f0, f1), entry in sorted(zip(found, todo), key=lambda x: -x[0][0]):
+        if sim < cfg.min_similarity or f0 < 0:
+            continue
+        lo, hi = target_span(pwords, f0, f1, mapped, len(words))
+        span = set(range(lo, hi)) or {lo - 0.5}  # an insertion occupies the gap before word lo
+        if hi - lo > len(entry.split()) + cfg.max_extra_words or span & taken:
+            continue
+        taken |= span
+        chosen.append((lo, hi, entry))
+    out, placed = hypothesis, []
+    for lo, hi, entry in sorted(chosen, reverse=True):  # right to left: earlier offsets stay valid
+        if hi > lo:
+            start, end = words[lo].start(), words[hi - 1].end()
+            placed.append((out[start:end], entry))
+            out = out[:start] + entry + out[end:]
+        elif lo < len(words):  # before word lo
+            placed.append(("", entry))
+            out = out[:words[lo].start()] + entry + " " + out[words[lo].start():]
+        else:  # after the last word
+            at = words[-1].end() if words else 0
+            placed.append(("", entry))
+            out = out[:at] + (" " if words else "") + entry + out[at:]
+    return out, placed[::-1]
+
+
+def place_all(hypotheses: list[str], lists: list, spotted: list, cfg: ListPlaceConfig) -> tuple[list[str], int]:
+    """`place_spotted` over a test set (``lists[i]``, ``spotted[i]`` for ``hypotheses[i]``): texts and placements."""
+    out, count = [], 0
+    for hyp, words, spot in zip(hypotheses, lists, spotted):
+        text, placed = place_spotted(hyp, words, spot, cfg)
+        out.append(text)
+        count += len(placed)
+    return out, count
+
+
+def tune_min_similarity(refs: list[str], hypotheses: list[str], lists: list, spotted: list, grid=PLACE_GRID,
+                        base: ListPlaceConfig | None = None) -> tuple[float, list[dict]]:
+    """The ``min_similarity`` of `grid` with the lowest WER on these (dev) utterances, and each point's scores
+    (parallel lists, which may pool several list conditions; ties go to the higher threshold, fewer placements)."""
+    from speechlm_lib.metrics_bias import biasing_scores
+
+    rows, base = [], base or ListPlaceConfig()
+    for sim in grid:
+        texts, placed = place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim))
+        s = biasing_scores(refs, texts, lists)
+        rows.append({"min_similarity": sim, "wer": s["wer"], "b_wer": s["b_wer"], "u_wer": s["u_wer"],
+                     "false_alarms": s["false_alarms"], "placed": placed})
+    best = min(rows, key=lambda r: (round(r["wer"], 9), -r["min_similarity"]))
+    return best["min_similarity"], rows

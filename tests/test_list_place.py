@@ -1,0 +1,66 @@
+"""Placing spotted list entries where the projector heard them (decoding/list_place.py, keyword_spot.spot)."""
+import pytest
+import torch
+
+from speechlm_lib.decoding.keyword_spot import KeywordSpotter, spot
+from speechlm_lib.decoding.list_filter import Spotted
+from speechlm_lib.decoding.list_place import ListPlaceConfig, place_all, place_spotted, tune_min_similarity, word_map
+
+PIECES = {11: " I", 12: " met", 13: " Ro", 14: "tra", 15: "ut", 16: " today", 17: " Zad", 18: "oki"}
+
+
+def _heard(path: list[int], classes: int = 9) -> Spotted:
+    """An utterance whose projector best path is `path` (classes 1..8 = PIECES in order, 0 = blank)."""
+    logits = torch.full((len(path), classes), -5.0)
+    for t, c in enumerate(path):
+        logits[t, c] = 0.0
+    spotter = KeywordSpotter(lambda text: [], list(PIECES), PIECES.get)
+    return Spotted(logits.log_softmax(-1), spotter)
+
+
+# " I" " met" " Ro" "tra" "ut" " today": frames 1, 3, 5-6, 7, 9, 11
+HEARD = [0, 1, 0, 2, 0, 3, 3, 4, 0, 5, 0, 6, 0]
+ON = ListPlaceConfig(min_similarity=0.5)
+
+
+def test_spot_gives_the_frames_of_the_best_alignment():
+    logp = _heard(HEARD).logp
+    scores, first, last = spot(logp, [[3, 4, 5], [6]])
+    assert scores.tolist() == [0.0, 0.0]
+    assert (first[0], last[0]) == (5, 9)  # " Ro" at 5-6 .. "ut" at 9
+    assert (first[1], last[1]) == (11, 11)
+    assert _heard(HEARD).spotter.words(logp) == [("I", 1, 1), ("met", 3, 3), ("Rotraut", 5, 9), ("today", 11, 11)]
+
+
+def test_a_spotted_name_replaces_the_words_heard_at_its_frames_or_fills_the_gap_the_llm_left():
+    heard = _heard(HEARD)
+    assert place_spotted("I met brought out today.", ["Zadoki", "Rotraut"], heard, ON) == \
+        ("I met Rotraut today.", [("brought out", "Rotraut")])  # Zadoki was not heard
+    assert place_spotted("I met today.", ["Rotraut"], heard, ON) == ("I met Rotraut today.", [("", "Rotraut")])
+    assert place_spotted("I met Rotraut", ["today"], heard, ON)[0] == "I met Rotraut today"  # at the end
+    assert place_spotted("I met", ["Rotraut", "today"], heard, ON)[0] == "I met Rotraut"  # one entry a gap
+    assert place_spotted("I met Rotraut's today.", ["Rotraut"], heard, ON) == ("I met Rotraut's today.", [])
+    assert place_spotted("I met brought out today.", ["Rotraut"], heard, ListPlaceConfig()) == \
+        ("I met brought out today.", [])  # off
+    assert place_spotted("I met brought out today.", [], heard, ON) == ("I met brought out today.", [])
+
+
+def test_a_name_that_would_replace_too_many_words_is_left_out():
+    heard = _heard(HEARD)
+    tight = ListPlaceConfig(min_similarity=0.5, max_extra_words=0)
+    assert place_spotted("I met bro ught out today.", ["Rotraut"], heard, tight)[1] == []
+    assert place_spotted("I met brought today.", ["Rotraut"], heard, tight)[0] == "I met Rotraut today."
+
+
+def test_word_map_shares_replaced_blocks_and_marks_deletions():
+    assert word_map(["a", "b", "c"], ["a", "x", "y", "c"]) == [(0, 1), (1, 3), (3, 4)]
+    assert word_map(["a", "b", "c"], ["a", "c"]) == [(0, 1), (1, 1), (1, 2)]
+
+
+def test_the_threshold_is_chosen_by_wer_on_dev():
+    heard = _heard(HEARD)
+    refs, hyps = ["I met Rotraut today"] * 2, ["I met brought out today", "I met today"]
+    texts, n = place_all(hyps, [["Rotraut"], ["Rotraut"]], [heard, heard], ON)
+    assert texts == ["I met Rotraut today"] * 2 and n == 2
+    best, rows = tune_min_similarity(refs, hyps, [["Rotraut"]] * 2, [heard, heard], grid=(0.0, 0.5, 1.1))
+    assert best == 0.5 and [r["wer"] for r in rows] == pytest.approx([3 / 8, 0.0, 3 / 8])
