@@ -52,6 +52,17 @@ def test_a_name_that_would_replace_too_many_words_is_left_out():
     assert place_spotted("I met brought today.", ["Rotraut"], heard, tight)[0] == "I met Rotraut today."
 
 
+def test_heard_lower_case_words_at_the_edges_stay_and_the_name_goes_beside_them():
+    merged = _heard([0, 1, 0, 2, 0, 4, 5, 0, 6])  # " I" " met" "tra" "ut" " today": one projector word "mettraut"
+    anywhere, known = ListPlaceConfig(min_similarity=1e-6), {"i", "met", "today", "mary"}
+    assert place_spotted("I met today.", ["Rotraut"], merged, anywhere) == ("I Rotraut today.", [("met", "Rotraut")])
+    assert place_spotted("I met today.", ["Rotraut"], merged, anywhere, known) == \
+        ("I met Rotraut today.", [("", "Rotraut")])  # "met" was heard in training: it stays
+    heard = _heard(HEARD)
+    assert place_spotted("I met Mary today.", ["Rotraut"], heard, ON, known)[0] == "I met Rotraut today."  # a name
+    assert place_spotted("I met brought out today.", ["Rotraut"], heard, ON, known)[0] == "I met Rotraut today."
+
+
 def test_word_map_shares_replaced_blocks_and_marks_deletions():
     assert word_map(["a", "b", "c"], ["a", "x", "y", "c"]) == [(0, 1), (1, 3), (3, 4)]
     assert word_map(["a", "b", "c"], ["a", "c"]) == [(0, 1), (1, 1), (1, 2)]

@@ -25,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 
-from speechlm_lib.decoding.list_snap import _POSSESSIVE, _WORD, _key
+from speechlm_lib.decoding.list_snap import _POSSESSIVE, _WORD, _key, _known
 
-PLACE_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # min_similarity tried (0 = off)
+PLACE_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)  # min_similarity tried (0 = off): a
+#   name the answer lacks fits the posteriors far below their best path (0.001-0.07 a piece on the ICT model)
 
 
 @dataclass
@@ -71,10 +72,19 @@ def holds(keys: list[str], entry: str) -> bool:
                for i in range(len(keys)))
 
 
-def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: ListPlaceConfig) -> tuple[str, list]:
+def _kept(word: str, known: set[str] | None) -> bool:
+    """Whether a word at the edge of a span stays: a lower-case word heard in training ("in", "tell"). A
+    capitalised one may be the name misheard as another ("Mary" for "Zary"), so it is replaced."""
+    return known is not None and word[:1].islower() and _known(word, known)
+
+
+def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: ListPlaceConfig,
+                  known: set[str] | None = None) -> tuple[str, list]:
     """`hypothesis` with the `entries` the spotter finds (similarity >= ``cfg.min_similarity``) placed where they
-    were heard; `spotted`: the utterance's `list_filter.Spotted` (posteriors and spotter). Returns the new text and
-    ``[(words replaced, entry), ...]`` (words replaced "" for an insertion); unchanged when off or no list."""
+    were heard; `spotted`: the utterance's `list_filter.Spotted` (posteriors and spotter); `known`: the training
+    vocabulary (`list_snap.training_vocabulary`): its lower-case words at either end of the span stay, and the entry
+    goes between them ("tell Jedrzej", not "Jedrzej" for "tell"). Returns the new text and ``[(words replaced,
+    entry), ...]`` (words replaced "" for an insertion); unchanged when off or no list."""
     if cfg.min_similarity <= 0 or not entries or spotted is None:
         return hypothesis, []
     words = list(_WORD.finditer(hypothesis))
@@ -89,6 +99,10 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
         if sim < cfg.min_similarity or f0 < 0:
             continue
         lo, hi = target_span(pwords, f0, f1, mapped, len(words))
+        while lo < hi and _kept(words[lo].group(), known):
+            lo += 1  # the projector ran a heard word into the name ("inmouth"): keep the word
+        while lo < hi and _kept(words[hi - 1].group(), known):
+            hi -= 1
         span = set(range(lo, hi)) or {lo - 0.5}  # an insertion occupies the gap before word lo
         if hi - lo > len(entry.split()) + cfg.max_extra_words or span & taken:
             continue
@@ -110,25 +124,27 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     return out, placed[::-1]
 
 
-def place_all(hypotheses: list[str], lists: list, spotted: list, cfg: ListPlaceConfig) -> tuple[list[str], int]:
+def place_all(hypotheses: list[str], lists: list, spotted: list, cfg: ListPlaceConfig,
+              known: set[str] | None = None) -> tuple[list[str], int]:
     """`place_spotted` over a test set (``lists[i]``, ``spotted[i]`` for ``hypotheses[i]``): texts and placements."""
     out, count = [], 0
     for hyp, words, spot in zip(hypotheses, lists, spotted):
-        text, placed = place_spotted(hyp, words, spot, cfg)
+        text, placed = place_spotted(hyp, words, spot, cfg, known)
         out.append(text)
         count += len(placed)
     return out, count
 
 
 def tune_min_similarity(refs: list[str], hypotheses: list[str], lists: list, spotted: list, grid=PLACE_GRID,
-                        base: ListPlaceConfig | None = None) -> tuple[float, list[dict]]:
+                        base: ListPlaceConfig | None = None, known: set[str] | None = None) -> tuple[float, list[dict]]:
     """The ``min_similarity`` of `grid` with the lowest WER on these (dev) utterances, and each point's scores
-    (parallel lists, which may pool several list conditions; ties go to the higher threshold, fewer placements)."""
+    (parallel lists, which may pool several list conditions; ties go to the higher threshold, fewer placements);
+    `known`: the training vocabulary, as in `place_spotted`."""
     from speechlm_lib.metrics_bias import biasing_scores
 
     rows, base = [], base or ListPlaceConfig()
     for sim in grid:
-        texts, placed = place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim))
+        texts, placed = place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim), known)
         s = biasing_scores(refs, texts, lists)
         rows.append({"min_similarity": sim, "wer": s["wer"], "b_wer": s["b_wer"], "u_wer": s["u_wer"],
                      "false_alarms": s["false_alarms"], "placed": placed})

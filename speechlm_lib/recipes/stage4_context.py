@@ -254,7 +254,7 @@ def snapped_scores(cfg: Stage4Config, test: list[Utterance], hyps: list[str], gi
     refs, t0 = [u.text for u in test], time.perf_counter()
     texts, swaps = snap_all(hyps, given, cfg.evaluation.snap, known)
     placing = spotted is not None and cfg.evaluation.place.min_similarity > 0
-    final, placed = place_all(texts, given, spotted, cfg.evaluation.place) if placing else (texts, 0)
+    final, placed = place_all(texts, given, spotted, cfg.evaluation.place, known) if placing else (texts, 0)
     scores = {**biasing_scores(refs, final, scored), "hyps": final, "snap_seconds": time.perf_counter() - t0}
     if cfg.evaluation.snap.min_score > 0 or placing:
         scores.update(before_snap=biasing_scores(refs, hyps, scored), swaps=swaps, placed=placed, raw_hyps=list(hyps))
@@ -280,7 +280,7 @@ def tune_place(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: 
     refs, hyps, used = decoded or decode_pooled(cfg, model, dev, lists, cache)
     snapped, _ = snap_all(hyps, used, cfg.evaluation.snap, known)
     spotted = projector_spotted(model, dev, cache) * (len(hyps) // max(1, len(dev)))  # the same for each condition
-    return tune_min_similarity(refs, snapped, used, spotted, grid, base=cfg.evaluation.place)
+    return tune_min_similarity(refs, snapped, used, spotted, grid, base=cfg.evaluation.place, known=known)
 
 
 def decode_pooled(cfg: Stage4Config, model: SpeechLM, utts: list[Utterance], lists: dict, cache=None) -> tuple:
