@@ -161,11 +161,12 @@ nothing changes."""),
     ("result", """from dataclasses import replace
 
 from speechlm_lib.decoding.list_snap import training_vocabulary
-from speechlm_lib.recipes.stage4_context import snapped_scores, tune_snap
+from speechlm_lib.recipes.stage4_context import decode_pooled, snapped_scores, tune_snap
 
 known = training_vocabulary(u.text for u in splits["train"])  # the words snapping never replaces
 dev_lists = {n: w for n, w in evaluation_lists(cfg, splits, split="dev").items() if n != "none"}
-best, grid = tune_snap(cfg, model, splits["dev"], dev_lists, cache=cache, known=known)
+decoded = decode_pooled(cfg, model, splits["dev"], dev_lists, cache)  # dev decoded once, for both thresholds
+best, grid = tune_snap(cfg, model, splits["dev"], dev_lists, known=known, decoded=decoded)
 display(pd.DataFrame(grid).set_index("min_score").round(3).T)
 print(f"the threshold chosen on dev: {best}")
 course.note(("threshold chosen on dev", "stage4_list_snap", "snap_min_score", ""))"""),
@@ -195,6 +196,41 @@ for title, rows in (("better", better), ("worse", worse)):
     for ref, a, s in rows[:2]:
         print(f"-- {title}\\n   REF     {ref}\\n   ICT     {course.clean(a)}\\n   SNAPPED {course.clean(s)}")
 course.note()"""),
+    ("md", """## Placing the names the spotter hears
+
+Snapping needs the model to have written *something* like the name. When the LLM dropped it, or wrote ordinary
+words in its place ("brought out" for "Rotraut"), there is nothing to snap. The `ctc` projector still heard it:
+its posteriors hold the name's word pieces among the runners-up, and a CTC keyword spotter
+(`decoding/keyword_spot.py`, the same one that can filter the list) finds each list entry's best alignment in
+them -- how well it fits, and *when*. `decoding/list_place.py` takes each entry the answer still lacks after
+snapping, finds the projector's words at those frames, the answer's words aligned to them, and writes the entry
+there (or inserts it where the LLM left a gap). The threshold on the spotter's similarity is chosen on dev, after
+snapping, from the same dev decoding."""),
+    ("result", """from speechlm_lib.decoding.list_filter import projector_spotted
+from speechlm_lib.recipes.stage4_context import tune_place
+
+best_place, grid = tune_place(snap_cfg, model, splits["dev"], dev_lists, cache=cache, known=known, decoded=decoded)
+display(pd.DataFrame(grid).set_index("min_similarity").round(3).T)
+print(f"the placing threshold chosen on dev: {best_place}")
+place_cfg = replace(snap_cfg, evaluation=replace(snap_cfg.evaluation,
+                                                 place=replace(cfg.evaluation.place, min_similarity=best_place)))
+spotted = projector_spotted(model, test, cache)  # one projector pass over the test set
+placed = {n: snapped_scores(place_cfg, test, res["hyps"], res["given"], test_lists[n] or truth, known, spotted)
+          for n, res in after.items()}
+display(pd.DataFrame([{"N": n, "B-WER": res["b_wer"], "snapped": snapped[n]["b_wer"], "placed": placed[n]["b_wer"],
+                       "WER": res["wer"], "WER snapped": snapped[n]["wer"], "WER placed": placed[n]["wer"],
+                       "false alarms placed": placed[n]["false_alarms"]} for n, res in after.items()])
+        .set_index("N").round(3))
+course.note(("placing threshold chosen on dev", "stage4_list_place", "place_min_similarity", ""),
+            ("B-WER with N = 0 snapped", "stage4_list_place", "ict_snaponly_0_b_wer", "%"),
+            ("and placed", "stage4_list_place", "ict_0_b_wer", "%"),
+            ("with N = 100 snapped", "stage4_list_place", "ict_snaponly_100_b_wer", "%"),
+            ("and placed", "stage4_list_place", "ict_100_b_wer", "%"))"""),
+    ("result", """gained = [(u.text, s, p) for u, s, p in zip(test, snapped[0]["hyps"], placed[0]["hyps"]) if s != p]
+print(f"N = 0: {len(gained)} transcripts changed by placing")
+for ref, s, p in gained[:3]:
+    print(f"   REF     {ref}\\n   SNAPPED {course.clean(s)}\\n   PLACED  {course.clean(p)}")
+course.note()"""),
     ("md", "## Live: one utterance with and without its list"),
     ("result", """from speechlm_lib.decoding.generation import transcribe
 
@@ -209,7 +245,9 @@ course.note()"""),
     ("md", "## Recording the results"),
     ("result", """flat = {f"{name}_{n}_{k}": v for name, res in (("stage3", before), ("ict", after)) for n, s in res.items()
         for k, v in s.items() if isinstance(v, (int, float))}
-flat.update(train_seconds=result["train_seconds"])
+flat.update({f"ict_{kind}_{n}_{k}": v for kind, res in (("snapped", snapped), ("placed", placed))
+             for n, s in res.items() for k, v in s.items() if isinstance(v, (int, float))})
+flat.update(train_seconds=result["train_seconds"], snap_min_score=best, place_min_similarity=best_place)
 path = results.record("stage4_context", flat, seconds=result["train_seconds"], config=cfg.to_dict())
 print(f"recorded {len(flat)} figures in {path}")
 course.note()"""),
