@@ -221,11 +221,11 @@ display(pd.DataFrame([{"N": n, "B-WER": res["b_wer"], "snapped": snapped[n]["b_w
                        "WER": res["wer"], "WER snapped": snapped[n]["wer"], "WER placed": placed[n]["wer"],
                        "false alarms placed": placed[n]["false_alarms"]} for n, res in after.items()])
         .set_index("N").round(3))
-course.note(("placing threshold chosen on dev", "stage4_list_place", "place_min_similarity", ""),
-            ("B-WER with N = 0 snapped", "stage4_list_place", "ict_snaponly_0_b_wer", "%"),
-            ("and placed", "stage4_list_place", "ict_0_b_wer", "%"),
-            ("with N = 100 snapped", "stage4_list_place", "ict_snaponly_100_b_wer", "%"),
-            ("and placed", "stage4_list_place", "ict_100_b_wer", "%"))"""),
+course.note(("placing threshold chosen on dev", "stage4_context", "place_min_similarity", ""),
+            ("B-WER with N = 0 snapped", "stage4_context", "ict_snapped_0_b_wer", "%"),
+            ("and placed", "stage4_context", "ict_placed_0_b_wer", "%"),
+            ("with N = 100 snapped", "stage4_context", "ict_snapped_100_b_wer", "%"),
+            ("and placed", "stage4_context", "ict_placed_100_b_wer", "%"))"""),
     ("result", """gained = [(u.text, s, p) for u, s, p in zip(test, snapped[0]["hyps"], placed[0]["hyps"]) if s != p]
 print(f"N = 0: {len(gained)} transcripts changed by placing")
 for ref, s, p in gained[:3]:
