@@ -17,6 +17,7 @@
         # the filter spots each entry in the projector's posteriors (decoding/keyword_spot.py); the record's
         # "ict_*" keys are the whole lists of the same run, its "filtered_*" keys the five spotted entries
     .venv/bin/python benchmarks/bench_stage4.py --profile cpu --eval-only --tune-snap --tune-place --no-whisper \
+        --set evaluation.filter.keep=5 --set evaluation.filter.match=ctc --set evaluation.filter.min_score=0 \
         --set data.dev_limit=200 --set "evaluation.distractors=(0, 100)" --record-as stage4_list_place
         # then place the entries the keyword spotter hears where they were said (decoding/list_place.py);
         # "*_snaponly_*" keys: snapped, nothing placed

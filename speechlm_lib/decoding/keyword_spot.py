@@ -69,8 +69,7 @@ def spot(logp: torch.Tensor, seqs: list[list[int]], blank: int = 0) -> tuple[tor
     emit = d[:, ext].masked_fill(~valid, -math.inf)  # (frames, batch, states)
     pad, zero = torch.full((batch, 2), -math.inf), torch.zeros(batch, 2, dtype=torch.long)
     v, start = torch.full((batch, states), -math.inf), torch.zeros(batch, states, dtype=torch.long)
-    best, first, last = torch.full((batch,), -math.inf), torch.zeros(batch, dtype=torch.long), torch.zeros(batch,
-                                                                                                  dtype=torch.long)
+    best, first, last = torch.full((batch,), -math.inf), *torch.zeros(2, batch, dtype=torch.long)
     for t in range(d.shape[0]):
         skip = torch.cat([pad, v[:, :-2]], 1).masked_fill(~skip_ok, -math.inf)
         v, came = torch.stack([v, torch.cat([pad[:, :1], v[:, :-1]], 1), skip]).max(0)  # stay, step, skip

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 
-from speechlm_lib.decoding.list_snap import _POSSESSIVE, _WORD, _key, _known
+from speechlm_lib.decoding.list_snap import _POSSESSIVE, _WORD, _key, _known, tune_by_wer
 
 PLACE_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)  # min_similarity tried (0 = off): a
 #   name the answer lacks fits the posteriors far below their best path (0.001-0.07 a piece on the ICT model)
@@ -140,13 +140,6 @@ def tune_min_similarity(refs: list[str], hypotheses: list[str], lists: list, spo
     """The ``min_similarity`` of `grid` with the lowest WER on these (dev) utterances, and each point's scores
     (parallel lists, which may pool several list conditions; ties go to the higher threshold, fewer placements);
     `known`: the training vocabulary, as in `place_spotted`."""
-    from speechlm_lib.metrics_bias import biasing_scores
-
-    rows, base = [], base or ListPlaceConfig()
-    for sim in grid:
-        texts, placed = place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim), known)
-        s = biasing_scores(refs, texts, lists)
-        rows.append({"min_similarity": sim, "wer": s["wer"], "b_wer": s["b_wer"], "u_wer": s["u_wer"],
-                     "false_alarms": s["false_alarms"], "placed": placed})
-    best = min(rows, key=lambda r: (round(r["wer"], 9), -r["min_similarity"]))
-    return best["min_similarity"], rows
+    base = base or ListPlaceConfig()
+    return tune_by_wer(refs, lists, grid, "min_similarity", "placed",
+                       lambda sim: place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim), known))

@@ -145,13 +145,22 @@ def tune_min_score(refs: list[str], hypotheses: list[str], lists: list, grid=SNA
     so the choice holds for short and long lists; ties go to the higher score (fewer swaps). `base`: the other
     settings (`ListSnapConfig`), `known`: the training vocabulary. The rows' B-WER and false alarms count the
     words of `lists` (the lists as given to the model, filtered or not); WER, the criterion, does not depend on it."""
+    base = base or ListSnapConfig()
+    return tune_by_wer(refs, lists, grid, "min_score", "swaps",
+                       lambda score: snap_all(hypotheses, lists, replace(base, min_score=score), known))
+
+
+def tune_by_wer(refs: list[str], lists: list, grid, name: str, count: str, apply) -> tuple[float, list[dict]]:
+    """The point of `grid` whose texts, ``apply(point) -> (texts, changes)``, have the lowest WER against `refs`
+    (ties: the higher point), and each point's row: ``{name: point, wer, b_wer, u_wer, false_alarms, count:
+    changes}`` (B-WER and false alarms over `lists`). Shared by the list post-processing steps' tuning."""
     from speechlm_lib.metrics_bias import biasing_scores
 
-    rows, base = [], base or ListSnapConfig()
-    for score in grid:
-        texts, swaps = snap_all(hypotheses, lists, replace(base, min_score=score), known)
+    rows = []
+    for point in grid:
+        texts, changes = apply(point)
         s = biasing_scores(refs, texts, lists)
-        rows.append({"min_score": score, "wer": s["wer"], "b_wer": s["b_wer"], "u_wer": s["u_wer"],
-                     "false_alarms": s["false_alarms"], "swaps": swaps})
-    best = min(rows, key=lambda r: (round(r["wer"], 9), -r["min_score"]))
-    return best["min_score"], rows
+        rows.append({name: point, "wer": s["wer"], "b_wer": s["b_wer"], "u_wer": s["u_wer"],
+                     "false_alarms": s["false_alarms"], count: changes})
+    best = min(rows, key=lambda r: (round(r["wer"], 9), -r[name]))
+    return best[name], rows
