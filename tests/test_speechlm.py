@@ -405,7 +405,7 @@ print(json.dumps({"loss": float(loss), "counts": m.parameter_counts()["projector
 """
 
 
-def test_save_and_load_in_a_fresh_process(tmp_path):
+def test_save_and_load_in_a_fresh_process(tmp_path, monkeypatch):
     llm, tok = tiny_llm()
     llm_dir = save_tiny_llm(tmp_path / "llm")
     enc = ENCODERS.build("wav2vec2", source=str(save_tiny_wav2vec2(tmp_path / "w2v")))
@@ -434,6 +434,15 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     m.llm.to(torch.bfloat16)  # an LLM loaded in bf16 (llm_dtype="auto" on such a CPU) comes back in bf16
     m.save_pretrained(tmp_path / "saved_bf16")
     assert SpeechLM.from_pretrained(tmp_path / "saved_bf16", encoder=enc).llm.dtype == torch.bfloat16
+    # or in the dtype asked for: float32 to decode a bf16-trained model on a CPU whose bf16 is slow
+    again = SpeechLM.from_pretrained(tmp_path / "saved_bf16", encoder=enc, dtype="float32")
+    assert again.llm.dtype == torch.float32 and again.projector.out.weight.dtype == torch.float32
+    torch.testing.assert_close(again.projector.out.weight, m.projector.out.weight)
+    from speechlm_lib.training import utils as train_utils
+
+    for fast, want in ((False, torch.float32), (True, torch.bfloat16)):  # "auto": the faster one here
+        monkeypatch.setattr(train_utils, "bf16_is_fast", lambda f=fast: f)
+        assert SpeechLM.from_pretrained(tmp_path / "saved_bf16", encoder=enc, dtype="auto").llm.dtype == want
 
 
 def test_loading_a_folder_without_a_model_is_a_clear_error(tmp_path):

@@ -127,14 +127,21 @@ def test_schedule_and_precision_helpers():
         resolve_mixed_precision("fp8")
 
 
-def test_llm_dtype_auto_follows_the_hardware(monkeypatch):
+def test_llm_dtype_auto_follows_the_hardware_and_its_measured_speed(monkeypatch):
     assert resolve_dtype(None) is None and resolve_dtype("bfloat16") is torch.bfloat16
     with pytest.raises(ValueError, match="llm_dtype"):
         resolve_dtype("bfloat17")
     detect = train_utils.cpu_has_fast_bf16
-    for flags, fast in (("fpu avx2 avx512f avx512_vnni", False), ("fpu avx512f avx512_bf16", True),
-                        ("fpu amx_bf16 amx_tile", True)):
+    monkeypatch.delenv("SPEECHLM_BF16", raising=False)
+    for flags, measured, fast in (("fpu avx2 avx512f avx512_vnni", True, False),
+                                  ("fpu avx512f avx512_bf16", True, True), ("fpu amx_bf16 amx_tile", True, True),
+                                  ("fpu avx512f avx512_bf16", False, False)):  # the flags, but slower measured
         monkeypatch.setattr(train_utils.Path, "read_text", lambda self, f=flags: f"flags\t\t: {f}\n")
+        monkeypatch.setattr(train_utils, "bf16_matmul_is_faster", lambda m=measured: m)
+        assert detect() is fast
+    for forced, fast in (("1", True), ("0", False)):  # SPEECHLM_BF16 decides without flags or measuring
+        monkeypatch.setenv("SPEECHLM_BF16", forced)
+        monkeypatch.setattr(train_utils, "bf16_matmul_is_faster", lambda: 1 / 0)
         assert detect() is fast
     monkeypatch.undo()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

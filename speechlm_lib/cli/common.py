@@ -142,12 +142,13 @@ def run_folder(checkpoint: str) -> Path | None:
     return None
 
 
-def load_model(checkpoint: str):
-    """A `SpeechLM` from a run folder, model folder, export folder or hub repo id, on the default device."""
+def load_model(checkpoint: str, dtype: str | None = None):
+    """A `SpeechLM` from a run folder, model folder, export folder or hub repo id, on the default device; `dtype`:
+    the LLM's (`SpeechLM.from_pretrained`: None = as saved, ``"auto"`` = the faster one here)."""
     from speechlm_lib.models.speechlm import SpeechLM
     from speechlm_lib.training.utils import default_device
 
-    return SpeechLM.from_pretrained(model_folder(checkpoint)).to(default_device())
+    return SpeechLM.from_pretrained(model_folder(checkpoint), dtype=dtype).to(default_device())
 
 
 def summary(line: str) -> None:

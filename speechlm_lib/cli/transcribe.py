@@ -199,6 +199,9 @@ def add_parser(sub) -> None:
                                          "the LLM reads before each candidate (e.g. five of your training texts)")
     p.add_argument("--chunk-seconds", type=float, default=25.0,
                    help="longer audio is cut into pieces of at most this (and at most the encoder's limit)")
+    p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                   help="the LLM's dtype: auto (the faster one on this machine: a model trained in bfloat16 "
+                        "decodes in float32 on a CPU where bf16 is slower), float32, bfloat16 (default: as saved)")
     add_config_args(p, Stage2Config)
     p.set_defaults(func=run)
 
@@ -219,7 +222,7 @@ def run(args, argv: list[str]) -> int:
     run_dir = run_folder(args.checkpoint)
     cfg = load_config(Stage2Config, args, default=run_dir / "config.yaml" if run_dir else None)
     decode = cfg.decode if args.batch_size is None else _with_batch(cfg.decode, args.batch_size)
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, args.dtype)
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
     instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
     rescore = _rescore_config(args, model)

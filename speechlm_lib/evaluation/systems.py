@@ -125,12 +125,12 @@ class SpeechLMSystem(System):
     name = "speechlm"
     keywords = True
 
-    def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, **kw):
+    def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, dtype=None, **kw):
         super().__init__(**kw)
         from speechlm_lib.decoding.generation import DecodeConfig
 
-        if model is None:
-            model = load_speechlm(_folder(folder, "saved SpeechLM"), shared)
+        if model is None:  # dtype: the LLM's (`load_speechlm`)
+            model = load_speechlm(_folder(folder, "saved SpeechLM"), shared, dtype)
         self.model = model.eval()
         g = self.guards
         self.decode_cfg = decode or DecodeConfig(tokens_per_second=g.tokens_per_second, extra_tokens=g.extra_tokens,
@@ -203,8 +203,9 @@ def _rescored(folder=None, model=None, rescore=None, **kw) -> System:
     return RescoredSystem(folder, model=model, rescore=rescore, **kw)
 
 
-def load_speechlm(folder, shared: dict | None = None):
-    """`SpeechLM.from_pretrained(folder)`, quietly (peft's deprecation warning about gradient checkpointing).
+def load_speechlm(folder, shared: dict | None = None, dtype=None):
+    """`SpeechLM.from_pretrained(folder)`, quietly (peft's deprecation warning about gradient checkpointing);
+    `dtype`: the LLM's (None = as saved, ``"auto"`` = the faster one here: `SpeechLM.from_pretrained`).
 
     `shared`: a dict the caller keeps between loads; a frozen encoder whose weights the folder does not save
     (the encoder is named by reference) is taken from it when an earlier folder loaded the same one, and put
@@ -219,7 +220,7 @@ def load_speechlm(folder, shared: dict | None = None):
         if cfg.get("freeze_encoder") and not _saves_part(folder / WEIGHTS_NAME, "encoder."):
             key = "encoder:" + json.dumps(cfg["encoder"], sort_keys=True)
             encoder = shared.get(key)
-    model = SpeechLM.from_pretrained(folder, encoder=encoder)  # quiet about peft's own deprecation (models.lora)
+    model = SpeechLM.from_pretrained(folder, encoder=encoder, dtype=dtype)  # quiet about peft's own deprecation (models.lora)
     if key is not None:
         shared.setdefault(key, model.encoder)
     return model

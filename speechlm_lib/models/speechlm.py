@@ -278,11 +278,13 @@ class SpeechLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, encoder=None, llm=None, tokenizer=None,
-                        trainable_adapters: bool = False) -> "SpeechLM":
+                        trainable_adapters: bool = False, dtype: str | torch.dtype | None = None) -> "SpeechLM":
         """Rebuild from `save_pretrained` output (a folder, or a hub repo id holding one, e.g. a
         `speechlm export` pushed with `export.push_to_hub`); frozen parts are loaded from their
         references unless passed in (`encoder`, `llm` + `tokenizer`). Saved LoRA adapters come back frozen,
-        or ready to train on with `trainable_adapters` (stage 4 continues stage 3's)."""
+        or ready to train on with `trainable_adapters` (stage 4 continues stage 3's). `dtype`: the LLM's, None =
+        the one it was saved in (the same transcripts as before saving); ``"auto"`` = the faster one here
+        (`training.utils.resolve_dtype`: a bf16-trained model decodes in float32 on a CPU where bf16 is slower)."""
         directory = _local_copy(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory}: no {CONFIG_NAME} (not a saved SpeechLM)")
@@ -291,8 +293,7 @@ class SpeechLM(nn.Module):
             enc = cfg["encoder"]
             encoder = ENCODERS.build(enc["encoder"], source=enc["name"], **enc.get("options", {}))
         if llm is None:
-            # in the dtype it was saved with (older saves name none: float32)
-            llm, tokenizer = load_llm(cfg["llm"]["source"], dtype=getattr(torch, cfg["llm"].get("dtype", "float32")))
+            llm, tokenizer = load_llm(cfg["llm"]["source"], dtype=_llm_dtype(dtype, cfg["llm"]))
         model = cls(encoder, llm, tokenizer, projector=cfg["projector"]["name"], stride=cfg["projector"]["stride"],
                     projector_kwargs=cfg["projector"]["kwargs"], prompt=PromptConfig(**cfg["prompt"]),
                     freeze_encoder=cfg["freeze_encoder"], freeze_llm=cfg["freeze_llm"],
@@ -312,6 +313,18 @@ class SpeechLM(nn.Module):
             raise ValueError(f"{directory}: weights do not fit the model (missing {lost[:5]}, "
                              f"unexpected {unexpected[:5]})")
         return model.eval()
+
+
+def _llm_dtype(dtype: str | torch.dtype | None, saved: dict) -> torch.dtype:
+    """The LLM dtype `from_pretrained` loads: the `saved` one (older saves name none: float32) for None, the
+    faster one here for ``"auto"``, else `dtype` (a torch dtype or its name)."""
+    from speechlm_lib.training.utils import resolve_dtype
+
+    if dtype is None:
+        return getattr(torch, saved.get("dtype", "float32"))
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return resolve_dtype(dtype) or torch.float32
 
 
 def _local_copy(name: str | Path) -> Path:

@@ -3,6 +3,7 @@ checkpoint folders (their manifests and completeness) and the learning-rate sche
 function, tested on its own)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -34,28 +35,55 @@ def resolve_mixed_precision(name: str) -> str:
 
 
 def bf16_is_fast() -> bool:
-    """Whether bfloat16 is native here: a GPU with bf16, or a CPU with hardware bf16 (`cpu_has_fast_bf16`)."""
+    """Whether bfloat16 pays here: a GPU with bf16, or a CPU with hardware bf16 on which it also measures faster
+    than float32 (`cpu_has_fast_bf16`)."""
     return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_fast_bf16()
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX flags in /proc/cpuinfo).
+    """True when this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX flags in /proc/cpuinfo) **and** a
+    bfloat16 matrix product measures faster than a float32 one here (`bf16_matmul_is_faster`, once a process).
 
-    Elsewhere PyTorch emulates bf16 and it is slower than float32; where the flags cannot be
-    read (not Linux) this says False. Measured here (AVX-512 BF16, no AMX): a (392, 576) x
-    (576, 1536) product takes 1.8 ms in bf16 and 3.9 ms in float32."""
+    Without the flags PyTorch emulates bf16 and it is slower than float32; where the flags cannot be read (not
+    Linux) this says False. The flags alone are not enough: on one 2-core Xeon with AVX-512 BF16 and no AMX a
+    (392, 576) x (576, 1536) product took 1.8 ms in bf16 against 3.9 ms in float32, on another with the same flags
+    4.4 ms against 2.6 ms, and the speech-LLM decoded 1.4 x slower in bf16 (docs/speed_findings.md).
+    ``SPEECHLM_BF16=1`` / ``0`` decides without measuring."""
+    forced = os.environ.get("SPEECHLM_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None and bf16_matmul_is_faster()
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_matmul_is_faster(rows: int = 256, repeats: int = 20) -> bool:
+    """Whether a ``(rows, 576) x (576, 1536)`` product (an MLP projection of SmolLM2-135M on a batch of tokens)
+    takes under 0.9 x the float32 time in bfloat16 on this CPU, the best of `repeats` timings of each (about
+    0.1 s, once a process)."""
+    import time
+
+    def best(dtype: torch.dtype) -> float:
+        a, w = torch.randn(rows, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
+        torch.nn.functional.linear(a, w)  # first call: kernel selection, allocations
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(a, w)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(torch.bfloat16) < 0.9 * best(torch.float32)
 
 
 def resolve_dtype(name: str | None) -> torch.dtype | None:
     """A dtype name (``ModelConfig.llm_dtype``) as a torch dtype; None stays None (= float32).
 
     ``"auto"`` = bfloat16 where it is faster than float32 -- a GPU with bf16, or a CPU with
-    hardware bf16 (`cpu_has_fast_bf16`) -- else None. Any other name must be a torch dtype."""
+    hardware bf16 on which it measures faster (`cpu_has_fast_bf16`) -- else None. Any other name must be a torch dtype."""
     if name is None:
         return None
     if name == "auto":
