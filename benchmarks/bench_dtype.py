@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -37,7 +36,7 @@ from speechlm_lib.data.feature_cache import FeatureCache
 from speechlm_lib.decoding.generation import transcribe
 from speechlm_lib.metrics import wer
 from speechlm_lib.recipes.stage4_context import Stage4Config, load_splits, load_stage3, make_ict_dataset, train_ict
-from speechlm_lib.training.utils import cpu_has_fast_bf16, resolve_dtype
+from speechlm_lib.training.utils import cpu_has_fast_bf16, cpu_name, resolve_dtype
 
 DTYPES = ("float32", "bfloat16")
 
@@ -52,17 +51,6 @@ def matmul_ms(dtype: torch.dtype, rows: int = 392, repeats: int = 50) -> float:
         torch.nn.functional.linear(a, w)
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else `platform.processor()`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +34,7 @@ from speechlm_lib.data.records import read_manifest
 from speechlm_lib.decoding.whisper import whisper_transcribe
 from speechlm_lib.metrics import bleu, cer, chrf, wer
 from speechlm_lib.models.sources import load_whisper
+from speechlm_lib.training.utils import cpu_name
 
 MODELS = {"tiny_en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}
 
@@ -45,16 +45,6 @@ def load_set(folder: Path, manifests: list[str], limit: int) -> tuple[list, list
     if not utts:
         raise FileNotFoundError(f"{folder}: none of {manifests} holds utterances (build the corpus first)")
     return utts, [load_audio(u.audio) for u in utts]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def score_model(key: str, model, processor, sets: dict, conventions: list[str], max_new_tokens: int) -> dict:

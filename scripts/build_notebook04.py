@@ -205,13 +205,15 @@ its posteriors hold the name's word pieces among the runners-up, and a CTC keywo
 them -- how well it fits, and *when*. `decoding/list_place.py` takes each entry the answer still lacks after
 snapping, finds the projector's words at those frames, the answer's words aligned to them, and writes the entry
 there (or inserts it where the LLM left a gap). The threshold on the spotter's similarity is chosen on dev, after
-snapping, from the same dev decoding."""),
+snapping, from the same dev decoding. It is a threshold *per list entry*: an entry needs `min_similarity` times the
+list's length. With only the utterance's own names, every entry is likely said and a weak fit goes in; among 100
+distractors a weak fit is most likely one of them."""),
     ("result", """from speechlm_lib.decoding.list_filter import projector_spotted
 from speechlm_lib.recipes.stage4_context import tune_place
 
 best_place, grid = tune_place(snap_cfg, model, splits["dev"], dev_lists, cache=cache, known=known, decoded=decoded)
 display(pd.DataFrame(grid).set_index("min_similarity").round(3).T)
-print(f"the placing threshold chosen on dev: {best_place}")
+print(f"the placing threshold chosen on dev: {best_place} per entry ({best_place * 100:.3g} for a list of 100)")
 place_cfg = replace(snap_cfg, evaluation=replace(snap_cfg.evaluation,
                                                  place=replace(cfg.evaluation.place, min_similarity=best_place)))
 spotted = projector_spotted(model, test, cache)  # one projector pass over the test set

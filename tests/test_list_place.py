@@ -75,3 +75,16 @@ def test_the_threshold_is_chosen_by_wer_on_dev():
     assert texts == ["I met Rotraut today"] * 2 and n == 2
     best, rows = tune_min_similarity(refs, hyps, [["Rotraut"]] * 2, [heard, heard], grid=(0.0, 0.5, 1.1))
     assert best == 0.5 and [r["wer"] for r in rows] == pytest.approx([3 / 8, 0.0, 3 / 8])
+
+
+def test_the_threshold_grows_with_the_list_length_unless_fixed():
+    heard = _heard(HEARD)  # "Rotraut" lies on the projector's best path: similarity 1
+    per_entry = ListPlaceConfig(min_similarity=0.4)  # by_list_length: 0.4 for one entry, 1.2 for three
+    assert per_entry.threshold(["Rotraut"]) == pytest.approx(0.4) and per_entry.threshold(["a", "b", "c"]) == \
+        pytest.approx(1.2)
+    assert place_spotted("I met today.", ["Rotraut"], heard, per_entry)[0] == "I met Rotraut today."
+    long_list = ["Rotraut", "Zadoki", "Jedrzej"]
+    assert place_spotted("I met today.", long_list, heard, per_entry)[0] == "I met today."  # 1 < 1.2
+    fixed = ListPlaceConfig(min_similarity=0.4, by_list_length=False)
+    assert place_spotted("I met today.", long_list, heard, fixed)[0] == "I met Rotraut today."
+    assert fixed.grid != per_entry.grid and max(per_entry.grid) < max(fixed.grid)  # each rule tunes its own grid

@@ -18,7 +18,9 @@ such a name (`decoding.keyword_spot`), and they say *when* it was said:
     # -> "I met Rotraut today.", [("brought out", "Rotraut")]
 
 ``min_similarity`` is chosen on the dev split (`tune_min_similarity`), never on test: too low and distractors
-that merely fit somewhere replace real words.
+that merely fit somewhere replace real words. By default it is a threshold *per list entry*: an entry needs
+``min_similarity x len(list)`` (``by_list_length``), the prior that a given entry of a list of L was said falling
+as 1/L. With only the utterance's own names every spotted entry goes in; among 100 distractors only good fits.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from speechlm_lib.decoding.list_snap import _POSSESSIVE, _WORD, _key, _known, tu
 
 PLACE_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)  # min_similarity tried (0 = off): a
 #   name the answer lacks fits the posteriors far below their best path (0.001-0.07 a piece on the ICT model)
+PLACE_GRID_PER_ENTRY = (0.0, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 0.001, 0.002, 0.005, 0.01)  # the same with
+#   ``by_list_length``: times the list's length, 1e-4 is 0.01 for a list of 100
 
 
 @dataclass
@@ -37,6 +41,17 @@ class ListPlaceConfig:
 
     min_similarity: float = 0.0  # place an entry the spotter finds at this similarity (0..1] or more; 0 = off
     max_extra_words: int = 2  # replace at most the entry's own words plus this many answer words
+    by_list_length: bool = True  # the threshold is min_similarity x the list's length: among 100 entries a weak fit
+    #   is more likely a distractor than when the list holds just the utterance's names (docs/stage4_findings.md)
+
+    def threshold(self, entries: list[str]) -> float:
+        """The similarity an entry of this list needs (0 = placing off)."""
+        return self.min_similarity * (max(1, len(entries)) if self.by_list_length else 1)
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The thresholds `tune_min_similarity` tries for this rule."""
+        return PLACE_GRID_PER_ENTRY if self.by_list_length else PLACE_GRID
 
 
 def word_map(source: list[str], target: list[str]) -> list[tuple[int, int]]:
@@ -87,6 +102,7 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     entry), ...]`` (words replaced "" for an insertion); unchanged when off or no list."""
     if cfg.min_similarity <= 0 or not entries or spotted is None:
         return hypothesis, []
+    need = cfg.threshold(entries)
     words = list(_WORD.finditer(hypothesis))
     keys = [_key(_POSSESSIVE.sub("", w.group())) for w in words]
     todo = [e for e in dict.fromkeys(entries) if _key(e) and not holds(keys, e)]
@@ -96,7 +112,7 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     mapped = word_map([_key(w) for w, _, _ in pwords], keys)
     taken, chosen = set(), []
     for (sim, f0, f1), entry in sorted(zip(found, todo), key=lambda x: -x[0][0]):
-        if sim < cfg.min_similarity or f0 < 0:
+        if sim < need or f0 < 0:
             continue
         lo, hi = target_span(pwords, f0, f1, mapped, len(words))
         while lo < hi and _kept(words[lo].group(), known):
@@ -135,11 +151,11 @@ def place_all(hypotheses: list[str], lists: list, spotted: list, cfg: ListPlaceC
     return out, count
 
 
-def tune_min_similarity(refs: list[str], hypotheses: list[str], lists: list, spotted: list, grid=PLACE_GRID,
+def tune_min_similarity(refs: list[str], hypotheses: list[str], lists: list, spotted: list, grid=None,
                         base: ListPlaceConfig | None = None, known: set[str] | None = None) -> tuple[float, list[dict]]:
-    """The ``min_similarity`` of `grid` with the lowest WER on these (dev) utterances, and each point's scores
-    (parallel lists, which may pool several list conditions; ties go to the higher threshold, fewer placements);
-    `known`: the training vocabulary, as in `place_spotted`."""
+    """The ``min_similarity`` of `grid` (None: `base`'s rule's, ``ListPlaceConfig.grid``) with the lowest WER on
+    these (dev) utterances, and each point's scores (parallel lists, which may pool several list conditions; ties
+    go to the higher threshold, fewer placements); `known`: the training vocabulary, as in `place_spotted`."""
     base = base or ListPlaceConfig()
-    return tune_by_wer(refs, lists, grid, "min_similarity", "placed",
+    return tune_by_wer(refs, lists, grid or base.grid, "min_similarity", "placed",
                        lambda sim: place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim), known))

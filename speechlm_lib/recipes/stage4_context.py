@@ -34,7 +34,7 @@ from speechlm_lib.data.sources import DataSource
 from speechlm_lib.data.speechlm_dataset import TaskDataset
 from speechlm_lib.decoding.generation import DecodeConfig, token_budget, transcribe
 from speechlm_lib.decoding.list_filter import ListFilterConfig, Spotted, filter_list, projector_spotted, projector_texts
-from speechlm_lib.decoding.list_place import PLACE_GRID, ListPlaceConfig, place_all, tune_min_similarity
+from speechlm_lib.decoding.list_place import ListPlaceConfig, place_all, tune_min_similarity
 from speechlm_lib.decoding.list_snap import SNAP_GRID, ListSnapConfig, snap_all, tune_min_score
 from speechlm_lib.metrics_bias import biasing_scores
 from speechlm_lib.models.context import (
@@ -274,9 +274,10 @@ def tune_snap(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: d
 
 
 def tune_place(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: dict, cache=None,
-               grid=PLACE_GRID, known: set[str] | None = None, decoded: tuple | None = None) -> tuple[float, list]:
-    """The placing threshold (``evaluation.place.min_similarity``) of `grid` with the lowest WER on `dev`, after
-    snapping with ``cfg.evaluation.snap`` (choose that first: `tune_snap`), pooled as in `tune_snap`."""
+               grid=None, known: set[str] | None = None, decoded: tuple | None = None) -> tuple[float, list]:
+    """The placing threshold (``evaluation.place.min_similarity``) of `grid` (None: the rule's own,
+    ``ListPlaceConfig.grid``) with the lowest WER on `dev`, after snapping with ``cfg.evaluation.snap`` (choose that
+    first: `tune_snap`), pooled as in `tune_snap`."""
     refs, hyps, used = decoded or decode_pooled(cfg, model, dev, lists, cache)
     snapped, _ = snap_all(hyps, used, cfg.evaluation.snap, known)
     spotted = projector_spotted(model, dev, cache) * (len(hyps) // max(1, len(dev)))  # the same for each condition

@@ -59,6 +59,20 @@ def cpu_has_fast_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None and bf16_matmul_is_faster()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else `platform.processor()`, else "unknown": benchmarks record it,
+    since a figure holds for the machine it was measured on."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 @functools.lru_cache(maxsize=1)
 def bf16_matmul_is_faster(rows: int = 256, repeats: int = 20) -> bool:
     """Whether a ``(rows, 576) x (576, 1536)`` product (an MLP projection of SmolLM2-135M on a batch of tokens)
