@@ -88,3 +88,7 @@ def test_the_threshold_grows_with_the_list_length_unless_fixed():
     fixed = ListPlaceConfig(min_similarity=0.4, by_list_length=False)
     assert place_spotted("I met today.", long_list, heard, fixed)[0] == "I met Rotraut today."
     assert fixed.grid != per_entry.grid and max(per_entry.grid) < max(fixed.grid)  # each rule tunes its own grid
+    # a list filtered down to one entry keeps the prior of the whole list it came from
+    assert place_spotted("I met today.", ["Rotraut"], heard, per_entry, list_length=3)[0] == "I met today."
+    assert place_all(["I met today."] * 2, [["Rotraut"]] * 2, [heard] * 2, per_entry, lengths=[None, 3])[0] == \
+        ["I met Rotraut today.", "I met today."]

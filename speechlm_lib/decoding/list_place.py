@@ -44,9 +44,10 @@ class ListPlaceConfig:
     by_list_length: bool = True  # the threshold is min_similarity x the list's length: among 100 entries a weak fit
     #   is more likely a distractor than when the list holds just the utterance's names (docs/stage4_findings.md)
 
-    def threshold(self, entries: list[str]) -> float:
-        """The similarity an entry of this list needs (0 = placing off)."""
-        return self.min_similarity * (max(1, len(entries)) if self.by_list_length else 1)
+    def threshold(self, entries: list[str], length: int | None = None) -> float:
+        """The similarity an entry of this list needs (0 = placing off); `length`: the list's length as the user
+        gave it, when `entries` are what a filter kept of it (None: ``len(entries)``)."""
+        return self.min_similarity * (max(1, length or len(entries)) if self.by_list_length else 1)
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -94,15 +95,16 @@ def _kept(word: str, known: set[str] | None) -> bool:
 
 
 def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: ListPlaceConfig,
-                  known: set[str] | None = None) -> tuple[str, list]:
+                  known: set[str] | None = None, list_length: int | None = None) -> tuple[str, list]:
     """`hypothesis` with the `entries` the spotter finds (similarity >= ``cfg.min_similarity``) placed where they
     were heard; `spotted`: the utterance's `list_filter.Spotted` (posteriors and spotter); `known`: the training
     vocabulary (`list_snap.training_vocabulary`): its lower-case words at either end of the span stay, and the entry
-    goes between them ("tell Jedrzej", not "Jedrzej" for "tell"). Returns the new text and ``[(words replaced,
+    goes between them ("tell Jedrzej", not "Jedrzej" for "tell"); `list_length`: the whole list's length where
+    `entries` are a filtered part of it (the threshold's prior, `ListPlaceConfig.threshold`). Returns the new text and ``[(words replaced,
     entry), ...]`` (words replaced "" for an insertion); unchanged when off or no list."""
     if cfg.min_similarity <= 0 or not entries or spotted is None:
         return hypothesis, []
-    need = cfg.threshold(entries)
+    need = cfg.threshold(entries, list_length)
     words = list(_WORD.finditer(hypothesis))
     keys = [_key(_POSSESSIVE.sub("", w.group())) for w in words]
     todo = [e for e in dict.fromkeys(entries) if _key(e) and not holds(keys, e)]
@@ -141,21 +143,24 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
 
 
 def place_all(hypotheses: list[str], lists: list, spotted: list, cfg: ListPlaceConfig,
-              known: set[str] | None = None) -> tuple[list[str], int]:
-    """`place_spotted` over a test set (``lists[i]``, ``spotted[i]`` for ``hypotheses[i]``): texts and placements."""
+              known: set[str] | None = None, lengths: list | None = None) -> tuple[list[str], int]:
+    """`place_spotted` over a test set (``lists[i]``, ``spotted[i]``, ``lengths[i]`` for ``hypotheses[i]``; `lengths`:
+    the whole lists' lengths where `lists` were filtered, None: their own): texts and placements."""
     out, count = [], 0
-    for hyp, words, spot in zip(hypotheses, lists, spotted):
-        text, placed = place_spotted(hyp, words, spot, cfg, known)
+    for hyp, words, spot, n in zip(hypotheses, lists, spotted, lengths or [None] * len(hypotheses)):
+        text, placed = place_spotted(hyp, words, spot, cfg, known, n)
         out.append(text)
         count += len(placed)
     return out, count
 
 
 def tune_min_similarity(refs: list[str], hypotheses: list[str], lists: list, spotted: list, grid=None,
-                        base: ListPlaceConfig | None = None, known: set[str] | None = None) -> tuple[float, list[dict]]:
+                        base: ListPlaceConfig | None = None, known: set[str] | None = None,
+                        lengths: list | None = None) -> tuple[float, list[dict]]:
     """The ``min_similarity`` of `grid` (None: `base`'s rule's, ``ListPlaceConfig.grid``) with the lowest WER on
     these (dev) utterances, and each point's scores (parallel lists, which may pool several list conditions; ties
-    go to the higher threshold, fewer placements); `known`: the training vocabulary, as in `place_spotted`."""
+    go to the higher threshold, fewer placements); `known` and `lengths` as in `place_all`."""
     base = base or ListPlaceConfig()
     return tune_by_wer(refs, lists, grid or base.grid, "min_similarity", "placed",
-                       lambda sim: place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim), known))
+                       lambda sim: place_all(hypotheses, lists, spotted, replace(base, min_similarity=sim), known,
+                                             lengths))

@@ -247,14 +247,16 @@ def snapped_scores(cfg: Stage4Config, test: list[Utterance], hyps: list[str], gi
                    known: set[str] | None = None, spotted: list | None = None) -> dict:
     """`biasing_scores` of `hyps` after snapping them to the lists the model was `given` (``cfg.evaluation.snap``;
     off: as they are), then placing the spotted entries they still lack (``cfg.evaluation.place``, with the
-    utterances' `spotted` posteriors; None: no placing), against the `scored` lists, plus ``hyps`` (final) and
+    utterances' `spotted` posteriors; None: no placing; its threshold's prior is the length of the `scored` list, the
+    whole one, not of the filtered one `given`), against the `scored` lists, plus ``hyps`` (final) and
     ``snap_seconds``; with either on, also ``before_snap`` (the scores of `hyps` as given), ``swaps``, ``placed``
     (the count) and ``raw_hyps``; with placing on, ``snap_only`` (the scores snapped, not placed). No decoding:
     notebooks snap results they already have with it."""
     refs, t0 = [u.text for u in test], time.perf_counter()
     texts, swaps = snap_all(hyps, given, cfg.evaluation.snap, known)
     placing = spotted is not None and cfg.evaluation.place.min_similarity > 0
-    final, placed = place_all(texts, given, spotted, cfg.evaluation.place, known) if placing else (texts, 0)
+    whole = [len(clean_list(w)) if w else None for w in scored]  # the lists' lengths before any filter: the prior
+    final, placed = place_all(texts, given, spotted, cfg.evaluation.place, known, whole) if placing else (texts, 0)
     scores = {**biasing_scores(refs, final, scored), "hyps": final, "snap_seconds": time.perf_counter() - t0}
     if cfg.evaluation.snap.min_score > 0 or placing:
         scores.update(before_snap=biasing_scores(refs, hyps, scored), swaps=swaps, placed=placed, raw_hyps=list(hyps))
@@ -269,7 +271,7 @@ def tune_snap(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: d
     list conditions of `lists` (``{N: one list per dev utterance}``, e.g. `evaluation_lists` of the dev split):
     each condition decoded once as `evaluate_biasing` would (filter included), then snapped at each point.
     `decoded`: `decode_pooled`'s answer when at hand (no decoding then)."""
-    refs, hyps, used = decoded or decode_pooled(cfg, model, dev, lists, cache)
+    refs, hyps, used, _ = decoded or decode_pooled(cfg, model, dev, lists, cache)
     return tune_min_score(refs, hyps, used, grid, base=cfg.evaluation.snap, known=known)
 
 
@@ -278,21 +280,23 @@ def tune_place(cfg: Stage4Config, model: SpeechLM, dev: list[Utterance], lists: 
     """The placing threshold (``evaluation.place.min_similarity``) of `grid` (None: the rule's own,
     ``ListPlaceConfig.grid``) with the lowest WER on `dev`, after snapping with ``cfg.evaluation.snap`` (choose that
     first: `tune_snap`), pooled as in `tune_snap`."""
-    refs, hyps, used = decoded or decode_pooled(cfg, model, dev, lists, cache)
+    refs, hyps, used, whole = decoded or decode_pooled(cfg, model, dev, lists, cache)
     snapped, _ = snap_all(hyps, used, cfg.evaluation.snap, known)
     spotted = projector_spotted(model, dev, cache) * (len(hyps) // max(1, len(dev)))  # the same for each condition
-    return tune_min_similarity(refs, snapped, used, spotted, grid, base=cfg.evaluation.place, known=known)
+    return tune_min_similarity(refs, snapped, used, spotted, grid, base=cfg.evaluation.place, known=known,
+                               lengths=whole)
 
 
 def decode_pooled(cfg: Stage4Config, model: SpeechLM, utts: list[Utterance], lists: dict, cache=None) -> tuple:
     """`utts` decoded once per list condition of `lists` (those with lists), as `evaluate_biasing` would but with
-    snapping and placing off: ``(refs, hyps, given)`` pooled over the conditions, in their order."""
+    snapping and placing off: ``(refs, hyps, given, lengths)`` pooled over the conditions, in their order (`given`:
+    each list as the model got it, filtered or cut; `lengths`: the whole list's length, the placing prior)."""
     ev = replace(cfg.evaluation, snap=replace(cfg.evaluation.snap, min_score=0.0),
                  place=replace(cfg.evaluation.place, min_similarity=0.0))
     given = {k: v for k, v in lists.items() if v}
     scores = evaluate_biasing(replace(cfg, evaluation=ev), model, utts, given, cache=cache)
     return ([u.text for _ in given for u in utts], [h for k in given for h in scores[k]["hyps"]],
-            [w for k in given for w in scores[k]["given"]])
+            [w for k in given for w in scores[k]["given"]], [len(clean_list(w)) for k in given for w in given[k]])
 
 
 def filter_hypotheses(cfg: Stage4Config, model: SpeechLM, test: list[Utterance], cache=None) -> tuple:
