@@ -243,9 +243,33 @@ def test_transcribe_snaps_to_the_keywords_but_never_a_word_heard_in_training(run
     assert ok.returncode == 0 and "snapped to the list" in ok.stderr.strip().splitlines()[-1], ok.stderr[-2000:]
     for args, words in ((["--snap", "0.7"], "--snap needs --keywords"),
                         (["--snap", "1.5", "--keywords", "A"], "--snap is a similarity"),
-                        (["--snap", "0.7", "--keywords", "A", "--known-words", tmp_path / "nope.txt"], "no such file")):
+                        (["--snap", "0.7", "--keywords", "A", "--known-words", tmp_path / "nope.txt"], "no such file"),
+                        (["--place", "0.5"], "--place needs --keywords"),
+                        (["--place", "2", "--keywords", "A"], "--place is a similarity")):
         bad = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", "--checkpoint", run["dir"], *args)
         assert bad.returncode == 2 and words in bad.stderr, bad.stderr[-1000:]
+
+
+def test_transcribe_places_the_keywords_the_projector_heard(run, tiny, tmp_path):
+    from speechlm_lib.cli.transcribe import _fixer
+    from speechlm_lib.decoding.list_filter import spotted_waves
+    from speechlm_lib.decoding.list_place import ListPlaceConfig
+    from speechlm_lib.models.speechlm import SpeechLM
+
+    model = SpeechLM.from_pretrained(run["dir"] / "model")
+    waves = [0.3 * torch.sin(torch.arange(16000 * s) * f) for s, f in ((1, 0.1), (2, 0.05))]
+    spotted = spotted_waves(model, waves, batch_size=1)
+    assert len(spotted) == 2 and spotted[1].logp.shape[0] > spotted[0].logp.shape[0] > 0  # frames follow the audio
+    counts = {}  # "tiny" is a training word, so the projector can spell it; a near-zero threshold places it
+    anywhere = _fixer(model, ["tiny"], None, ListPlaceConfig(min_similarity=1e-30), None, 2, counts)
+    assert anywhere(["", "tiny"], waves) == ["tiny", "tiny"] and counts == {"snapped": 0, "placed": 1}
+    never = _fixer(model, ["tiny", "world"], None, ListPlaceConfig(min_similarity=1.0), None, 2, {})  # needs 2 > 1
+    assert never(["", "hello"], waves) == ["", "hello"]
+    write_tone(tmp_path / "a.wav", 1.0)
+    ok = cli(tiny["tmp"], "transcribe", tmp_path / "a.wav", "--checkpoint", run["dir"], "--keywords", "tiny",
+             "--snap", "0.7", "--place", "1e-30")
+    assert ok.returncode == 0 and "placed where heard" in ok.stderr.strip().splitlines()[-1], ok.stderr[-2000:]
+    assert "tiny" in json.loads(ok.stdout)["text"]  # placed (the random tiny LLM writes bytes around it)
 
 
 def test_transcribe_with_only_bad_inputs_fails(run, tiny, tmp_path):

@@ -6,7 +6,9 @@ Folders are searched recursively for files whose extension soundfile reads (wav,
 that cannot be read is named, skipped and counted; the rest are transcribed. Output: JSONL
 (``{"id", "audio", "text", "seconds", "chunks"}`` a line) or plain text (one transcript a line, in
 input order), to ``--out`` or stdout. ``--keywords`` puts a list in the prompt (stage 4); ``--snap`` then
-replaces written words that nearly match an entry by that entry, except words the model heard in training.
+replaces written words that nearly match an entry by that entry, except words the model heard in training;
+``--place`` then writes an entry the answer still lacks where the ``ctc`` projector's posteriors hold it
+(`decoding.list_place`; each piece of audio on its own).
 """
 from __future__ import annotations
 
@@ -73,9 +75,10 @@ class Done:
 
 
 def transcribe_files(model, files: list[tuple[str, Path]], decode, instruction: str | None,
-                     chunk_seconds: float, report: Report, rescore=None) -> list[Done]:
+                     chunk_seconds: float, report: Report, rescore=None, fix=None) -> list[Done]:
     """Transcribe `files` in groups (progress bar over files); unreadable ones go to `report`. With `rescore`
-    (a `RescoreConfig`) the projector's n-best is rescored by the LLM instead of decoding greedily."""
+    (a `RescoreConfig`) the projector's n-best is rescored by the LLM instead of decoding greedily. `fix`:
+    ``fix(texts, waves) -> texts``, applied to each group's pieces before a file's pieces are joined."""
 
     limit = min(chunk_seconds, model.encoder.max_seconds or chunk_seconds)
     done = []
@@ -92,6 +95,8 @@ def transcribe_files(model, files: list[tuple[str, Path]], decode, instruction: 
             loaded.append((uid, path, wave.shape[-1] / SAMPLE_RATE, len(pieces)))
             items += [(f"{path}#{k}", piece) for k, (_, piece) in enumerate(pieces)]
         texts = _decode(model, items, decode, instruction, rescore) if items else []
+        if fix is not None and items:
+            texts = fix(texts, [w for _, w in items])
         k = 0
         for uid, path, seconds, n in loaded:
             text = " ".join(t.strip() for t in texts[k: k + n] if t.strip())
@@ -136,25 +141,70 @@ def _rescore_config(args, model):
     return RescoreConfig(examples=examples)
 
 
+def _place(args, model):
+    """The `ListPlaceConfig` of ``--place`` (None without it): a similarity per list entry (the threshold is it
+    times the list's length), for a model with the ``ctc`` projector, with ``--keywords``."""
+    if not args.place:
+        return None
+    from speechlm_lib.decoding.list_place import ListPlaceConfig
+
+    if not 0.0 < args.place <= 1.0:
+        raise CLIError(f"--place is a similarity per list entry in (0, 1], got {args.place}")
+    if not args.keywords.strip():
+        raise CLIError("--place needs --keywords: the list whose entries are placed")
+    if not hasattr(model.projector, "logits"):
+        raise CLIError(f"--place needs a model with the 'ctc' projector (its posteriors are spotted); "
+                       f"{args.checkpoint} has {type(model.projector).__name__}")
+    return ListPlaceConfig(min_similarity=args.place)
+
+
+def _fixer(model, keywords: list[str], snap, place, known, batch_size: int, counts: dict):
+    """The `transcribe_files` `fix` of ``--snap`` and ``--place`` (None with neither): snap each piece's text to
+    `keywords`, then place the entries it lacks (`known`: the training words); `counts` gathers ``snapped`` and
+    ``placed``."""
+    if snap is None and place is None:
+        return None
+    from speechlm_lib.decoding.list_filter import spotted_waves
+    from speechlm_lib.decoding.list_place import place_all
+
+    def fix(texts: list[str], waves: list) -> list[str]:
+        texts, n = _snapped(texts, keywords, snap)
+        counts["snapped"] = counts.get("snapped", 0) + n
+        if place is not None:
+            texts, n = place_all(texts, [keywords] * len(texts), spotted_waves(model, waves, batch_size), place, known)
+            counts["placed"] = counts.get("placed", 0) + n
+        return texts
+
+    return fix
+
+
 def _snap(args, checkpoint):
     """``(ListSnapConfig, training words)`` of ``--snap`` (None without it). The words come from
     ``--known-words`` or the checkpoint's ``training_words.txt``; without either, every word may snap (said)."""
     if not args.snap:
         return None
-    from speechlm_lib.decoding.list_snap import ListSnapConfig, load_training_words
+    from speechlm_lib.decoding.list_snap import ListSnapConfig
 
     if not 0.0 < args.snap <= 1.0:
         raise CLIError(f"--snap is a similarity in (0, 1], got {args.snap}")
     if not args.keywords.strip():
         raise CLIError("--snap needs --keywords: the list the transcripts snap to")
+    return ListSnapConfig(min_score=args.snap), _known_words(args, checkpoint, "--snap")
+
+
+def _known_words(args, checkpoint, option: str) -> set[str] | None:
+    """The words heard in training, which snapping never replaces and placing keeps at a span's edge: from
+    ``--known-words``, else the checkpoint's ``training_words.txt``; None (said) without either."""
+    from speechlm_lib.decoding.list_snap import load_training_words
+
     if args.known_words and not Path(args.known_words).is_file():
         raise CLIError(f"{args.known_words}: no such file (--known-words: the training transcripts or words)")
     folder = model_folder(checkpoint)
     known = load_training_words(args.known_words or folder)
     if known is None:
-        summary(f"--snap: {folder} has no training_words.txt and no --known-words was given: any word may be "
+        summary(f"{option}: {folder} has no training_words.txt and no --known-words was given: any word may be "
                 f"replaced by a list entry, words the model heard in training too")
-    return ListSnapConfig(min_score=args.snap), known
+    return known
 
 
 def _snapped(texts: list[str], keywords: list[str], snap) -> tuple[list[str], int]:
@@ -189,7 +239,11 @@ def add_parser(sub) -> None:
     p.add_argument("--snap", type=float, default=0.0, metavar="MIN_SCORE",
                    help="with --keywords: a written word at least this similar (0-1) to a list entry becomes that "
                         "entry (decoding.list_snap; the stage-4 benchmark chose 0.3 on dev); 0 = off")
-    p.add_argument("--known-words", help="with --snap: a text file of the training transcripts (or words); words "
+    p.add_argument("--place", type=float, default=0.0, metavar="MIN_SIMILARITY",
+                   help="with --keywords: after snapping, write a list entry the answer lacks where the 'ctc' "
+                        "projector heard it, if the keyword spotter's similarity reaches this times the list's length "
+                        "(decoding/list_place.py; notebook 04 chose 0.0001 on dev)")
+    p.add_argument("--known-words", help="with --snap or --place: a text file of the training transcripts (or words); words "
                                          "in it are never replaced (default: the checkpoint's training_words.txt)")
     p.add_argument("--instruction", help="the task instruction (default: the model's own)")
     p.add_argument("--rescore", action="store_true",
@@ -226,10 +280,10 @@ def run(args, argv: list[str]) -> int:
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()]
     instruction = keyword_instruction(args.instruction or model.prompts.config.instruction, keywords)
     rescore = _rescore_config(args, model)
-    snap = _snap(args, args.checkpoint)
-    done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report, rescore)
-    texts, swaps = _snapped([d.text for d in done], keywords, snap)
-    done = [replace(d, text=t) for d, t in zip(done, texts)]
+    snap, place, counts = _snap(args, args.checkpoint), _place(args, model), {}
+    known = snap[1] if snap else _known_words(args, args.checkpoint, "--place") if place else None
+    fix = _fixer(model, keywords, snap, place, known, decode.batch_size, counts)
+    done = transcribe_files(model, files, decode, instruction, args.chunk_seconds, report, rescore, fix)
     fmt = args.format or ("text" if args.out and Path(args.out).suffix == ".txt" else "jsonl")
     lines = "".join(WRITERS[fmt](d) + "\n" for d in done)
     if args.out:
@@ -240,7 +294,8 @@ def run(args, argv: list[str]) -> int:
     for item, why in report.skipped:
         summary(f"skipped {item}: {why}")
     audio = sum(d.seconds for d in done)
-    snapped = f", {swaps} word run(s) snapped to the list" if snap else ""
+    snapped = f", {counts.get('snapped', 0)} word run(s) snapped to the list" if snap else ""
+    snapped += f", {counts.get('placed', 0)} list entr(y/ies) placed where heard" if place else ""
     summary(f"transcribe: {len(done)} file(s), {audio:.1f} s of audio in {time.perf_counter() - start:.1f} s, "
             f"skipped {len(report.skipped)}{snapped}; transcripts -> {args.out or 'stdout'}")
     return 0 if done else 1
