@@ -275,8 +275,6 @@ def rescore_waves(model, waves: list[torch.Tensor], cfg: RescoreConfig, instruct
     """Transcripts of one batch of 16 kHz waveforms ``(samples,)``: each one's n-best rescored with `cfg`'s
     weights (the grid is not searched). What the ``rescored`` evaluation system and ``speechlm transcribe
     --rescore`` decode with."""
-    device = next(model.projector.parameters()).device
-    feats, lengths = model.encoder.collate([model.encoder.featurize(w) for w in waves])
-    states, n = model.encode(feats.to(device), lengths.to(device))
+    states, n = model.encode_waves(waves)
     cfg = replace(cfg, grid={})  # score only what the weights use
     return [model.prompts.decode(ids) for ids in rescored(nbest_scores(model, states, n, cfg, instruction), cfg)]

@@ -170,10 +170,21 @@ def projector_logprobs(model, utts, cache=None, batch_size: int = 32) -> list[to
     from speechlm_lib.data.speechlm_dataset import SpeechLMDataset
     from speechlm_lib.decoding.ctc import encoder_batches
 
-    proj, out = model.projector, {}
+    out = {}
     ds = SpeechLMDataset(list(utts), model.encoder, model.prompts, cache=cache)
     for batch, states, lengths in encoder_batches(model, ds, batch_size):
-        logits, n = proj.logits(states.to(proj.table.dtype), lengths)
-        for uid, row, k in zip(batch["meta"]["id"], logits.float().log_softmax(-1).cpu(), n.tolist()):
-            out[uid] = row[:k]
+        out.update(zip(batch["meta"]["id"], _logprobs(model.projector, states, lengths)))
     return [out[u.id] for u in utts]
+
+
+@torch.no_grad()
+def wave_logprobs(model, waves: list[torch.Tensor], batch_size: int = 8) -> list[torch.Tensor]:
+    """`projector_logprobs` of 16 kHz waveforms ``(samples,)`` (``speechlm transcribe``'s pieces of audio)."""
+    return [row for b in range(0, len(waves), batch_size)
+            for row in _logprobs(model.projector, *model.encode_waves(waves[b: b + batch_size]))]
+
+
+def _logprobs(proj, states: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The ``ctc`` projector's log-posteriors ``(frames, classes)`` of each row of `states`, on the CPU."""
+    logits, n = proj.logits(states.to(proj.table.dtype), lengths)
+    return [row[:k] for row, k in zip(logits.float().log_softmax(-1).cpu(), n.tolist())]

@@ -129,16 +129,7 @@ def projector_spotted(model, utts, cache=None) -> list[Spotted]:
 
 def spotted_waves(model, waves: list, batch_size: int = 8) -> list[Spotted]:
     """`projector_spotted` of waves ``(samples,)`` at 16 kHz (``speechlm transcribe``'s pieces of audio files)."""
-    import torch
+    from speechlm_lib.decoding.keyword_spot import KeywordSpotter, wave_logprobs
 
-    from speechlm_lib.decoding.keyword_spot import KeywordSpotter
-
-    spotter, proj, out = KeywordSpotter.for_model(model), model.projector, []
-    device = next(proj.parameters()).device
-    with torch.no_grad():
-        for b in range(0, len(waves), batch_size):
-            feats, lengths = model.encoder.collate([model.encoder.featurize(w) for w in waves[b: b + batch_size]])
-            states, n = model.encode(feats.to(device), lengths.to(device))
-            logits, k = proj.logits(states.to(proj.table.dtype), n)
-            out += [Spotted(row[:m], spotter) for row, m in zip(logits.float().log_softmax(-1).cpu(), k.tolist())]
-    return out
+    spotter = KeywordSpotter.for_model(model)
+    return [Spotted(logp, spotter) for logp in wave_logprobs(model, waves, batch_size)]

@@ -162,10 +162,7 @@ class ProjectorSystem(SpeechLMSystem):
         m = self.model
         if not hasattr(m.projector, "guess_tokens"):
             raise SystemUnavailable(f"projector {type(m.projector).__name__} guesses no tokens (only 'ctc' does)")
-        device = next(m.projector.parameters()).device
-        feats, lengths = m.encoder.collate([m.encoder.featurize(w) for w in waves])
-        states, n = m.encode(feats.to(device), lengths.to(device))
-        return [m.prompts.decode(row) for row in m.projector.guess_tokens(states, n)]
+        return [m.prompts.decode(row) for row in m.projector.guess_tokens(*m.encode_waves(waves))]
 
 
 class RescoredSystem(SpeechLMSystem):

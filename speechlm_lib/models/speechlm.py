@@ -103,6 +103,13 @@ class SpeechLM(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             return self.encoder(features, feature_lengths)
 
+    def encode_waves(self, waves: list[torch.Tensor]):
+        """16 kHz waveforms ``(samples,)`` -> encoder states ``(batch, frames, enc_dim)`` and lengths, on the
+        projector's device (featurized, padded and encoded as one batch)."""
+        device = next(self.projector.parameters()).device
+        feats, lengths = self.encoder.collate([self.encoder.featurize(w) for w in waves])
+        return self.encode(feats.to(device), lengths.to(device))
+
     def audio_embeddings(self, features=None, feature_lengths=None, states=None, state_lengths=None):
         """Features or cached states -> projected ``(batch, tokens, llm_dim)``, token lengths."""
         return self._project(features, feature_lengths, states, state_lengths, guess=False)[:2]
