@@ -15,6 +15,10 @@ The speech-LLM's LLM runs in the faster dtype here (``--dtype auto``, `training.
 not the dtype it was saved (trained) in, the model as saved is timed too, alternating with the others
 (``speechlm_saved_dtype_rtf``): a model trained in bfloat16 decoded 1.4 x faster in float32 on a CPU whose bf16 is
 slower than its float32 (docs/speed_findings.md).
+
+``--refill-at K [K ...]`` also times the speech-LLM with each refill setting (`DecodeConfig.refill_at`: once K of
+the 8 rows decoding together have finished, the next utterances join them), alternating with the others, and
+records each one's RTF, WER and LLM passes (``speechlm_refill<K>_*``) beside the plain batches' (K = 0).
 """
 from __future__ import annotations
 
@@ -44,6 +48,20 @@ def model_folder(profile: str, given: str | None) -> Path:
     return next((runs / d for d in ("stage3_lora", "stage2_speechlm") if (runs / d).is_dir()), runs / "stage3_lora")
 
 
+def refilled(k: int) -> str:
+    return f"speech-LLM, refilled at {k}"
+
+
+def passes(system, utts) -> int:
+    """LLM passes one more decoding of `utts` takes (untimed; `Transcription.passes`)."""
+    from dataclasses import replace
+
+    from speechlm_lib.decoding.generation import transcribe
+
+    cfg = replace(system.decode_cfg, batch_size=system.batch_size)
+    return transcribe(system.model, list(utts), cfg, instruction=system.instruction(None), progress=False).passes
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
@@ -56,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto",
                     help="the speech-LLM's LLM dtype: auto (the faster one here), float32, bfloat16, saved (as "
                          "saved). Where it differs from the saved one, the saved one is timed too, in the same run")
+    ap.add_argument("--refill-at", type=int, nargs="*", default=[],
+                    help="also time the speech-LLM refilling its batches once K rows have finished (K > 0)")
     ap.add_argument("--record-as", default="speed_vs_faster_whisper")
     args = ap.parse_args(argv)
     if args.threads:
@@ -76,6 +96,9 @@ def main(argv=None) -> int:
         systems[SAVED] = SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size)
     if args.with_whisper:
         systems["whisper (transformers)"] = SYSTEMS.build("whisper", batch_size=args.batch_size)
+    for k in (k for k in args.refill_at if k > 0):  # the same loaded model, its batches refilled
+        systems[refilled(k)] = SYSTEMS.build("speechlm", model=systems["speech-LLM"].model,
+                                             batch_size=args.batch_size, refill_at=k)
     start = time.perf_counter()
     out = compare_speed(utts, systems, repeats=args.repeats)
     refs = [u.text for u in utts]
@@ -91,6 +114,11 @@ def main(argv=None) -> int:
     if SAVED in systems:
         metrics["speechlm_saved_dtype_rtf"] = out["rtf"][SAVED]
         metrics["speechlm_saved_dtype_wer"] = wer(refs, out["texts"][SAVED])
+    metrics["speechlm_passes"] = passes(systems["speech-LLM"], utts)
+    for k in (k for k in args.refill_at if k > 0):
+        metrics.update({f"speechlm_refill{k}_rtf": out["rtf"][refilled(k)],
+                        f"speechlm_refill{k}_wer": wer(refs, out["texts"][refilled(k)]),
+                        f"speechlm_refill{k}_passes": passes(systems[refilled(k)], utts)})
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
     for k, v in metrics.items():

@@ -311,6 +311,12 @@ def test_speechlm_system_puts_keywords_in_the_prompt(tones, tmp_path):
 
     rescored = SYSTEMS.build("rescored", model=model, rescore=RescoreConfig(beam=4, lm_weight=0.5)).decode(tones[:2])
     assert len(rescored.texts) == 2 and all(len(t.split()) <= word_cap(2.0, GuardConfig()) for t in rescored.texts)
+    # refilled batches: the system hands `transcribe` every utterance at once, with the same answers
+    calls = []
+    plain = SYSTEMS.build("speechlm", model=model, batch_size=2)
+    refill = SYSTEMS.build("speechlm", model=model, batch_size=2, refill_at=1)
+    refill._run = lambda utts, *a, f=refill._run: calls.append(len(utts)) or f(utts, *a)
+    assert refill.decode(tones).texts == plain.decode(tones).texts and calls == [len(tones)]
 
 
 def test_faster_whisper_is_optional(monkeypatch):

@@ -11,10 +11,10 @@ from transformers import DynamicCache
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.decoding import generation
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
-from speechlm_lib.decoding.speculative import speculative_greedy
+from speechlm_lib.decoding.speculative import Prompts, speculative_greedy, speculative_stream
 from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.encoders import ENCODERS
-from speechlm_lib.models.kv import cache_of
+from speechlm_lib.models.kv import cache_of, make_cache, pack
 from speechlm_lib.models.tiny_models import tiny_llm, tiny_whisper
 
 PAD = 0
@@ -166,3 +166,87 @@ def test_draft_slack_cuts_only_what_runs_past_the_draft(tmp_path, monkeypatch):
     for i, limit in limits.items():
         assert capped.token_ids[i] == plain.token_ids[i][:limit]  # greedy's own tokens, cut at the limit
     assert capped.truncated == sum(len(plain.token_ids[i]) >= limit for i, limit in limits.items())
+
+
+def _groups(llm, sizes, seed=0):
+    """Prompt batches of `sizes` rows with their greedy answers and drafts ("edited", so rows need
+    different numbers of passes); one budget and stop set for all."""
+    out, stops = [], None
+    for n, size in enumerate(sizes):
+        lengths = [3 + (seed + n + 2 * i) % 6 for i in range(size)]
+        embeds, mask = _prompts(llm, lengths, seed=seed + n)
+        if stops is None:
+            free = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                pad_token_id=PAD).tolist()
+            stops = [free[0][4]]
+        budgets = [12 - (i % 3) * 3 for i in range(size)]
+        want, _ = _greedy(llm, embeds, mask, budgets, stops)
+        drafts = _drafts(want, stops, "edited" if n % 2 else "empty", llm.config.vocab_size, seed=n)
+        out.append((embeds, mask, budgets, drafts, want))
+    return out, stops
+
+
+@pytest.mark.parametrize("slots,refill_at", [(3, 1), (3, 2), (4, 1)])
+def test_refilled_decoding_gives_exactly_the_greedy_tokens(llm, slots, refill_at):
+    groups, stops = _groups(llm, [3, 2, 4, 1])
+    batches = [Prompts(e, m, None, d, b, keys=[(g, i) for i in range(len(d))])
+               for g, (e, m, b, d, _) in enumerate(groups)]
+    got = {k: ids for k, ids, _ in speculative_stream(llm, batches, stops, PAD, slots=slots, refill_at=refill_at)}
+    want = {(g, i): row for g, (*_, rows) in enumerate(groups) for i, row in enumerate(rows)}
+    assert got == want
+
+
+def test_a_refill_saves_the_passes_stragglers_run_alone(llm):
+    groups, stops = _groups(llm, [2, 2, 2, 2], seed=4)
+    passes = {}
+    for refill_at in (0, 1):
+        batches = [Prompts(e, m, None, [w[0] + [stops[0]], []], b)  # one row is done at once, one straggles
+                   for e, m, b, _, w in groups]
+        stats = {}
+        list(speculative_stream(llm, batches, stops, PAD, slots=2, refill_at=refill_at, stats=stats))
+        passes[refill_at] = stats["passes"]
+    assert passes[1] < passes[0]
+
+
+def test_refilled_rows_keep_a_shared_cached_prefix(llm):
+    prefix = torch.randn(1, 5, llm.config.hidden_size, generator=torch.Generator().manual_seed(9)) * 0.5
+    with torch.no_grad():
+        kv = cache_of(llm.get_decoder()(inputs_embeds=prefix, use_cache=True))
+    groups, stops = _groups(llm, [3, 3], seed=2)
+    batches, want = [], {}
+    for g, (embeds, mask, budgets, _, _) in enumerate(groups):
+        b = embeds.shape[0]
+        full = torch.cat([prefix.expand(b, -1, -1), embeds], dim=1)
+        full_mask = torch.cat([torch.ones(b, 5, dtype=torch.long), mask], dim=1)
+        rows, _ = _greedy(llm, full, full_mask, budgets, stops)
+        want.update({(g, i): row for i, row in enumerate(rows)})
+        cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1))
+                                             for layer in kv.layers], config=llm.config)
+        drafts = _drafts(rows, stops, "edited", llm.config.vocab_size, seed=g)
+        batches.append(Prompts(full, full_mask, cache, drafts, budgets, keys=[(g, i) for i in range(b)]))
+    got = {k: ids for k, ids, _ in speculative_stream(llm, batches, stops, PAD, slots=3, refill_at=1)}
+    assert got == want
+
+
+def test_pack_right_aligns_each_rows_attended_positions(llm):
+    def cache(batch, seq, fill):
+        t = torch.arange(batch * seq, dtype=torch.float).reshape(batch, 1, seq, 1) + fill
+        return make_cache([(t, -t)] * llm.config.num_hidden_layers, llm.config)
+
+    a_mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 1, 1, 0]])
+    b_mask = torch.tensor([[0, 0, 1]])
+    packed, mask = pack([(cache(2, 5, 0), a_mask), (cache(1, 3, 100), b_mask)], llm.config)
+    keys = packed.layers[0].keys[:, 0, :, 0]
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+    assert keys[0, 1:].tolist() == [1, 2, 4] and keys[1].tolist() == [5, 6, 7, 8] and keys[2, -1].item() == 102
+    assert torch.equal(packed.layers[0].values, -keys[:, None, :, None])
+
+
+def test_transcripts_with_and_without_a_refill_are_the_same(tmp_path):
+    model, utts = _tiny_ctc_model(tmp_path)
+    utts = utts + [Utterance(id=f"again{u.id}", audio=u.audio, text=u.text, duration=1.0) for u in utts[:3]]
+    base = transcribe(model, utts, DecodeConfig(batch_size=3), progress=False)
+    for refill_at in (1, 2):
+        again = transcribe(model, utts, DecodeConfig(batch_size=3, refill_at=refill_at), progress=False)
+        assert again.token_ids == base.token_ids
+        assert again.texts == base.texts and again.truncated == base.truncated

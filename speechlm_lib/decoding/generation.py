@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, check_wave, load_audio
 from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.speechlm_dataset import pad_ids
-from speechlm_lib.decoding.speculative import speculative_greedy
+from speechlm_lib.decoding.speculative import Prompts, speculative_greedy, speculative_stream
 from speechlm_lib.models.encoders import pad_last
 from speechlm_lib.models.kv import CACHE_KW
 
@@ -60,6 +60,9 @@ class DecodeConfig:
     #   that far past what the projector heard is the LLM running on (on 200 cpu test utterances the
     #   answers ran at most 6 past their draft, but for one that counted years to its audio budget);
     #   None = the audio budget alone, exactly the greedy transcripts
+    refill_at: int = 0  # with a draft: once this many of the `batch_size` rows decoding together have finished,
+    #   the next utterances are prefilled and join them (`speculative_stream`), so no pass runs for a few
+    #   stragglers; 0 = each batch of `batch_size` runs to its slowest row
 
 
 def token_budget(seconds: float, cfg: DecodeConfig) -> int:
@@ -76,6 +79,7 @@ class Transcription:
     seconds: float = 0.0  # wall time from waveforms to texts (features, encoder, projector, LLM)
     audio_seconds: float = 0.0  # total duration of the inputs
     truncated: int = 0  # transcripts that hit the token budget instead of an end token
+    passes: int = 0  # LLM passes of the draft-checking decoding (`speculative`; 0 without a draft)
     skipped: Report = field(default_factory=Report)  # bad inputs (text ""), each named with the problem
 
     @property
@@ -91,7 +95,22 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     Returns the new token ids per row (stop and pad ids removed) and the count of
     rows that hit the token budget.
     """
-    cfg = cfg or DecodeConfig()
+    return _generate(model, batch, cfg or DecodeConfig())[:2]
+
+
+def _generate(model, batch: dict, cfg: DecodeConfig) -> tuple[list[list[int]], int, int]:
+    """`generate`, plus the LLM passes the draft-checking decoding ran (0 for Hugging Face's own)."""
+    drafted, plain = _prepare(model, batch, cfg)
+    if drafted is None:
+        return (*_plain(model, cfg, *plain), 0)
+    return speculative_greedy(model.llm, drafted.embeds, drafted.mask, drafted.cache, drafted.drafts,
+                              drafted.budgets, model.prompts.stops(newline=cfg.stop_at_newline),
+                              model.prompts.pad_id, cfg.draft_block)
+
+
+def _prepare(model, batch: dict, cfg: DecodeConfig, keys: list | None = None):
+    """Encode a batch and assemble its prompts: ``(Prompts, None)`` for draft-checking decoding
+    (`speculative`), or ``(None, (embeds, mask, cache keywords, budgets))`` for `generate`'s own."""
     inputs = [batch.get(k) for k in ("features", "feature_lengths", "states", "state_lengths")]
     if cfg.draft and cfg.num_beams == 1:
         audio, audio_lengths, guesses = model.audio_embeddings_and_guesses(*inputs)
@@ -103,14 +122,17 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     else:
         seconds = (audio_lengths.float() / model.token_rate).tolist()
     budgets = [token_budget(s, cfg) for s in seconds]
+    if guesses is None:
+        return None, (embeds, mask, kv, budgets)
+    drafts = [g + [model.prompts.end_id] for g in guesses]
+    if cfg.draft_slack is not None:
+        budgets = [max(1, min(b, len(g) + cfg.draft_slack)) for b, g in zip(budgets, guesses)]
+    return Prompts(embeds, mask, kv.get(CACHE_KW), drafts, budgets, keys or []), None
+
+
+def _plain(model, cfg: DecodeConfig, embeds, mask, kv: dict, budgets: list[int]) -> tuple[list[list[int]], int]:
+    """Hugging Face `generate` (greedy or beam search), each row held to its own budget."""
     stops = model.prompts.stops(newline=cfg.stop_at_newline)
-    if guesses is not None:
-        drafts = [g + [model.prompts.end_id] for g in guesses]
-        if cfg.draft_slack is not None:
-            budgets = [max(1, min(b, len(g) + cfg.draft_slack)) for b, g in zip(budgets, guesses)]
-        rows, truncated, _ = speculative_greedy(model.llm, embeds, mask, kv.get(CACHE_KW), drafts, budgets,
-                                                stops, model.prompts.pad_id, cfg.draft_block)
-        return rows, truncated
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
                              pad_token_id=model.prompts.pad_id, use_cache=True, **kv)
@@ -190,19 +212,51 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
     texts, ids = [""] * len(loaded), [[] for _ in loaded]
     result = Transcription(texts=texts, token_ids=ids, skipped=skipped)
     t0 = time.perf_counter()
-    for start in tqdm(range(0, len(order), cfg.batch_size), desc="decode", disable=not progress):
-        idx = [i for i in order[start: start + cfg.batch_size]
-               if loaded[i][1].abs().max() >= cfg.silence_peak]  # silent clips stay ""
-        if not idx:
-            continue
-        batch = _batch(model, [loaded[i] for i in idx], [row_prompts[i] for i in idx], cache)
-        rows, truncated = generate(model, batch, cfg)
-        result.truncated += truncated
-        for i, row in zip(idx, rows):
-            ids[i], texts[i] = row, prompts.decode(row)
+    batches = [[i for i in order[start: start + cfg.batch_size] if loaded[i][1].abs().max() >= cfg.silence_peak]
+               for start in range(0, len(order), cfg.batch_size)]  # silent clips stay ""
+    batches = [idx for idx in batches if idx]
+    if cfg.refill_at > 0 and cfg.draft and cfg.num_beams == 1:
+        _refilled(model, batches, loaded, row_prompts, cache, cfg, result, progress)
+    else:
+        for idx in tqdm(batches, desc="decode", disable=not progress):
+            rows, truncated, passes = _generate(model, _batch(model, [loaded[i] for i in idx],
+                                                              [row_prompts[i] for i in idx], cache), cfg)
+            result.truncated, result.passes = result.truncated + truncated, result.passes + passes
+            for i, row in zip(idx, rows):
+                ids[i], texts[i] = row, prompts.decode(row)
     result.seconds = time.perf_counter() - t0
     result.audio_seconds = sum(x[1].shape[-1] for x in loaded if x is not None) / SAMPLE_RATE
     return result
+
+
+def _refilled(model, batches: list[list[int]], loaded: list, row_prompts: list, cache, cfg: DecodeConfig,
+              result: Transcription, progress: bool) -> None:
+    """`transcribe`'s batches through `speculative_stream`: rows join as others finish (`DecodeConfig.refill_at`).
+    A batch the projector made no guesses for is decoded by `generate`'s own path when it comes up."""
+    def answer(i, row, truncated):
+        result.token_ids[i], result.texts[i] = row, model.prompts.decode(row)
+        result.truncated += truncated
+        bar.update(1)
+
+    def prepared():
+        for idx in batches:
+            batch = _batch(model, [loaded[i] for i in idx], [row_prompts[i] for i in idx], cache)
+            drafted, plain = _prepare(model, batch, cfg, keys=idx)
+            if drafted is not None:
+                yield drafted
+                continue
+            rows, truncated = _plain(model, cfg, *plain)
+            result.truncated += truncated
+            for i, row in zip(idx, rows):
+                answer(i, row, 0)
+
+    stats = {}
+    with tqdm(total=sum(map(len, batches)), desc="decode", disable=not progress) as bar:
+        for i, row, truncated in speculative_stream(model.llm, prepared(), model.prompts.stops(
+                newline=cfg.stop_at_newline), model.prompts.pad_id, cfg.draft_block, slots=cfg.batch_size,
+                refill_at=cfg.refill_at, stats=stats):
+            answer(i, row, int(truncated))
+    result.passes = stats["passes"]
 
 
 def _load_or_skip(item, max_seconds: float | None, skipped: Report):

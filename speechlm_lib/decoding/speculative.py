@@ -18,6 +18,12 @@ Batched: rows settle different numbers of tokens a pass. Positions a pass checke
 rejected stay in the key/value cache but are masked out (attention mask 0) and position
 ids count only kept tokens, so no later token sees them; finished rows leave the batch.
 
+Refilled (`speculative_stream`, ``refill_at``): a batch waits for its slowest row, and a row
+that leaves its draft settles one token a pass, so the last passes of a batch often run for
+one or two rows while reading every weight. With a refill, waiting rows are prefilled as soon
+as enough slots are free and join the rows still decoding (their caches packed together), so
+later passes serve a full batch.
+
     llm prompt (batch, seq, dim) + drafts [[ids], ...] --> new ids per row (stop ids removed)
 """
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from speechlm_lib.models.kv import CACHE_KW
+from speechlm_lib.models.kv import CACHE_KW, pack, select_rows
 
 
 @dataclass
@@ -81,80 +87,157 @@ class _Row:
         return min(near, key=lambda j: (abs(j - self.at), -j)) + 1 if near else self.at + 1
 
 
+@dataclass
+class Prompts:
+    """A left-padded prompt batch to answer, with a draft and a token budget per row."""
+
+    embeds: torch.Tensor  # ``inputs_embeds (batch, seq, dim)``; the first `cache` length positions are in `cache`
+    mask: torch.Tensor  # ``attention_mask (batch, seq)`` over the whole prompt
+    cache: object | None  # a `DynamicCache` of the first positions (a shared prefix), or None
+    drafts: list[list[int]]  # guessed answer ids per row (any length, may be empty)
+    budgets: list[int]  # most new tokens per row
+    keys: list = field(default_factory=list)  # the caller's name for each row (default: 0, 1, ...)
+
+    def __post_init__(self):
+        self.keys = list(self.keys) or list(range(len(self.drafts)))
+
+    def take(self, n: int, config) -> Prompts:
+        """The first `n` rows as their own batch; this one keeps the rest."""
+        head, rest = (torch.arange(a, b, device=self.mask.device) for a, b in ((0, n), (n, len(self.keys))))
+        part = Prompts(self.embeds[head], self.mask[head], _rows(self.cache, head, config),
+                       self.drafts[:n], self.budgets[:n], self.keys[:n])
+        self.embeds, self.mask, self.cache = self.embeds[rest], self.mask[rest], _rows(self.cache, rest, config)
+        self.drafts, self.budgets, self.keys = self.drafts[n:], self.budgets[n:], self.keys[n:]
+        return part
+
+
+def _rows(cache, rows: torch.Tensor, config):
+    return None if cache is None else select_rows(cache, rows, config)
+
+
 @torch.no_grad()
 def speculative_greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, drafts: list[list[int]],
                        budgets: list[int], stops: list[int], pad_id: int, block: int = 32):
-    """Greedy answers for a left-padded prompt batch, checking `drafts` as it goes.
+    """Greedy answers for one left-padded prompt batch, checking `drafts` as it goes.
 
     Args:
         llm: a Hugging Face causal LM.
-        embeds: prompt ``inputs_embeds (batch, seq, dim)``; the first ``cache`` length
-            positions are already in `cache` (a shared prefix) and are not run again.
-        mask: ``attention_mask (batch, seq)`` over the whole prompt.
-        cache: a `DynamicCache` of the first positions, or None.
-        drafts: guessed answer ids per row (any length, may be empty).
-        budgets: most new tokens per row; stops: ids that end a row; block: most drafted
-            tokens checked per row and pass (the first pass checks them with the prompt).
+        embeds, mask, cache, drafts, budgets: as in `Prompts`.
+        stops: ids that end a row; block: most drafted tokens checked per row and pass (the
+            first pass checks them with the prompt).
 
     Returns ``(ids per row without stop ids, rows that hit their budget, LLM passes)``.
     """
-    from transformers import DynamicCache
+    stats = {}
+    done = dict(((k, (ids, cut)) for k, ids, cut in speculative_stream(
+        llm, [Prompts(embeds, mask, cache, drafts, budgets)], stops, pad_id, block, slots=len(drafts), stats=stats)))
+    rows = [done[i] for i in range(len(drafts))]
+    return [ids for ids, _ in rows], sum(cut for _, cut in rows), stats["passes"]
 
-    rows = [_Row(list(d), b) for d, b in zip(drafts, budgets)]
-    state = {"cache": cache if cache is not None else DynamicCache(config=llm.config), "mask": mask,
-             "live": rows, "stops": set(stops), "pad": pad_id, "block": block,
-             # the LM head only on the positions whose picks are read, where the LLM takes that keyword
-             "trim": "logits_to_keep" in inspect.signature(llm.forward).parameters}
-    _run(llm, state, embeds[:, state["cache"].get_seq_length():])
-    passes = 1
+
+@torch.no_grad()
+def speculative_stream(llm, batches, stops: list[int], pad_id: int, block: int = 32, slots: int = 8,
+                       refill_at: int = 0, stats: dict | None = None):
+    """Answers for a stream of `Prompts` batches, at most `slots` rows decoding at once.
+
+    Yields ``(key, ids without stop ids, hit its budget)`` as rows finish. A batch waits for its
+    slowest row; with ``refill_at`` > 0, once that many slots are free, the next waiting rows are
+    prefilled (one pass of their own) and join the decoding rows (`kv.pack`), so later passes
+    serve a full batch instead of a few stragglers. ``refill_at`` = 0: batch after batch, each
+    to its end. `batches` is read lazily (the next batch is built only when rows are wanted);
+    `stats` gets the count of LLM passes under ``"passes"``.
+    """
+    stats = {} if stats is None else stats
+    stats["passes"], source, waiting, live = 0, iter(batches), None, None
+    config = llm.config
+    trim = "logits_to_keep" in inspect.signature(llm.forward).parameters
     while True:
-        _drop_finished(state)
-        if not state["live"]:
-            break
-        _run(llm, state, None)
-        passes += 1
-    return [r.out for r in rows], sum(r.truncated for r in rows), passes
+        free = slots - (len(live.rows) if live is not None else 0)
+        want = live is None or (refill_at > 0 and free >= refill_at)
+        while want and (waiting is None or not waiting.keys):  # the next batch with rows, if any
+            waiting = next(source, None)
+            if waiting is None:
+                break
+        if want and waiting is not None:
+            new = _Batch(llm, waiting.take(min(free, len(waiting.keys)), config), stops, pad_id, block, trim)
+            yield from new.finished(config)
+            live = new if live is None else live.merge(new, config)
+        elif live is not None:
+            live.step()
+            yield from live.finished(config)
+        else:
+            return
+        stats["passes"] += 1
+        if not live.rows:
+            live = None
 
 
-def _run(llm, state: dict, prompt) -> None:
-    """One LLM pass. The first (`prompt` = the uncached prompt embeddings) feeds the prompt and each
-    row's draft; later ones each live row's pending token and draft. Rows keep what the LLM agrees
-    with; the fed positions they do not keep stay in the cache, masked out."""
-    live, stops, pad_id = state["live"], state["stops"], state["pad"]
-    first = prompt is not None
-    fed = [([] if first else [r.pending]) + r.guess(state["block"]) for r in live]
-    width = max(len(f) for f in fed)
-    device = state["mask"].device
-    ids = torch.tensor([f + [pad_id] * (width - len(f)) for f in fed], dtype=torch.long, device=device)
-    new = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fed], dtype=state["mask"].dtype,
-                       device=device)
-    mask = torch.cat([state["mask"], new], dim=1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -(width + (prompt.shape[1] if first else 0)):]
-    embeds = llm.get_input_embeddings()(ids)
-    if first:  # the prompt's last position picks the first answer token
-        embeds, keep = torch.cat([prompt, embeds.to(prompt.dtype)], dim=1), width + 1
-    else:
-        keep = width
-    # the kept positions as an index tensor, not a count: the LM head then gets a contiguous gathered copy
-    # (measured: ~1.7x slower on CPU for a strided view of the last positions than for a gathered copy)
-    last = torch.arange(embeds.shape[1] - keep, embeds.shape[1], device=device)
-    kw = {"logits_to_keep": last} if state["trim"] else {}
-    kw[CACHE_KW] = state["cache"]
-    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
-    picks = out.logits[:, -keep:].argmax(-1).tolist()
-    for i, (row, f) in enumerate(zip(live, fed)):
-        kept = row.keep(f if first else f[1:], picks[i][:len(f) + first], stops)
-        new[i, kept + (not first):] = 0  # fed but not kept: masked out from now on
-    state["mask"] = torch.cat([state["mask"], new], dim=1)
+class _Batch:
+    """Rows decoding together: their key/value cache, attention mask and `_Row` states."""
 
+    def __init__(self, llm, prompts: Prompts, stops: list[int], pad_id: int, block: int, trim: bool):
+        from transformers import DynamicCache
 
-def _drop_finished(state: dict) -> None:
-    """Remove finished rows from the batch (cache and mask follow)."""
-    keep = [i for i, r in enumerate(state["live"]) if not r.done]
-    if len(keep) == len(state["live"]):
-        return
-    if keep:
-        idx = torch.tensor(keep, dtype=torch.long, device=state["mask"].device)
-        state["cache"].batch_select_indices(idx)
-        state["mask"] = state["mask"][idx]
-    state["live"] = [state["live"][i] for i in keep]
+        self.llm, self.stops, self.pad, self.block, self.trim = llm, set(stops), pad_id, block, trim
+        self.cache = prompts.cache if prompts.cache is not None else DynamicCache(config=llm.config)
+        self.mask, self.keys = prompts.mask, list(prompts.keys)
+        self.rows = [_Row(list(d), b) for d, b in zip(prompts.drafts, prompts.budgets)]
+        self._run(prompts.embeds[:, self.cache.get_seq_length():])
+
+    def step(self) -> None:
+        """One more pass: each row's pending token and next drafted tokens."""
+        self._run(None)
+
+    def _run(self, prompt) -> None:
+        """One LLM pass. The first (`prompt` = the uncached prompt embeddings) feeds the prompt and each
+        row's draft; later ones each row's pending token and draft. Rows keep what the LLM agrees
+        with; the fed positions they do not keep stay in the cache, masked out."""
+        first = prompt is not None
+        fed = [([] if first else [r.pending]) + r.guess(self.block) for r in self.rows]
+        width = max(len(f) for f in fed)
+        device = self.mask.device
+        ids = torch.tensor([f + [self.pad] * (width - len(f)) for f in fed], dtype=torch.long, device=device)
+        new = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fed], dtype=self.mask.dtype,
+                           device=device)
+        mask = torch.cat([self.mask, new], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -(width + (prompt.shape[1] if first else 0)):]
+        embeds = self.llm.get_input_embeddings()(ids)
+        if first:  # the prompt's last position picks the first answer token
+            embeds, keep = torch.cat([prompt, embeds.to(prompt.dtype)], dim=1), width + 1
+        else:
+            keep = width
+        # the kept positions as an index tensor, not a count: the LM head then gets a contiguous gathered
+        # copy (measured: ~1.7x slower on CPU for a strided view of the last positions than a gathered copy)
+        last = torch.arange(embeds.shape[1] - keep, embeds.shape[1], device=device)
+        kw = {"logits_to_keep": last} if self.trim else {}
+        kw[CACHE_KW] = self.cache
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+        picks = out.logits[:, -keep:].argmax(-1).tolist()
+        for i, (row, f) in enumerate(zip(self.rows, fed)):
+            kept = row.keep(f if first else f[1:], picks[i][:len(f) + first], self.stops)
+            new[i, kept + (not first):] = 0  # fed but not kept: masked out from now on
+        self.mask = torch.cat([self.mask, new], dim=1)
+
+    def finished(self, config):
+        """Yield ``(key, ids, truncated)`` of the rows that are done and remove them (cache and mask follow)."""
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        for key, row in zip(self.keys, self.rows):
+            if row.done:
+                yield key, row.out, row.truncated
+        if keep:
+            idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+            self.cache = select_rows(self.cache, idx, config)
+            self.mask = self.mask[idx]
+        self.rows, self.keys = [self.rows[i] for i in keep], [self.keys[i] for i in keep]
+
+    def merge(self, other: _Batch, config) -> _Batch:
+        """These rows and `other`'s in one batch (`kv.pack`: each row's attended positions, right-aligned)."""
+        if not other.rows:
+            return self
+        if not self.rows:
+            return other
+        self.cache, self.mask = pack([(self.cache, self.mask), (other.cache, other.mask)], config)
+        self.rows, self.keys = self.rows + other.rows, self.keys + other.keys
+        return self

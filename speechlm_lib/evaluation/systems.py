@@ -71,8 +71,8 @@ class System:
         skipped.kept = len(waves)
         order = sorted(waves, key=lambda i: -waves[i].shape[-1])
         out = Decoded([""] * len(utts), [0.0] * len(utts), skipped=skipped)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for start in range(0, len(order), self.chunk()):
+            idx = order[start:start + self.chunk()]
             t0 = time.perf_counter()
             texts = self._run([utts[i] for i in idx], [waves[i] for i in idx], keywords, instruction)
             spent = time.perf_counter() - t0
@@ -83,6 +83,10 @@ class System:
                 out.guarded += changed
                 out.seconds[i] = spent * waves[i].shape[-1] / max(total, 1)
         return out
+
+    def chunk(self) -> int:
+        """Utterances per `_run` call: one batch (a system that batches them itself may take more)."""
+        return self.batch_size
 
     def budget(self, waves: list[torch.Tensor]) -> int:
         """New-token budget for a batch: the longest clip's (`guards.token_budget`)."""
@@ -125,7 +129,8 @@ class SpeechLMSystem(System):
     name = "speechlm"
     keywords = True
 
-    def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, dtype=None, **kw):
+    def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, dtype=None,
+                 refill_at: int | None = None, **kw):
         super().__init__(**kw)
         from speechlm_lib.decoding.generation import DecodeConfig
 
@@ -135,6 +140,12 @@ class SpeechLMSystem(System):
         g = self.guards
         self.decode_cfg = decode or DecodeConfig(tokens_per_second=g.tokens_per_second, extra_tokens=g.extra_tokens,
                                                  max_new_tokens=g.max_new_tokens)
+        if refill_at is not None:  # rows join a batch as others finish (`DecodeConfig.refill_at`)
+            self.decode_cfg = replace(self.decode_cfg, refill_at=refill_at)
+
+    def chunk(self) -> int:
+        """With a refill, every utterance in one call: `transcribe` batches them and refills its batches."""
+        return 1 << 30 if self.decode_cfg.refill_at else self.batch_size
 
     def instruction(self, keywords: list[str] | None, instruction: str | None = None) -> str:
         """The prompt's instruction with the keyword list in it (`cli.transcribe.keyword_instruction`)."""
@@ -145,7 +156,7 @@ class SpeechLMSystem(System):
     def _run(self, utts, waves, keywords, instruction) -> list[str]:
         from speechlm_lib.decoding.generation import transcribe
 
-        cfg = replace(self.decode_cfg, batch_size=len(waves))
+        cfg = replace(self.decode_cfg, batch_size=min(self.batch_size, len(waves)))
         items = [(u.audio, w) for u, w in zip(utts, waves)]
         return transcribe(self.model, items, cfg, instruction=self.instruction(keywords, instruction),
                           progress=False).texts
@@ -156,6 +167,7 @@ class ProjectorSystem(SpeechLMSystem):
 
     name = "projector"
     keywords = False
+    chunk = System.chunk  # one batch a call: it has no LLM passes to refill
 
     @torch.no_grad()
     def _run(self, utts, waves, keywords, instruction) -> list[str]:
@@ -172,6 +184,7 @@ class RescoredSystem(SpeechLMSystem):
 
     name = "rescored"
     keywords = False
+    chunk = System.chunk
 
     def __init__(self, folder=None, model=None, rescore=None, **kw):
         super().__init__(folder, model=model, **kw)
