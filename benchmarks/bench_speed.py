@@ -19,6 +19,8 @@ slower than its float32 (docs/speed_findings.md).
 ``--refill-at K [K ...]`` also times the speech-LLM with each refill setting (`DecodeConfig.refill_at`: once K of
 the 8 rows decoding together have finished, the next utterances join them), alternating with the others, and
 records each one's RTF, WER and LLM passes (``speechlm_refill<K>_*``) beside the plain batches' (K = 0).
+``--draft-block B [B ...]`` does the same for other draft blocks (`DecodeConfig.draft_block`, the most drafted
+tokens checked per row and pass; ``speechlm_block<B>_*``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,10 +55,12 @@ def refilled(k: int) -> str:
     return f"speech-LLM, refilled at {k}"
 
 
+def blocked(b: int) -> str:
+    return f"speech-LLM, draft block {b}"
+
+
 def passes(system, utts) -> int:
     """LLM passes one more decoding of `utts` takes (untimed; `Transcription.passes`)."""
-    from dataclasses import replace
-
     from speechlm_lib.decoding.generation import transcribe
 
     cfg = replace(system.decode_cfg, batch_size=system.batch_size)
@@ -76,6 +81,8 @@ def main(argv=None) -> int:
                          "saved). Where it differs from the saved one, the saved one is timed too, in the same run")
     ap.add_argument("--refill-at", type=int, nargs="*", default=[],
                     help="also time the speech-LLM refilling its batches once K rows have finished (K > 0)")
+    ap.add_argument("--draft-block", type=int, nargs="*", default=[],
+                    help="also time the speech-LLM checking at most B drafted tokens a row and pass")
     ap.add_argument("--record-as", default="speed_vs_faster_whisper")
     args = ap.parse_args(argv)
     if args.threads:
@@ -99,6 +106,10 @@ def main(argv=None) -> int:
     for k in (k for k in args.refill_at if k > 0):  # the same loaded model, its batches refilled
         systems[refilled(k)] = SYSTEMS.build("speechlm", model=systems["speech-LLM"].model,
                                              batch_size=args.batch_size, refill_at=k)
+    for b in args.draft_block:
+        cfg = replace(systems["speech-LLM"].decode_cfg, draft_block=b)
+        systems[blocked(b)] = SYSTEMS.build("speechlm", model=systems["speech-LLM"].model, batch_size=args.batch_size,
+                                            decode=cfg)
     start = time.perf_counter()
     out = compare_speed(utts, systems, repeats=args.repeats)
     refs = [u.text for u in utts]
@@ -119,6 +130,10 @@ def main(argv=None) -> int:
         metrics.update({f"speechlm_refill{k}_rtf": out["rtf"][refilled(k)],
                         f"speechlm_refill{k}_wer": wer(refs, out["texts"][refilled(k)]),
                         f"speechlm_refill{k}_passes": passes(systems[refilled(k)], utts)})
+    for b in args.draft_block:
+        metrics.update({f"speechlm_block{b}_rtf": out["rtf"][blocked(b)],
+                        f"speechlm_block{b}_wer": wer(refs, out["texts"][blocked(b)]),
+                        f"speechlm_block{b}_passes": passes(systems[blocked(b)], utts)})
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
     for k, v in metrics.items():
