@@ -102,7 +102,11 @@ class Prompts:
         self.keys = list(self.keys) or list(range(len(self.drafts)))
 
     def take(self, n: int, config) -> Prompts:
-        """The first `n` rows as their own batch; this one keeps the rest."""
+        """The first `n` rows as their own batch; this one keeps the rest (all of them: nothing is copied)."""
+        if n >= len(self.keys):
+            part = Prompts(self.embeds, self.mask, self.cache, self.drafts, self.budgets, self.keys)
+            self.drafts, self.budgets, self.keys = [], [], []
+            return part
         head, rest = (torch.arange(a, b, device=self.mask.device) for a, b in ((0, n), (n, len(self.keys))))
         part = Prompts(self.embeds[head], self.mask[head], _rows(self.cache, head, config),
                        self.drafts[:n], self.budgets[:n], self.keys[:n])
@@ -160,11 +164,11 @@ def speculative_stream(llm, batches, stops: list[int], pad_id: int, block: int =
                 break
         if want and waiting is not None:
             new = _Batch(llm, waiting.take(min(free, len(waiting.keys)), config), stops, pad_id, block, trim)
-            yield from new.finished(config)
+            yield from new.finished()
             live = new if live is None else live.merge(new, config)
         elif live is not None:
             live.step()
-            yield from live.finished(config)
+            yield from live.finished()
         else:
             return
         stats["passes"] += 1
@@ -218,7 +222,7 @@ class _Batch:
             new[i, kept + (not first):] = 0  # fed but not kept: masked out from now on
         self.mask = torch.cat([self.mask, new], dim=1)
 
-    def finished(self, config):
+    def finished(self):
         """Yield ``(key, ids, truncated)`` of the rows that are done and remove them (cache and mask follow)."""
         keep = [i for i, r in enumerate(self.rows) if not r.done]
         if len(keep) == len(self.rows):
@@ -228,7 +232,7 @@ class _Batch:
                 yield key, row.out, row.truncated
         if keep:
             idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-            self.cache = select_rows(self.cache, idx, config)
+            self.cache.batch_select_indices(idx)
             self.mask = self.mask[idx]
         self.rows, self.keys = [self.rows[i] for i in keep], [self.keys[i] for i in keep]
 
