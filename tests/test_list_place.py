@@ -92,3 +92,49 @@ def test_the_threshold_grows_with_the_list_length_unless_fixed():
     assert place_spotted("I met today.", ["Rotraut"], heard, per_entry, list_length=3)[0] == "I met today."
     assert place_all(["I met today."] * 2, [["Rotraut"]] * 2, [heard] * 2, per_entry, lengths=[None, 3])[0] == \
         ["I met Rotraut today.", "I met today."]
+
+
+class _Fixed:
+    """A spotted utterance with fixed answers: the projector's best-path words ``(text, first, last frame)`` and
+    each entry's ``(similarity, first, last frame)``."""
+
+    def __init__(self, words, spans):
+        self._words, self._spans = words, spans
+
+    def words(self):
+        return self._words
+
+    def spans(self, entries):
+        return [self._spans.get(e, (0.0, -1, -1)) for e in entries]
+
+
+def test_a_name_the_answer_holds_where_it_was_not_heard_moves_where_it_was():
+    heard = _Fixed([("I", 1, 1), ("met", 3, 3), ("brot", 5, 9), ("today", 11, 11)], {"Rotraut": (0.5, 5, 9)})
+    assert place_spotted("Rotraut met brought out today.", ["Rotraut"], heard, ON) == \
+        ("I met Rotraut today.", [("Rotraut", "I"), ("brought out", "Rotraut")])  # the projector's word goes back
+    assert place_spotted("Rotraut met brought out today.", ["Rotraut"], heard,
+                         ListPlaceConfig(min_similarity=0.5, move=False)) == ("Rotraut met brought out today.", [])
+    stays = _Fixed([("I", 1, 1), ("met", 3, 3), ("Rotrau", 5, 9), ("today", 11, 11)], {"Rotraut": (0.5, 6, 8)})
+    assert place_spotted("I met Rotraut today.", ["Rotraut"], stays, ON) == ("I met Rotraut today.", [])
+
+
+def test_two_names_the_llm_swapped_change_places():
+    heard = _Fixed([("I", 1, 1), ("met", 3, 3), ("Rotrau", 5, 7), ("Zadokix", 9, 10), ("today", 12, 12)],
+                   {"Rotraut": (0.4, 5, 7), "Zadoki": (0.6, 9, 10)})
+    low = ListPlaceConfig(min_similarity=0.1)  # 0.2 an entry for a list of two
+    assert place_spotted("I met Zadoki Rotraut today.", ["Rotraut", "Zadoki"], heard, low)[0] == \
+        "I met Rotraut Zadoki today."
+
+
+def test_a_move_can_give_back_nothing_and_never_only_inserts():
+    heard = _Fixed([("I", 1, 1), ("zz", 3, 5), ("brot", 8, 10), ("today", 12, 12)], {"Rotraut": (0.5, 8, 10)})
+    assert place_spotted("I Rotraut met brought out today.", ["Rotraut"], heard, ON)[0] == "I Rotraut today."
+    gap = _Fixed([("I", 1, 1), ("met", 3, 3), ("today", 11, 11)], {"Rotraut": (0.5, 6, 8)})
+    assert place_spotted("Rotraut met today.", ["Rotraut"], gap, ON) == ("Rotraut met today.", [])
+
+
+def test_a_name_heard_inside_a_longer_word_goes_on_the_side_it_was_heard():
+    words = [("I", 1, 1), ("met", 3, 3), ("Rotzad", 5, 12), ("today", 14, 14)]
+    late, early = _Fixed(words, {"Zadoki": (0.5, 10, 12)}), _Fixed(words, {"Zadoki": (0.5, 5, 7)})
+    assert place_spotted("I met Rotraut today.", ["Zadoki"], late, ON)[0] == "I met Rotraut Zadoki today."
+    assert place_spotted("I met Rotraut today.", ["Zadoki"], early, ON)[0] == "I met Zadoki Rotraut today."

@@ -12,7 +12,11 @@ such a name (`decoding.keyword_spot`), and they say *when* it was said:
    projector, so the alignment is close).
 3. **Replace** those answer words by the entry, best similarity first, never two entries on the same words, and
    never more than the entry's words plus ``max_extra_words``; where the LLM dropped the words, insert the entry
-   (one entry a gap).
+   (one entry a gap), beside the projector word the frames overlap most, on the side they were heard.
+4. **Move** (``move``, on by default): an entry the answer already holds, but on words whose projector frames lie
+   outside the spotted ones, goes where it was spotted, and the projector's words go back where it stood ("Bojczuk
+   is calling from Boz Motors" -> "Schot White is calling from Bojczuk Motors"). Two names the LLM swapped change
+   places: the second takes the words the first gave back. A move only replaces words; it never inserts.
 
     text, placed = place_spotted("I met brought out today.", ["Rotraut"], spotted, ListPlaceConfig(min_similarity=0.2))
     # -> "I met Rotraut today.", [("brought out", "Rotraut")]
@@ -43,6 +47,9 @@ class ListPlaceConfig:
     max_extra_words: int = 2  # replace at most the entry's own words plus this many answer words
     by_list_length: bool = True  # the threshold is min_similarity x the list's length: among 100 entries a weak fit
     #   is more likely a distractor than when the list holds just the utterance's names (docs/stage4_findings.md)
+    move: bool = True  # an entry the answer holds where the spotter did not hear it goes where it did, and the
+    #   projector's words return to where it was ("Bojczuk is calling from Boz Motors" -> "Schot White is calling
+    #   from Bojczuk Motors"); the same threshold
 
     def threshold(self, entries: list[str], length: int | None = None) -> float:
         """The similarity an entry of this list needs (0 = placing off); `length`: the list's length as the user
@@ -57,24 +64,45 @@ class ListPlaceConfig:
 
 def word_map(source: list[str], target: list[str]) -> list[tuple[int, int]]:
     """For each word of `source`, the range ``(lo, hi)`` of `target` words aligned to it (``lo == hi``: none, the
-    insertion point); a block of replaced words is shared out in order."""
+    insertion point). Inside a block of replaced words a source word gets the target words its letters overlap,
+    both blocks laid end to end ("Plokrero Three" -> "Plokrebral": both to "Plokrebral")."""
     out: list[tuple[int, int]] = []
     for op, i1, i2, j1, j2 in SequenceMatcher(None, source, target, autojunk=False).get_opcodes():
         if op == "insert":
             continue
-        n, m = i2 - i1, j2 - j1
-        out += [(j1 + k * m // n, j1 + (k + 1) * m // n) for k in range(n)]
+        if op != "replace":
+            out += [(j1 + k, j1 + k + 1) if op == "equal" else (j1, j1) for k in range(i2 - i1)]
+            continue
+        src, tgt = _edges(source[i1:i2]), _edges(target[j1:j2])
+        for a, b in zip(src, src[1:]):
+            hit = [j for j, (c, d) in enumerate(zip(tgt, tgt[1:])) if min(b, d) > max(a, c)]
+            out.append((j1 + hit[0], j1 + hit[-1] + 1))
     return out
+
+
+def _edges(words: list[str]) -> list[float]:
+    """Where each word begins and the last ends, as shares of the block's letters (each word one extra)."""
+    sizes = [len(w) + 1 for w in words]
+    total, edges = sum(sizes), [0.0]
+    for n in sizes:
+        edges.append(edges[-1] + n / total)
+    return edges
 
 
 def target_span(words: list[tuple[str, int, int]], first: int, last: int,
                 mapped: list[tuple[int, int]], n_target: int) -> tuple[int, int]:
     """The answer words ``(lo, hi)`` for the frames ``first..last``: those aligned to the projector `words` (``(text,
-    first frame, last frame)``) whose middle frame lies inside; none such: the insertion point after the last word
+    first frame, last frame)``) whose middle frame lies inside; none such: an insertion point, beside the word that
+    overlaps the frames most (after it when the frames' middle is later than its own), else after the last word
     before ``first``."""
     inside = [k for k, (_, f0, f1) in enumerate(words) if first <= (f0 + f1) / 2 <= last]
     if inside:
         return min(mapped[k][0] for k in inside), max(mapped[k][1] for k in inside)
+    over = [(min(f1, last) - max(f0, first), k) for k, (_, f0, f1) in enumerate(words) if f0 <= last and f1 >= first]
+    if over:
+        k = max(over)[1]
+        at = mapped[k][1] if first + last >= words[k][1] + words[k][2] else mapped[k][0]
+        return at, at
     before = [mapped[k][1] for k, (_, f0, f1) in enumerate(words) if f1 < first]
     at = before[-1] if before else (0 if words else n_target)
     return at, at
@@ -86,6 +114,21 @@ def holds(keys: list[str], entry: str) -> bool:
     whole = "".join(parts)
     return any(keys[i:i + len(parts)] == parts or "".join(keys[i:i + len(parts)]) == whole
                for i in range(len(keys)))
+
+
+def held_at(keys: list[str], entry: str) -> tuple[int, int] | None:
+    """The answer words ``(lo, hi)`` of the first place the word keys hold `entry` (as `holds` finds it), or None."""
+    parts = [k for k in map(_key, entry.split()) if k]
+    whole = "".join(parts)
+    for i in range(len(keys)):
+        if keys[i:i + len(parts)] == parts or "".join(keys[i:i + len(parts)]) == whole:
+            return i, min(len(keys), i + len(parts))
+    return None
+
+
+def heard_there(pwords: list[tuple[str, int, int]], mapped: list[tuple[int, int]], lo: int, hi: int) -> list[int]:
+    """The projector words (indices into `pwords`) aligned to the answer words ``lo..hi - 1`` (`word_map`)."""
+    return [k for k, (a, b) in enumerate(mapped) if a < hi and b > lo]
 
 
 def _kept(word: str, known: set[str] | None) -> bool:
@@ -100,21 +143,33 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     were heard; `spotted`: the utterance's `list_filter.Spotted` (posteriors and spotter); `known`: the training
     vocabulary (`list_snap.training_vocabulary`): its lower-case words at either end of the span stay, and the entry
     goes between them ("tell Jedrzej", not "Jedrzej" for "tell"); `list_length`: the whole list's length where
-    `entries` are a filtered part of it (the threshold's prior, `ListPlaceConfig.threshold`). Returns the new text and ``[(words replaced,
-    entry), ...]`` (words replaced "" for an insertion); unchanged when off or no list."""
+    `entries` are a filtered part of it (the threshold's prior, `ListPlaceConfig.threshold`). With ``cfg.move`` an
+    entry the answer holds where none of its frames were spotted moves there too. Returns the new text and
+    ``[(words replaced, new words), ...]`` in the answer's order (words replaced "" for an insertion); unchanged when
+    off or no list."""
     if cfg.min_similarity <= 0 or not entries or spotted is None:
         return hypothesis, []
-    need = cfg.threshold(entries, list_length)
     words = list(_WORD.finditer(hypothesis))
     keys = [_key(_POSSESSIVE.sub("", w.group())) for w in words]
-    todo = [e for e in dict.fromkeys(entries) if _key(e) and not holds(keys, e)]
+    listed = [e for e in dict.fromkeys(entries) if _key(e)]
+    todo = [e for e in listed if not holds(keys, e)] + ([e for e in listed if holds(keys, e)] if cfg.move else [])
     if not todo:
         return hypothesis, []
+    return _apply(hypothesis, words, _edits(words, keys, todo, spotted, cfg, known, cfg.threshold(entries, list_length)))
+
+
+def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfig, known, need: float) -> list:
+    """The edits ``(lo, hi, new text)`` that place (or move) the spotted entries of `todo`, best similarity first,
+    none two on the same answer words. A moved entry gives its words back to the projector's; a later entry
+    spotted exactly there takes them instead (two names the LLM swapped)."""
     found, pwords = spotted.spans(todo), spotted.words()
     mapped = word_map([_key(w) for w, _, _ in pwords], keys)
-    taken, chosen = set(), []
+    targets, given_back, edits = set(), {}, []  # given_back: a moved entry's old words -> the index of their edit
     for (sim, f0, f1), entry in sorted(zip(found, todo), key=lambda x: -x[0][0]):
-        if sim < need or f0 < 0:
+        at = held_at(keys, entry)
+        at = None if at and set(range(*at)) & targets else at  # its words went to another entry: it is missing
+        back = _moved_back(pwords, mapped, at, entry, f0, f1) if at else None
+        if sim < need or f0 < 0 or (at and back is None):
             continue
         lo, hi = target_span(pwords, f0, f1, mapped, len(words))
         while lo < hi and _kept(words[lo].group(), known):
@@ -122,24 +177,56 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
         while lo < hi and _kept(words[hi - 1].group(), known):
             hi -= 1
         span = set(range(lo, hi)) or {lo - 0.5}  # an insertion occupies the gap before word lo
-        if hi - lo > len(entry.split()) + cfg.max_extra_words or span & taken:
+        source, busy = set(range(*at)) if at else set(), set().union(targets, *given_back)
+        into = given_back.get(frozenset(span))
+        if hi - lo > len(entry.split()) + cfg.max_extra_words or span & targets or source & busy or span & source \
+                or (into is None and span & busy) or (at and hi == lo):  # a move inserts nothing
             continue
-        taken |= span
-        chosen.append((lo, hi, entry))
-    out, placed = hypothesis, []
-    for lo, hi, entry in sorted(chosen, reverse=True):  # right to left: earlier offsets stay valid
-        if hi > lo:
+        if into is None:
+            edits.append((lo, hi, entry))
+        else:  # the words a moved entry gave back: this entry is what was heard there
+            edits[into] = (lo, hi, entry)
+            del given_back[frozenset(span)]
+        targets |= span
+        if at:
+            given_back[frozenset(source)] = len(edits)
+            edits.append((*at, back))
+    return edits
+
+
+def _moved_back(pwords, mapped, at: tuple[int, int], entry: str, f0: int, f1: int) -> str | None:
+    """For an entry the answer holds at words `at`: the projector's words heard there, to put back when the
+    entry moves to frames ``f0..f1``; None when it stays (some of those words were heard inside the frames, or
+    the LLM wrote the entry where the projector heard nothing, or the projector heard the entry there too)."""
+    there = heard_there(pwords, mapped, *at)
+    if not there or any(pwords[k][1] <= f1 and pwords[k][2] >= f0 for k in there):
+        return None
+    back = " ".join(pwords[k][0] for k in there if at[0] <= mapped[k][0] and mapped[k][1] <= at[1])
+    return None if holds([_key(w) for w in back.split()], entry) else back
+
+
+def _apply(hypothesis: str, words, edits: list) -> tuple[str, list]:
+    """`edits` ``(lo, hi, text)`` applied to `hypothesis` (`words`: its word matches): ``text`` replaces words
+    ``lo..hi - 1``, or goes in before word ``lo`` when ``lo == hi``. Returns the text and ``[(old, new), ...]``."""
+    out, done = hypothesis, []
+    for lo, hi, text in sorted(edits, reverse=True):  # right to left: earlier offsets stay valid
+        if hi > lo and not text:  # a deletion: the words and the space after them (before them at the end)
             start, end = words[lo].start(), words[hi - 1].end()
-            placed.append((out[start:end], entry))
-            out = out[:start] + entry + out[end:]
+            done.append((out[start:end], ""))
+            cut = (start, words[hi].start()) if hi < len(words) else (words[lo - 1].end() if lo else start, end)
+            out = out[:cut[0]] + out[cut[1]:]
+        elif hi > lo:
+            start, end = words[lo].start(), words[hi - 1].end()
+            done.append((out[start:end], text))
+            out = out[:start] + text + out[end:]
         elif lo < len(words):  # before word lo
-            placed.append(("", entry))
-            out = out[:words[lo].start()] + entry + " " + out[words[lo].start():]
+            done.append(("", text))
+            out = out[:words[lo].start()] + text + " " + out[words[lo].start():]
         else:  # after the last word
             at = words[-1].end() if words else 0
-            placed.append(("", entry))
-            out = out[:at] + (" " if words else "") + entry + out[at:]
-    return out, placed[::-1]
+            done.append(("", text))
+            out = out[:at] + (" " if words else "") + text + out[at:]
+    return out, done[::-1]
 
 
 def place_all(hypotheses: list[str], lists: list, spotted: list, cfg: ListPlaceConfig,
