@@ -126,11 +126,14 @@ def test_two_names_the_llm_swapped_change_places():
         "I met Rotraut Zadoki today."
 
 
-def test_a_move_can_give_back_nothing_and_never_only_inserts():
+def test_a_move_can_give_back_nothing_and_never_goes_into_a_gap():
     heard = _Fixed([("I", 1, 1), ("zz", 3, 5), ("brot", 8, 10), ("today", 12, 12)], {"Rotraut": (0.5, 8, 10)})
     assert place_spotted("I Rotraut met brought out today.", ["Rotraut"], heard, ON)[0] == "I Rotraut today."
     gap = _Fixed([("I", 1, 1), ("met", 3, 3), ("today", 11, 11)], {"Rotraut": (0.5, 6, 8)})
     assert place_spotted("Rotraut met today.", ["Rotraut"], gap, ON) == ("Rotraut met today.", [])
+    beside = _Fixed([("El", 1, 2), ("Smith", 3, 4), ("still", 6, 9), ("Energy", 11, 12)], {"Delattre": (0.5, 6, 9)})
+    assert place_spotted("Delattre Smith still Energy.", ["Delattre"], beside, ON, known={"still"})[0] == \
+        "El Smith still Delattre Energy."  # heard over a word the answer keeps: it goes beside it
 
 
 def test_a_name_heard_inside_a_longer_word_goes_on_the_side_it_was_heard():

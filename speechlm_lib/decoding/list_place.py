@@ -16,7 +16,8 @@ such a name (`decoding.keyword_spot`), and they say *when* it was said:
 4. **Move** (``move``, on by default): an entry the answer already holds, but on words whose projector frames lie
    outside the spotted ones, goes where it was spotted, and the projector's words go back where it stood ("Bojczuk
    is calling from Boz Motors" -> "Schot White is calling from Bojczuk Motors"). Two names the LLM swapped change
-   places: the second takes the words the first gave back. A move only replaces words; it never inserts.
+   places: the second takes the words the first gave back. A move needs answer words heard at the spotted
+   frames (it may go beside them, as in 3); into a gap where the projector heard nothing it never moves.
 
     text, placed = place_spotted("I met brought out today.", ["Rotraut"], spotted, ListPlaceConfig(min_similarity=0.2))
     # -> "I met Rotraut today.", [("brought out", "Rotraut")]
@@ -172,6 +173,7 @@ def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfi
         if sim < need or f0 < 0 or (at and back is None):
             continue
         lo, hi = target_span(pwords, f0, f1, mapped, len(words))
+        heard = hi > lo  # answer words were heard at those frames (a move needs them, even if all of them stay)
         while lo < hi and _kept(words[lo].group(), known):
             lo += 1  # the projector ran a heard word into the name ("inmouth"): keep the word
         while lo < hi and _kept(words[hi - 1].group(), known):
@@ -180,7 +182,7 @@ def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfi
         source, busy = set(range(*at)) if at else set(), set().union(targets, *given_back)
         into = given_back.get(frozenset(span))
         if hi - lo > len(entry.split()) + cfg.max_extra_words or span & targets or source & busy or span & source \
-                or (into is None and span & busy) or (at and hi == lo):  # a move inserts nothing
+                or (into is None and span & busy) or (at and not heard):  # a move needs words heard there
             continue
         if into is None:
             edits.append((lo, hi, entry))
