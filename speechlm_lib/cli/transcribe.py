@@ -7,8 +7,8 @@ that cannot be read is named, skipped and counted; the rest are transcribed. Out
 (``{"id", "audio", "text", "seconds", "chunks"}`` a line) or plain text (one transcript a line, in
 input order), to ``--out`` or stdout. ``--keywords`` puts a list in the prompt (stage 4); ``--snap`` then
 replaces written words that nearly match an entry by that entry, except words the model heard in training;
-``--place`` then writes an entry the answer still lacks where the ``ctc`` projector's posteriors hold it
-(`decoding.list_place`; each piece of audio on its own).
+``--place`` then writes an entry the answer still lacks where the ``ctc`` projector's posteriors hold it, and
+moves one the answer wrote on words heard elsewhere (`decoding.list_place`; each piece of audio on its own).
 """
 from __future__ import annotations
 
