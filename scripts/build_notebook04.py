@@ -204,7 +204,10 @@ its posteriors hold the name's word pieces among the runners-up, and a CTC keywo
 (`decoding/keyword_spot.py`, the same one that can filter the list) finds each list entry's best alignment in
 them -- how well it fits, and *when*. `decoding/list_place.py` takes each entry the answer still lacks after
 snapping, finds the projector's words at those frames, the answer's words aligned to them, and writes the entry
-there (or inserts it where the LLM left a gap). The threshold on the spotter's similarity is chosen on dev, after
+there (or inserts it where the LLM left a gap, on the side it was heard). A name the answer already holds, but on
+words the projector heard elsewhere, *moves* to where it was spotted, and the projector's words go back: the LLM
+often writes a name it half-heard over the wrong word ("Bojczuk is calling from Boz Motors" for "Scott White is
+calling from Bojczuk Motors"), or swaps two names. The threshold on the spotter's similarity is chosen on dev, after
 snapping, from the same dev decoding. It is a threshold *per list entry*: an entry needs `min_similarity` times the
 list's length. With only the utterance's own names, every entry is likely said and a weak fit goes in; among 100
 distractors a weak fit is most likely one of them."""),

@@ -141,3 +141,23 @@ def test_a_name_heard_inside_a_longer_word_goes_on_the_side_it_was_heard():
     late, early = _Fixed(words, {"Zadoki": (0.5, 10, 12)}), _Fixed(words, {"Zadoki": (0.5, 5, 7)})
     assert place_spotted("I met Rotraut today.", ["Zadoki"], late, ON)[0] == "I met Rotraut Zadoki today."
     assert place_spotted("I met Rotraut today.", ["Zadoki"], early, ON)[0] == "I met Zadoki Rotraut today."
+
+
+def test_placing_and_moving_only_ever_write_answer_list_or_projector_words():
+    import random
+
+    rng = random.Random(0)
+    vocab = ["I", "met", "Rotraut", "today", "brought", "out", "Zadoki", "in", "Bro", "Zo"]
+    for _ in range(300):
+        hyp = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 6)))
+        pw, t = [], 0
+        for w in rng.sample(vocab, rng.randint(0, 5)):
+            t += rng.randint(1, 3)
+            pw.append((w, t, t + rng.randint(0, 3)))
+            t = pw[-1][2]
+        entries = rng.sample(["Rotraut", "Zadoki", "Anna Maria"], rng.randint(1, 3))
+        spans = {e: (rng.random(), f, f + rng.randint(0, 4)) for e in entries for f in [rng.randint(0, t + 2)]}
+        text, edits = place_spotted(hyp, entries, _Fixed(pw, spans), ListPlaceConfig(min_similarity=0.01))
+        allowed = set(hyp.split()) | {w for e in entries for w in e.split()} | {w for w, _, _ in pw}
+        assert set(text.split()) <= allowed, (hyp, pw, spans, text)
+        assert len(text.split()) <= len(hyp.split()) + sum(len(e.split()) for e in entries), (hyp, text)

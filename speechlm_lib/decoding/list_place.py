@@ -178,8 +178,8 @@ def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfi
             lo += 1  # the projector ran a heard word into the name ("inmouth"): keep the word
         while lo < hi and _kept(words[hi - 1].group(), known):
             hi -= 1
-        span = set(range(lo, hi)) or {lo - 0.5}  # an insertion occupies the gap before word lo
-        source, busy = set(range(*at)) if at else set(), set().union(targets, *given_back)
+        span, source = _occupied(lo, hi), _occupied(*at) if at else set()
+        busy = set().union(targets, *given_back)
         into = given_back.get(frozenset(span))
         if hi - lo > len(entry.split()) + cfg.max_extra_words or span & targets or source & busy or span & source \
                 or (into is None and span & busy) or (at and not heard):  # a move needs words heard there
@@ -194,6 +194,12 @@ def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfi
             given_back[frozenset(source)] = len(edits)
             edits.append((*at, back))
     return edits
+
+
+def _occupied(lo: int, hi: int) -> set:
+    """What an edit of answer words ``lo..hi - 1`` occupies: those words and the gaps between them (``g - 0.5`` is
+    the gap before word g); an insertion (``lo == hi``) occupies the gap before word lo."""
+    return set(range(lo, hi)) | {g - 0.5 for g in range(lo + 1, hi)} if hi > lo else {lo - 0.5}
 
 
 def _moved_back(pwords, mapped, at: tuple[int, int], entry: str, f0: int, f1: int) -> str | None:
