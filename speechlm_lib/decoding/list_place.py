@@ -156,7 +156,8 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     todo = [e for e in listed if not holds(keys, e)] + ([e for e in listed if holds(keys, e)] if cfg.move else [])
     if not todo:
         return hypothesis, []
-    return _apply(hypothesis, words, _edits(words, keys, todo, spotted, cfg, known, cfg.threshold(entries, list_length)))
+    need = cfg.threshold(entries, list_length)
+    return _apply(hypothesis, words, _edits(words, keys, todo, spotted, cfg, known, need))
 
 
 def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfig, known, need: float) -> list:
