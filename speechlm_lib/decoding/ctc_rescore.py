@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from speechlm_lib.config import StageConfig
-from speechlm_lib.models.kv import CACHE_KW, cache_of
+from speechlm_lib.models.kv import CACHE_KW, cache_layers, cache_of, expand_rows
 from speechlm_lib.models.lora import adapters_off
 
 NEG = float("-inf")
@@ -171,20 +171,17 @@ def _head(llm, head: list[int], device):
         out = llm.get_decoder()(input_ids=torch.tensor([head], device=device), use_cache=True)
         first = llm.get_output_embeddings()(out.last_hidden_state[:, -1]).float().log_softmax(-1)[0]
         _HEAD.clear()
-        _HEAD[key] = (first, [(layer.keys, layer.values) for layer in cache_of(out).layers])
+        _HEAD[key] = (first, cache_layers(cache_of(out)))
     return _HEAD[key]
 
 
 def _scored_after(llm, head: list[int], rows: list[list[int]], end: int, pad: int, device) -> torch.Tensor:
     """Sum of log P over each row's tokens + `end`, after the shared `head` (`_head`: its last position
     predicts each row's first token). ``(rows,)``."""
-    from transformers import DynamicCache
-
     first, layers = _head(llm, head, device)
     ids, mask, scored = _rows([], rows, end, pad, device)
     n, h = ids.shape[0], len(head)
-    cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in layers],
-                         config=llm.config)
+    cache = expand_rows(layers, n, llm.config)
     full_mask = torch.cat([mask.new_ones((n, h)), mask], dim=1)
     rest = _row_logprobs(llm, ids, full_mask, scored, position_ids=torch.arange(h, h + ids.shape[1],
                          device=device).expand(n, -1), **{CACHE_KW: cache})

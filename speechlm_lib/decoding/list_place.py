@@ -111,14 +111,12 @@ def target_span(words: list[tuple[str, int, int]], first: int, last: int,
 
 def holds(keys: list[str], entry: str) -> bool:
     """Whether the answer's word keys (`list_snap._key` of each word, possessive dropped) already hold `entry`."""
-    parts = [k for k in map(_key, entry.split()) if k]
-    whole = "".join(parts)
-    return any(keys[i:i + len(parts)] == parts or "".join(keys[i:i + len(parts)]) == whole
-               for i in range(len(keys)))
+    return held_at(keys, entry) is not None
 
 
 def held_at(keys: list[str], entry: str) -> tuple[int, int] | None:
-    """The answer words ``(lo, hi)`` of the first place the word keys hold `entry` (as `holds` finds it), or None."""
+    """The answer words ``(lo, hi)`` of the first place the word keys hold `entry` (its words, or them run
+    together), or None."""
     parts = [k for k in map(_key, entry.split()) if k]
     whole = "".join(parts)
     for i in range(len(keys)):
@@ -153,7 +151,7 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     words = list(_WORD.finditer(hypothesis))
     keys = [_key(_POSSESSIVE.sub("", w.group())) for w in words]
     listed = [e for e in dict.fromkeys(entries) if _key(e)]
-    todo = [e for e in listed if not holds(keys, e)] + ([e for e in listed if holds(keys, e)] if cfg.move else [])
+    todo = [e for e in listed if cfg.move or not holds(keys, e)]  # held ones too when they may move
     if not todo:
         return hypothesis, []
     need = cfg.threshold(entries, list_length)

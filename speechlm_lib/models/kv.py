@@ -40,6 +40,11 @@ def make_cache(layers: list[tuple], config):
     return DynamicCache(ddp_cache_data=layers, config=config)
 
 
+def expand_rows(layers: list[tuple], rows: int, config):
+    """A `DynamicCache` that shares one row's ``(keys, values)`` per layer among `rows` rows (views, no copies)."""
+    return make_cache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers], config)
+
+
 def select_rows(cache, rows: torch.Tensor, config):
     """A new cache with only `rows` (a 1-d index tensor) of `cache`; `cache` is left as it was."""
     return make_cache([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache_layers(cache)], config)

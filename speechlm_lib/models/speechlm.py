@@ -33,7 +33,7 @@ from torch import nn
 
 from speechlm_lib.models import ctc_projector  # noqa: F401  (registers the "ctc" projector)
 from speechlm_lib.models.encoders import ENCODERS
-from speechlm_lib.models.kv import CACHE_KW, cache_of
+from speechlm_lib.models.kv import CACHE_KW, cache_layers, cache_of, expand_rows
 from speechlm_lib.models.projectors import PROJECTORS
 from speechlm_lib.models.prompting import PromptBuilder, PromptConfig
 
@@ -217,20 +217,16 @@ class SpeechLM(nn.Module):
         """A `DynamicCache` holding the prefix `ids`' keys/values for `rows` rows (computed once
         per prefix, device, dtype and weights' version; rows share one copy until appended to).
         `fresh`: computed now with gradients and not kept (a trainable LLM)."""
-        from transformers import DynamicCache
-
         weight = self.llm.get_input_embeddings().weight
         key = (ids, weight.device, weight.dtype, self._llm_version())
         if fresh or key not in self._prefix_kv:
             with torch.set_grad_enabled(fresh):
                 out = self.llm.get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
-            layers = [(layer.keys, layer.values) for layer in cache_of(out).layers]
+            layers = cache_layers(cache_of(out))
             if fresh:
-                return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
-                                                    for k, v in layers], config=self.llm.config)
+                return expand_rows(layers, rows, self.llm.config)
             self._prefix_kv = {key: layers}
-        return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
-                                            for k, v in self._prefix_kv[key]], config=self.llm.config)
+        return expand_rows(self._prefix_kv[key], rows, self.llm.config)
 
     def prefix_cache(self, ids: tuple[int, ...], mask: torch.Tensor, fresh: bool = False) -> dict:
         """LLM keywords that put the prefix `ids` before every row: the cache (`prefix_kv`, under
