@@ -207,7 +207,8 @@ snapping, finds the projector's words at those frames, the answer's words aligne
 there (or inserts it where the LLM left a gap, on the side it was heard). A name the answer already holds, but on
 words the projector heard elsewhere, *moves* to where it was spotted, and the projector's words go back: the LLM
 often writes a name it half-heard over the wrong word ("Bojczuk is calling from Boz Motors" for "Scott White is
-calling from Bojczuk Motors"), or swaps two names. The threshold on the spotter's similarity is chosen on dev, after
+calling from Bojczuk Motors"), or swaps two names. A name the answer holds where the spotter heard it keeps its
+words: an entry spotted less well cannot take them. The threshold on the spotter's similarity is chosen on dev, after
 snapping, from the same dev decoding. It is a threshold *per list entry*: an entry needs `min_similarity` times the
 list's length. With only the utterance's own names, every entry is likely said and a weak fit goes in; among 100
 distractors a weak fit is most likely one of them."""),

@@ -8,16 +8,18 @@ such a name (`decoding.keyword_spot`), and they say *when* it was said:
 1. **Spot** each list entry the answer does not hold already: its similarity (``exp`` of the CTC score per piece,
    1 = on the projector's best path) and the frames of its best alignment.
 2. **Find its words**: the projector's best-path words whose middle frame falls inside those frames, and the
-   answer's words aligned to them (`difflib` over the two normalised word sequences: the LLM mostly copies the
-   projector, so the alignment is close).
+   answer's words aligned to them (`word_map`: the most equal words, then the most letters in common; the LLM
+   mostly copies the projector, so the alignment is close).
 3. **Replace** those answer words by the entry, best similarity first, never two entries on the same words, and
    never more than the entry's words plus ``max_extra_words``; where the LLM dropped the words, insert the entry
-   (one entry a gap), beside the projector word the frames overlap most, on the side they were heard.
+   (one entry a gap), beside the projector word the frames overlap most, on the side they were heard. An entry
+   the answer holds, and that stays, keeps its words from entries spotted less well.
 4. **Move** (``move``, on by default): an entry the answer already holds, but on words whose projector frames lie
    outside the spotted ones, goes where it was spotted, and the projector's words go back where it stood ("Bojczuk
    is calling from Boz Motors" -> "Schot White is calling from Bojczuk Motors"). Two names the LLM swapped change
-   places: the second takes the words the first gave back. A move needs answer words heard at the spotted
-   frames (it may go beside them, as in 3); into a gap where the projector heard nothing it never moves.
+   places: the second takes the words the first gave back (with any beside them it was heard on). A move needs
+   projector words heard at the spotted frames (it may go beside them, as in 3); into a gap where the projector
+   heard nothing it never moves, nor does it leave words that hold another list entry.
 
     text, placed = place_spotted("I met brought out today.", ["Rotraut"], spotted, ListPlaceConfig(min_similarity=0.2))
     # -> "I met Rotraut today.", [("brought out", "Rotraut")]
@@ -68,7 +70,7 @@ def word_map(source: list[str], target: list[str]) -> list[tuple[int, int]]:
     insertion point). Inside a block of replaced words a source word gets the target words its letters overlap,
     both blocks laid end to end ("Plokrero Three" -> "Plokrebral": both to "Plokrebral")."""
     out: list[tuple[int, int]] = []
-    for op, i1, i2, j1, j2 in SequenceMatcher(None, source, target, autojunk=False).get_opcodes():
+    for op, i1, i2, j1, j2 in _opcodes(source, target):
         if op == "insert":
             continue
         if op != "replace":
@@ -79,6 +81,43 @@ def word_map(source: list[str], target: list[str]) -> list[tuple[int, int]]:
             hit = [j for j, (c, d) in enumerate(zip(tgt, tgt[1:])) if min(b, d) > max(a, c)]
             out.append((j1 + hit[0], j1 + hit[-1] + 1))
     return out
+
+
+def _opcodes(source: list[str], target: list[str]) -> list[tuple]:
+    """`difflib` opcodes whose equal words are those of the alignment with the most equal words and, among those,
+    the most letters in common between the others, not the longest blocks first: "inberg Gfllin in Perberg" against
+    "in PeronBourg in Gruflim" pairs the "in" before "Gruflim", where the other words fit best."""
+    n, m = len(source), len(target)
+    tie = 1.0 / (min(n, m) + 1)  # all unequal pairs together weigh less than one equal pair: the most equal words
+    score = [[0.0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n):
+        for j in range(m):
+            pair = 1.0 if source[i] == target[j] else SequenceMatcher(None, source[i], target[j]).ratio() * tie
+            score[i + 1][j + 1] = max(score[i][j] + pair, score[i][j + 1], score[i + 1][j])
+    pairs, i, j = [], n, m
+    while i and j:
+        if source[i - 1] == target[j - 1] and score[i][j] == score[i - 1][j - 1] + 1.0:
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif score[i][j] == score[i - 1][j]:
+            i -= 1
+        elif score[i][j] == score[i][j - 1]:
+            j -= 1
+        else:
+            i, j = i - 1, j - 1
+    return _pairs_to_opcodes(pairs[::-1], n, m)
+
+
+def _pairs_to_opcodes(pairs: list[tuple[int, int]], n: int, m: int) -> list[tuple]:
+    """Opcodes (as `SequenceMatcher.get_opcodes`) from the equal pairs ``(i, j)``, increasing in both."""
+    ops, i0, j0 = [], 0, 0
+    for i, j in pairs + [(n, m)]:
+        if i > i0 or j > j0:
+            ops.append(("replace" if i > i0 and j > j0 else "delete" if i > i0 else "insert", i0, i, j0, j))
+        if i < n:
+            ops.append(("equal", i, i + 1, j, j + 1))
+        i0, j0 = i + 1, j + 1
+    return ops
 
 
 def _edges(words: list[str]) -> list[float]:
@@ -115,14 +154,16 @@ def holds(keys: list[str], entry: str) -> bool:
 
 
 def held_at(keys: list[str], entry: str) -> tuple[int, int] | None:
-    """The answer words ``(lo, hi)`` of the first place the word keys hold `entry` (its words, or them run
-    together), or None."""
+    """The answer words ``(lo, hi)`` of the first place the word keys hold `entry`, or None."""
+    return next(iter(held_all(keys, entry)), None)
+
+
+def held_all(keys: list[str], entry: str) -> list[tuple[int, int]]:
+    """The answer words ``(lo, hi)`` of every place the word keys hold `entry` (its words, or them run together)."""
     parts = [k for k in map(_key, entry.split()) if k]
     whole = "".join(parts)
-    for i in range(len(keys)):
-        if keys[i:i + len(parts)] == parts or "".join(keys[i:i + len(parts)]) == whole:
-            return i, min(len(keys), i + len(parts))
-    return None
+    return [(i, min(len(keys), i + len(parts))) for i in range(len(keys))
+            if keys[i:i + len(parts)] == parts or "".join(keys[i:i + len(parts)]) == whole]
 
 
 def heard_there(pwords: list[tuple[str, int, int]], mapped: list[tuple[int, int]], lo: int, hi: int) -> list[int]:
@@ -151,48 +192,65 @@ def place_spotted(hypothesis: str, entries: list[str] | None, spotted, cfg: List
     words = list(_WORD.finditer(hypothesis))
     keys = [_key(_POSSESSIVE.sub("", w.group())) for w in words]
     listed = [e for e in dict.fromkeys(entries) if _key(e)]
-    todo = [e for e in listed if cfg.move or not holds(keys, e)]  # held ones too when they may move
-    if not todo:
+    if not listed:
         return hypothesis, []
     need = cfg.threshold(entries, list_length)
-    return _apply(hypothesis, words, _edits(words, keys, todo, spotted, cfg, known, need))
+    return _apply(hypothesis, words, _edits(words, keys, listed, spotted, cfg, known, need))
 
 
 def _edits(words, keys: list[str], todo: list[str], spotted, cfg: ListPlaceConfig, known, need: float) -> list:
     """The edits ``(lo, hi, new text)`` that place (or move) the spotted entries of `todo`, best similarity first,
-    none two on the same answer words. A moved entry gives its words back to the projector's; a later entry
-    spotted exactly there takes them instead (two names the LLM swapped)."""
+    none two on the same answer words. An entry the answer holds that stays keeps its words from the entries
+    after it. A moved entry gives its words back to the projector's; a later entry spotted on them takes them
+    instead (two names the LLM swapped)."""
     found, pwords = spotted.spans(todo), spotted.words()
     mapped = word_map([_key(w) for w, _, _ in pwords], keys)
     targets, given_back, edits = set(), {}, []  # given_back: a moved entry's old words -> the index of their edit
     for (sim, f0, f1), entry in sorted(zip(found, todo), key=lambda x: -x[0][0]):
         at = held_at(keys, entry)
         at = None if at and set(range(*at)) & targets else at  # its words went to another entry: it is missing
-        back = _moved_back(pwords, mapped, at, entry, f0, f1) if at else None
-        if sim < need or f0 < 0 or (at and back is None):
+        if at:
+            movable = cfg.move and sim >= need and f0 >= 0
+            back = _moved_back(pwords, mapped, at, todo, f0, f1) if movable else None
+            if back is None:  # it stays, and its words are its own
+                targets |= _occupied(*at)
+                continue
+        elif sim < need or f0 < 0:
             continue
-        lo, hi = target_span(pwords, f0, f1, mapped, len(words))
-        heard = hi > lo  # answer words were heard at those frames (a move needs them, even if all of them stay)
-        while lo < hi and _kept(words[lo].group(), known):
-            lo += 1  # the projector ran a heard word into the name ("inmouth"): keep the word
-        while lo < hi and _kept(words[hi - 1].group(), known):
-            hi -= 1
+        lo, hi = _target(words, keys, pwords, mapped, f0, f1, (entry, at) if at else None, known)
         span, source = _occupied(lo, hi), _occupied(*at) if at else set()
-        busy = set().union(targets, *given_back)
-        into = given_back.get(frozenset(span))
-        if hi - lo > len(entry.split()) + cfg.max_extra_words or span & targets or source & busy or span & source \
-                or (into is None and span & busy) or (at and not heard):  # a move needs words heard there
+        into = next((r for r in given_back if r & span), None)
+        if into is not None:  # the words a moved entry gave back: this entry is what was heard there
+            lo, hi = min(lo, edits[given_back[into]][0]), max(hi, edits[given_back[into]][1])
+            span = _occupied(lo, hi)
+        busy = set().union(targets, *(r for r in given_back if r != into))
+        heard = any(a <= f1 and b >= f0 for _, a, b in pwords)  # the projector heard words there
+        if hi - lo > len(entry.split()) + cfg.max_extra_words or span & busy or source & busy or span & source \
+                or (at and not heard):  # a move never goes where the projector heard nothing
             continue
         if into is None:
             edits.append((lo, hi, entry))
-        else:  # the words a moved entry gave back: this entry is what was heard there
-            edits[into] = (lo, hi, entry)
-            del given_back[frozenset(span)]
+        else:
+            edits[given_back.pop(into)] = (lo, hi, entry)
         targets |= span
         if at:
             given_back[frozenset(source)] = len(edits)
             edits.append((*at, back))
     return edits
+
+
+def _target(words, keys: list[str], pwords, mapped, f0: int, f1: int, moving: tuple | None, known) -> tuple[int, int]:
+    """The answer words ``(lo, hi)`` an entry spotted at frames ``f0..f1`` takes (`target_span`), less the words
+    the answer keeps at either end (`_kept`); for an entry that moves (`moving`: it and the words it leaves), its
+    twin there when the LLM wrote it there as well (it moves onto it, not beside it)."""
+    lo, hi = target_span(pwords, f0, f1, mapped, len(words))
+    while lo < hi and _kept(words[lo].group(), known):
+        lo += 1  # the projector ran a heard word into the name ("inmouth"): keep the word
+    while lo < hi and _kept(words[hi - 1].group(), known):
+        hi -= 1
+    twins = [t for t in held_all(keys, moving[0]) if t != moving[1] and lo - 1 <= t[0] and t[1] <= hi + 1] \
+        if moving else []
+    return twins[0] if twins else (lo, hi)
 
 
 def _occupied(lo: int, hi: int) -> set:
@@ -201,15 +259,16 @@ def _occupied(lo: int, hi: int) -> set:
     return set(range(lo, hi)) | {g - 0.5 for g in range(lo + 1, hi)} if hi > lo else {lo - 0.5}
 
 
-def _moved_back(pwords, mapped, at: tuple[int, int], entry: str, f0: int, f1: int) -> str | None:
+def _moved_back(pwords, mapped, at: tuple[int, int], entries: list[str], f0: int, f1: int) -> str | None:
     """For an entry the answer holds at words `at`: the projector's words heard there, to put back when the
     entry moves to frames ``f0..f1``; None when it stays (some of those words were heard inside the frames, or
-    the LLM wrote the entry where the projector heard nothing, or the projector heard the entry there too)."""
+    the LLM wrote the entry where the projector heard nothing, or the projector heard a list entry there)."""
     there = heard_there(pwords, mapped, *at)
     if not there or any(pwords[k][1] <= f1 and pwords[k][2] >= f0 for k in there):
         return None
     back = " ".join(pwords[k][0] for k in there if at[0] <= mapped[k][0] and mapped[k][1] <= at[1])
-    return None if holds([_key(w) for w in back.split()], entry) else back
+    keys = [_key(w) for w in back.split()]
+    return None if any(holds(keys, e) for e in entries) else back
 
 
 def _apply(hypothesis: str, words, edits: list) -> tuple[str, list]:
@@ -224,6 +283,8 @@ def _apply(hypothesis: str, words, edits: list) -> tuple[str, list]:
             out = out[:cut[0]] + out[cut[1]:]
         elif hi > lo:
             start, end = words[lo].start(), words[hi - 1].end()
+            if out[start:end] == text:
+                continue  # a name moved onto its own twin: nothing changes here
             done.append((out[start:end], text))
             out = out[:start] + text + out[end:]
         elif lo < len(words):  # before word lo
