@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from speechlm_lib.publish import finalize_widgets, problems, publish_run  # noqa: E402
 
 PUBLISHED = ROOT / "docs" / "course"  # the course's reference run (profile cpu), committed with outputs
-DOC_PAGES = ("results.md", "stage2_findings.md", "stage3_findings.md", "stage4_findings.md", "real_speech_findings.md",
+DOC_PAGES = ("experiments.md", "results.md", "stage2_findings.md", "stage3_findings.md", "stage4_findings.md",
+             "whisper_base_findings.md", "real_speech_findings.md", "speed_findings.md", "tutorial_time.md",
              "reliability.md")
 
 
