@@ -2,6 +2,8 @@
 needs fewer LLM passes. Checked against Hugging Face `generate` on a tiny random Llama."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,6 +13,7 @@ from transformers import DynamicCache
 from speechlm_lib.data.records import Utterance
 from speechlm_lib.decoding import generation
 from speechlm_lib.decoding.generation import DecodeConfig, transcribe
+from speechlm_lib.decoding.repetition import cut_repetitions
 from speechlm_lib.decoding.speculative import Prompts, speculative_greedy, speculative_stream
 from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.encoders import ENCODERS
@@ -250,3 +253,19 @@ def test_transcripts_with_and_without_a_refill_are_the_same(tmp_path):
         again = transcribe(model, utts, DecodeConfig(batch_size=3, refill_at=refill_at), progress=False)
         assert again.token_ids == base.token_ids
         assert again.texts == base.texts and again.truncated == base.truncated
+
+
+@pytest.mark.parametrize("draft,refill_at", [(True, 0), (True, 1), (False, 0)])
+def test_the_repetition_guard_stops_a_looping_row_with_the_cut_of_its_whole_answer(tmp_path, monkeypatch, draft,
+                                                                                    refill_at):
+    """Rows stop as soon as their loop's cut is fixed (`repetition.loop_closed`), with the draft or through
+    `generate`'s own loop, and the texts are exactly the whole answers cut (`cut_repetitions`). Each id reads as "no" or "yes" here, so the random LLM's answers loop."""
+    model, utts = _tiny_ctc_model(tmp_path)
+    monkeypatch.setattr(model.prompts, "decode", lambda ids: " ".join(("no", "yes")[i % 2] for i in ids))
+    cfg = DecodeConfig(batch_size=3, draft=draft, draft_slack=None, refill_at=refill_at)
+    off = transcribe(model, utts, replace(cfg, max_repeats=0), progress=False)
+    on = transcribe(model, utts, cfg, progress=False)
+    assert on.texts == [cut_repetitions(t) for t in off.texts]
+    assert on.looped == sum(t != cut_repetitions(t) for t in off.texts) > 0
+    assert all(whole[:len(ids)] == ids for ids, whole in zip(on.token_ids, off.token_ids))  # greedy's, cut short
+    assert sum(map(len, on.token_ids)) < sum(map(len, off.token_ids)) and on.passes <= off.passes

@@ -33,10 +33,12 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, check_wave, load_audio
 from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.data.speechlm_dataset import pad_ids
+from speechlm_lib.decoding.repetition import cut_repetitions, loop_closed
 from speechlm_lib.decoding.speculative import Prompts, speculative_greedy, speculative_stream
 from speechlm_lib.models.encoders import pad_last
 from speechlm_lib.models.kv import CACHE_KW
@@ -60,6 +62,9 @@ class DecodeConfig:
     #   that far past what the projector heard is the LLM running on (on 200 cpu test utterances the
     #   answers ran at most 6 past their draft, but for one that counted years to its audio budget);
     #   None = the audio budget alone, exactly the greedy transcripts
+    max_repeats: int = 3  # repetition guard: an answer is cut after the 3rd copy of an n-gram that runs more times in
+    #   a row, and with a draft its row stops as soon as that cut is fixed (`decoding.repetition`); 0 = off
+    max_ngram: int = 4  # the longest n-gram (in words) the repetition guard checks
     refill_at: int = 0  # with a draft: once this many of the `batch_size` rows decoding together have finished,
     #   the next utterances are prefilled and join them (`speculative_stream`), so no pass runs for a few
     #   stragglers; 0 = each batch of `batch_size` runs to its slowest row
@@ -78,7 +83,8 @@ class Transcription:
     token_ids: list[list[int]] = field(default_factory=list)  # generated ids (stop / pad ids removed)
     seconds: float = 0.0  # wall time from waveforms to texts (features, encoder, projector, LLM)
     audio_seconds: float = 0.0  # total duration of the inputs
-    truncated: int = 0  # transcripts that hit the token budget instead of an end token
+    truncated: int = 0  # transcripts that ended without an end token: the token budget, or a loop stopped
+    looped: int = 0  # transcripts the repetition guard cut (`DecodeConfig.max_repeats`)
     passes: int = 0  # LLM passes of the draft-checking decoding (`speculative`; 0 without a draft)
     skipped: Report = field(default_factory=Report)  # bad inputs (text ""), each named with the problem
 
@@ -98,14 +104,15 @@ def generate(model, batch: dict, cfg: DecodeConfig | None = None) -> tuple[list[
     return _generate(model, batch, cfg or DecodeConfig())[:2]
 
 
-def _generate(model, batch: dict, cfg: DecodeConfig) -> tuple[list[list[int]], int, int]:
-    """`generate`, plus the LLM passes the draft-checking decoding ran (0 for Hugging Face's own)."""
+def _generate(model, batch: dict, cfg: DecodeConfig, stop=None) -> tuple[list[list[int]], int, int]:
+    """`generate`, plus the LLM passes the draft-checking decoding ran (0 for Hugging Face's own); `stop` as in
+    `speculative_greedy` (`transcribe` passes the repetition guard's)."""
     drafted, plain = _prepare(model, batch, cfg)
     if drafted is None:
-        return (*_plain(model, cfg, *plain), 0)
+        return (*_plain(model, cfg, *plain, stop=stop), 0)
     return speculative_greedy(model.llm, drafted.embeds, drafted.mask, drafted.cache, drafted.drafts,
                               drafted.budgets, model.prompts.stops(newline=cfg.stop_at_newline),
-                              model.prompts.pad_id, cfg.draft_block)
+                              model.prompts.pad_id, cfg.draft_block, stop=stop)
 
 
 def _prepare(model, batch: dict, cfg: DecodeConfig, keys: list | None = None):
@@ -130,19 +137,42 @@ def _prepare(model, batch: dict, cfg: DecodeConfig, keys: list | None = None):
     return Prompts(embeds, mask, kv.get(CACHE_KW), drafts, budgets, keys or []), None
 
 
-def _plain(model, cfg: DecodeConfig, embeds, mask, kv: dict, budgets: list[int]) -> tuple[list[list[int]], int]:
-    """Hugging Face `generate` (greedy or beam search), each row held to its own budget."""
+def _plain(model, cfg: DecodeConfig, embeds, mask, kv: dict, budgets: list[int],
+           stop=None) -> tuple[list[list[int]], int]:
+    """Hugging Face `generate` (greedy or beam search), each row held to its own budget; with `stop` (greedy
+    only), a row also ends once it holds (`_RowStop`)."""
     stops = model.prompts.stops(newline=cfg.stop_at_newline)
+    early = _RowStop(stop) if stop is not None and cfg.num_beams == 1 else None
     out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
                              num_beams=cfg.num_beams, do_sample=False, eos_token_id=stops,
-                             pad_token_id=model.prompts.pad_id, use_cache=True, **kv)
+                             pad_token_id=model.prompts.pad_id, use_cache=True,
+                             stopping_criteria=StoppingCriteriaList([early] if early else []), **kv)
     rows, truncated = [], 0
-    for row, budget in zip(out.tolist(), budgets):
+    for i, (row, budget) in enumerate(zip(out.tolist(), budgets)):
         row = row[:budget]  # the batch ran to its longest clip's budget; hold each row to its own
-        ended = next((i for i, t in enumerate(row) if t in stops), None)
-        truncated += ended is None
+        ended = next((j for j, t in enumerate(row) if t in stops), None)
+        if early is not None and i in early.lengths and (ended is None or ended >= early.lengths[i]):
+            ended = early.lengths[i]  # stopped early (cut short, like a row at its budget): padding follows
+            truncated += 1
+        else:
+            truncated += ended is None
         rows.append(row[:ended] if ended is not None else row)
     return rows, truncated
+
+
+class _RowStop(StoppingCriteria):
+    """For `generate`: a row is done once ``stop(its new ids)`` holds; `lengths` keeps how many it had then."""
+
+    def __init__(self, stop):
+        self.stop, self.start, self.lengths = stop, None, {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.start is None:  # the first call sees one new token after whatever `generate` calls the prompt
+            self.start = input_ids.shape[1] - 1
+        for i, row in enumerate(input_ids[:, self.start:].tolist()):
+            if i not in self.lengths and self.stop(row):
+                self.lengths[i] = len(row)
+        return torch.tensor([i in self.lengths for i in range(input_ids.shape[0])], device=input_ids.device)
 
 
 def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
@@ -220,10 +250,12 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
     else:
         for idx in tqdm(batches, desc="decode", disable=not progress):
             rows, truncated, passes = _generate(model, _batch(model, [loaded[i] for i in idx],
-                                                              [row_prompts[i] for i in idx], cache), cfg)
+                                                              [row_prompts[i] for i in idx], cache), cfg,
+                                                stop=_loop_stop(model, cfg))
             result.truncated, result.passes = result.truncated + truncated, result.passes + passes
             for i, row in zip(idx, rows):
                 ids[i], texts[i] = row, prompts.decode(row)
+    _cut_loops(texts, cfg, result)
     result.seconds = time.perf_counter() - t0
     result.audio_seconds = sum(x[1].shape[-1] for x in loaded if x is not None) / SAMPLE_RATE
     return result
@@ -245,7 +277,7 @@ def _refilled(model, batches: list[list[int]], loaded: list, row_prompts: list, 
             if drafted is not None:
                 yield drafted
                 continue
-            rows, truncated = _plain(model, cfg, *plain)
+            rows, truncated = _plain(model, cfg, *plain, stop=_loop_stop(model, cfg))
             result.truncated += truncated
             for i, row in zip(idx, rows):
                 answer(i, row, 0)
@@ -254,9 +286,27 @@ def _refilled(model, batches: list[list[int]], loaded: list, row_prompts: list, 
     with tqdm(total=sum(map(len, batches)), desc="decode", disable=not progress) as bar:
         for i, row, truncated in speculative_stream(model.llm, prepared(), model.prompts.stops(
                 newline=cfg.stop_at_newline), model.prompts.pad_id, cfg.draft_block, slots=cfg.batch_size,
-                refill_at=cfg.refill_at, stats=stats):
+                refill_at=cfg.refill_at, stats=stats, stop=_loop_stop(model, cfg)):
             answer(i, row, int(truncated))
     result.passes = stats["passes"]
+
+
+def _loop_stop(model, cfg: DecodeConfig):
+    """The repetition guard as a row stop for `speculative_stream`: True once the row's text holds a loop whose
+    cut more tokens cannot move (`repetition.loop_closed`); None when the guard is off."""
+    if cfg.max_repeats <= 0:
+        return None
+    return lambda ids: loop_closed(model.prompts.decode(ids), cfg.max_ngram, cfg.max_repeats)
+
+
+def _cut_loops(texts: list[str], cfg: DecodeConfig, result: Transcription) -> None:
+    """The repetition guard on finished transcripts, in place: each cut after its loop's `max_repeats`-th copy."""
+    if cfg.max_repeats <= 0:
+        return
+    for i, text in enumerate(texts):
+        cut = cut_repetitions(text, cfg.max_ngram, cfg.max_repeats)
+        result.looped += cut != text
+        texts[i] = cut
 
 
 def _load_or_skip(item, max_seconds: float | None, skipped: Report):

@@ -121,7 +121,7 @@ def _rows(cache, rows: torch.Tensor, config):
 
 @torch.no_grad()
 def speculative_greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, drafts: list[list[int]],
-                       budgets: list[int], stops: list[int], pad_id: int, block: int = 32):
+                       budgets: list[int], stops: list[int], pad_id: int, block: int = 32, stop=None):
     """Greedy answers for one left-padded prompt batch, checking `drafts` as it goes.
 
     Args:
@@ -129,19 +129,22 @@ def speculative_greedy(llm, embeds: torch.Tensor, mask: torch.Tensor, cache, dra
         embeds, mask, cache, drafts, budgets: as in `Prompts`.
         stops: ids that end a row; block: most drafted tokens checked per row and pass (the
             first pass checks them with the prompt).
+        stop: None, or a test on a row's kept ids that ends the row early (counted as cut short), e.g. the
+            repetition guard's `repetition.loop_closed` on their text.
 
     Returns ``(ids per row without stop ids, rows that hit their budget, LLM passes)``.
     """
     stats = {}
     done = dict(((k, (ids, cut)) for k, ids, cut in speculative_stream(
-        llm, [Prompts(embeds, mask, cache, drafts, budgets)], stops, pad_id, block, slots=len(drafts), stats=stats)))
+        llm, [Prompts(embeds, mask, cache, drafts, budgets)], stops, pad_id, block, slots=len(drafts), stats=stats,
+        stop=stop)))
     rows = [done[i] for i in range(len(drafts))]
     return [ids for ids, _ in rows], sum(cut for _, cut in rows), stats["passes"]
 
 
 @torch.no_grad()
 def speculative_stream(llm, batches, stops: list[int], pad_id: int, block: int = 32, slots: int = 8,
-                       refill_at: int = 0, stats: dict | None = None):
+                       refill_at: int = 0, stats: dict | None = None, stop=None):
     """Answers for a stream of `Prompts` batches, at most `slots` rows decoding at once.
 
     Yields ``(key, ids without stop ids, hit its budget)`` as rows finish. A batch waits for its
@@ -149,7 +152,7 @@ def speculative_stream(llm, batches, stops: list[int], pad_id: int, block: int =
     prefilled (one pass of their own) and join the decoding rows (`kv.pack`), so later passes
     serve a full batch instead of a few stragglers. ``refill_at`` = 0: batch after batch, each
     to its end. `batches` is read lazily (the next batch is built only when rows are wanted);
-    `stats` gets the count of LLM passes under ``"passes"``.
+    `stats` gets the count of LLM passes under ``"passes"``; `stop` as in `speculative_greedy`.
     """
     stats = {} if stats is None else stats
     stats["passes"], source, waiting, live = 0, iter(batches), None, None
@@ -163,7 +166,7 @@ def speculative_stream(llm, batches, stops: list[int], pad_id: int, block: int =
             if waiting is None:
                 break
         if want and waiting is not None:
-            new = _Batch(llm, waiting.take(min(free, len(waiting.keys)), config), stops, pad_id, block, trim)
+            new = _Batch(llm, waiting.take(min(free, len(waiting.keys)), config), stops, pad_id, block, trim, stop)
             yield from new.finished()
             live = new if live is None else live.merge(new, config)
         elif live is not None:
@@ -179,10 +182,11 @@ def speculative_stream(llm, batches, stops: list[int], pad_id: int, block: int =
 class _Batch:
     """Rows decoding together: their key/value cache, attention mask and `_Row` states."""
 
-    def __init__(self, llm, prompts: Prompts, stops: list[int], pad_id: int, block: int, trim: bool):
+    def __init__(self, llm, prompts: Prompts, stops: list[int], pad_id: int, block: int, trim: bool, stop=None):
         from transformers import DynamicCache
 
         self.llm, self.stops, self.pad, self.block, self.trim = llm, set(stops), pad_id, block, trim
+        self.stop = stop  # None, or a test on a row's kept ids that ends it early (`speculative_greedy`)
         self.cache = prompts.cache if prompts.cache is not None else DynamicCache(config=llm.config)
         self.mask, self.keys = prompts.mask, list(prompts.keys)
         self.rows = [_Row(list(d), b) for d, b in zip(prompts.drafts, prompts.budgets)]
@@ -220,6 +224,8 @@ class _Batch:
         for i, (row, f) in enumerate(zip(self.rows, fed)):
             kept = row.keep(f if first else f[1:], picks[i][:len(f) + first], self.stops)
             new[i, kept + (not first):] = 0  # fed but not kept: masked out from now on
+            if self.stop is not None and not row.done and self.stop(row.out):
+                row.done = row.truncated = True
         self.mask = torch.cat([self.mask, new], dim=1)
 
     def finished(self):

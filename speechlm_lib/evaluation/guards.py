@@ -7,12 +7,17 @@ one wrong word: each looped word is an insertion. Two guards, for every system i
   (`decoding.generation.token_budget`; Whisper and faster-whisper get the same budget); after it, at most
   ``ceil(words_per_second * seconds + extra_words)`` words survive (speech is ~2-3 words a second);
 * **repetition**: a run of one n-gram (n = 1 .. `max_ngram`) repeated more than `max_repeats` times in a
-  row is cut after its `max_repeats`-th copy, and the text ends there (what follows a loop is rarely speech).
+  row is cut after its `max_repeats`-th copy, and the text ends there (what follows a loop is rarely speech;
+  `decoding.repetition`, which the speech-LLM's own decoding applies as well).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from speechlm_lib.decoding.repetition import cut_repetitions, first_loop
+
+__all__ = ["GuardConfig", "cut_repetitions", "first_loop", "guard", "token_budget", "word_cap"]
 
 
 @dataclass
@@ -36,28 +41,6 @@ def token_budget(seconds: float, cfg: GuardConfig) -> int:
 def word_cap(seconds: float, cfg: GuardConfig) -> int:
     """Most words a transcript of a clip of `seconds` keeps (>= 1)."""
     return max(1, math.ceil(cfg.words_per_second * seconds + cfg.extra_words))
-
-
-def first_loop(words: list[str], max_ngram: int, max_repeats: int) -> int | None:
-    """Where the text should end: the index after the `max_repeats`-th copy of the first n-gram that runs
-    more than `max_repeats` times in a row, or None when none does."""
-    for i in range(len(words)):
-        for n in range(1, max_ngram + 1):
-            gram, copies, j = words[i:i + n], 1, i + n
-            if len(gram) < n:
-                break
-            while words[j:j + n] == gram:
-                copies, j = copies + 1, j + n
-            if copies > max_repeats:
-                return i + n * max_repeats
-    return None
-
-
-def cut_repetitions(text: str, max_ngram: int = 4, max_repeats: int = 3) -> str:
-    """`text` cut after the `max_repeats`-th copy of its first n-gram loop (`first_loop`); else unchanged."""
-    words = text.split()
-    end = first_loop([w.lower().strip(".,!?;:") for w in words], max_ngram, max_repeats)
-    return text if end is None else " ".join(words[:end])
 
 
 def guard(text: str, seconds: float, cfg: GuardConfig | None = None) -> tuple[str, bool]:

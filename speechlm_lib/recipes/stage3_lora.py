@@ -278,12 +278,13 @@ def score_task(model: SpeechLM, task: Task, utts: list[Utterance], decode: Decod
                instruction: str | None = None, cache: FeatureCache | None = None, progress: bool = False) -> dict:
     """Decode `utts` with the task's instruction (or `instruction`) and score by the task's metric.
 
-    Returns the metric(s), ``rtf``, ``seconds``, ``n`` and ``refs`` / ``hyps`` / ``ids``."""
+    Returns the metric(s), ``rtf``, ``seconds``, ``n``, ``truncated``, ``looped`` (transcripts the repetition guard
+    cut) and ``refs`` / ``hyps`` / ``ids``."""
     utts = [u for u in utts if task.applies(u)]
     decode = replace(decode or DecodeConfig(), draft=(decode or DecodeConfig()).draft and task.draft)
     out = transcribe(model, utts, decode, instruction=instruction or task.train[0], cache=cache, progress=progress)
     refs = [task.answer(u) for u in utts]
-    scores = {"n": len(utts), "rtf": out.rtf, "seconds": out.seconds, "truncated": out.truncated,
+    scores = {"n": len(utts), "rtf": out.rtf, "seconds": out.seconds, "truncated": out.truncated, "looped": out.looped,
               "refs": refs, "hyps": out.texts, "ids": [u.id for u in utts]}
     if task.metric == "wer":
         scores.update(wer=wer(refs, out.texts), cer=cer(refs, out.texts))
