@@ -269,3 +269,22 @@ def test_the_repetition_guard_stops_a_looping_row_with_the_cut_of_its_whole_answ
     assert on.looped == sum(t != cut_repetitions(t) for t in off.texts) > 0
     assert all(whole[:len(ids)] == ids for ids, whole in zip(on.token_ids, off.token_ids))  # greedy's, cut short
     assert sum(map(len, on.token_ids)) < sum(map(len, off.token_ids)) and on.passes <= off.passes
+
+
+@pytest.mark.parametrize("draft", [True, False])
+def test_rows_with_their_own_lists_share_the_prompt_before_them(tmp_path, monkeypatch, draft):
+    """Per-row instructions (keyword lists) differ after a common start: that start runs once as a cached prefix
+    (`generation._common_length`), each row runs its own rest, and the tokens are those of running every row whole."""
+    model, utts = _tiny_ctc_model(tmp_path)
+    lists = [f"Names that may occur: {w}. Transcribe the audio." for w in ("Zadoki", "Crolovre, Bo", "Ann", "Zed", "Q")]
+    cfg = DecodeConfig(batch_size=3, draft=draft, draft_slack=None)
+    model.use_prefix_cache = False
+    whole = transcribe(model, utts, cfg, instruction=lists, progress=False)
+    model.use_prefix_cache, shared = True, []
+    real = model.prefix_kv
+    monkeypatch.setattr(model, "prefix_kv", lambda ids, rows, **k: shared.append(ids) or real(ids, rows, **k))
+    cached = transcribe(model, utts, cfg, instruction=lists, progress=False)
+    assert cached.token_ids == whole.token_ids and cached.texts == whole.texts
+    full = [model.prompts.prompt(x).prefix for x in lists]
+    assert shared and all(0 < len(ids) < min(map(len, full)) for ids in shared)  # the common start only
+    assert all(tuple(f[:len(ids)]) == ids for ids in shared for f in full)
