@@ -274,7 +274,7 @@ def test_the_repetition_guard_stops_a_looping_row_with_the_cut_of_its_whole_answ
 @pytest.mark.parametrize("draft", [True, False])
 def test_rows_with_their_own_lists_share_the_prompt_before_them(tmp_path, monkeypatch, draft):
     """Per-row instructions (keyword lists) differ after a common start: that start runs once as a cached prefix
-    (`generation._common_length`), each row runs its own rest, and the tokens are those of running every row whole."""
+    (`SpeechLM.shared_prefix`), each row runs its own rest, and the tokens are those of running every row whole."""
     model, utts = _tiny_ctc_model(tmp_path)
     lists = [f"Names that may occur: {w}. Transcribe the audio." for w in ("Zadoki", "Crolovre, Bo", "Ann", "Zed", "Q")]
     cfg = DecodeConfig(batch_size=3, draft=draft, draft_slack=None)

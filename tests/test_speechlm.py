@@ -574,3 +574,32 @@ def test_recorded_comparison_reads_the_reference_run_in_the_variants_order(tmp_p
     rows = recorded_comparison(variants, "cpu")
     assert [r["run"] for r in rows] == [names[0], names[-1]]  # the variants' order; unrecorded ones and settings left out
     assert rows[1]["dev_wer"] == 1.2 and rows[0]["objective"] == "ctc"
+
+
+@pytest.mark.parametrize("llm_trains", [False, True])
+def test_rows_that_differ_after_a_common_start_share_it_with_exact_gradients(model, tmp_path, llm_trains):
+    """Per-row keyword lists: the prompts agree up to the list. That start is the cache (frozen, or recomputed
+    with gradients when LLM weights train); loss and gradients equal those of running every row whole."""
+    batch = _batch(model, _utts(tmp_path))
+    ids, lengths = batch["prefix_ids"].clone(), batch["prefix_lengths"]
+    ids[1, int(lengths[1]) - 2] += 1  # row 1 differs near the end of its prefix
+    batch = {**batch, "prefix_ids": ids}
+    shared = model.shared_prefix(ids, lengths)
+    assert shared is not None and len(shared) == int(lengths[1]) - 2
+    weight = model.llm.get_decoder().layers[0].self_attn.q_proj.weight
+    weight.requires_grad_(llm_trains)
+    try:
+        runs = []
+        for cached in (True, False):
+            model.use_prefix_cache = cached
+            model.projector.zero_grad()
+            loss = model(**batch)["loss"]
+            wanted = [*model.projector.parameters()] + ([weight] if llm_trains else [])
+            runs.append((loss.detach(), torch.autograd.grad(loss, wanted)))
+    finally:
+        weight.requires_grad_(False)
+        model.use_prefix_cache = True
+    (l1, g1), (l2, g2) = runs
+    torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()) + 1e-8, rtol=1e-3)

@@ -186,27 +186,18 @@ def _prompt_inputs(model, batch: dict, audio, audio_lengths, num_beams: int):
     padding between prefix and audio is skipped like left padding.
     """
     pre_ids, pre_lengths = batch["prefix_ids"], batch["prefix_lengths"]
-    n = _common_length(model, pre_ids, pre_lengths)
-    if n == 0:
+    shared = model.shared_prefix(pre_ids, pre_lengths, for_training=False)
+    if shared is None:
         embeds, mask, _, _ = model.assemble(audio, audio_lengths, pre_ids, pre_lengths, batch["suffix_ids"],
                                             batch["suffix_lengths"], padding_side="left")
         return embeds, mask, {}
-    shared = tuple(pre_ids[0, :n].tolist())  # each row's own rest of the prefix (a keyword list) stays in the row
+    n = len(shared)  # each row's own rest of the prefix (a keyword list) stays in the row
     embeds, mask, _, _ = model.assemble(audio, audio_lengths, pre_ids[:, n:], pre_lengths - n,
                                         batch["suffix_ids"], batch["suffix_lengths"], padding_side="left")
     b = embeds.shape[0]
     prefix = model.llm.get_input_embeddings()(pre_ids[:1, :n]).expand(b, -1, -1)  # sliced off by generate
     return (torch.cat([prefix.to(embeds.dtype), embeds], 1), torch.cat([mask.new_ones((b, n)), mask], 1),
             {CACHE_KW: model.prefix_kv(shared, b * num_beams)})
-
-
-def _common_length(model, pre_ids: torch.Tensor, pre_lengths: torch.Tensor) -> int:
-    """How many leading prefix ids ``(batch, seq)`` every row shares (0 with `SpeechLM.use_prefix_cache` off)."""
-    if not model.use_prefix_cache or pre_ids.shape[1] == 0:
-        return 0
-    same = (pre_ids == pre_ids[:1]).all(0)  # (seq,): the columns where every row agrees
-    n = int(same.long().cumprod(0).sum())
-    return min(n, int(pre_lengths.min()))
 
 
 def _load(item, max_seconds: float | None) -> tuple[str, torch.Tensor]:

@@ -161,8 +161,8 @@ class SpeechLM(nn.Module):
         """Teacher-forced loss on the answer tokens. Returns ``{"loss", "n_tokens", "accuracy"}``.
 
         Only the positions that predict a target token go through the LM head (the
-        prompt's logits are never computed). When every row shares the prefix, it runs
-        once and is reused as a key/value cache (`prefix_cache`): computed once and kept
+        prompt's logits are never computed). The prefix ids every row begins with run
+        once and are reused as a key/value cache (`prefix_cache`): computed once and kept
         while the LLM is frozen, once a batch with gradients while adapters train.
         `meta` (ids, texts) is ignored. `audio_ids` ``(batch, tokens)``: LLM token ids standing in for the
         projector's output (hard tokens made elsewhere: stage 3's cross-fitting, `recipes.cross_fit`).
@@ -172,8 +172,8 @@ class SpeechLM(nn.Module):
         else:
             audio, audio_lengths = self.audio_embeddings(features, feature_lengths, states, state_lengths)
         shared = self.shared_prefix(prefix_ids, prefix_lengths)
-        if shared is not None:  # the prefix is a cache; rows start at the audio
-            prefix_ids, prefix_lengths = prefix_ids[:, :0], torch.zeros_like(prefix_lengths)
+        if shared is not None:  # the shared start is a cache; rows begin with the rest of their prefix
+            prefix_ids, prefix_lengths = prefix_ids[:, len(shared):], prefix_lengths - len(shared)
         embeds, mask, pos, labels = self.assemble(audio, audio_lengths, prefix_ids, prefix_lengths, suffix_ids,
                                                   suffix_lengths, target_ids, target_lengths, padding_side="right")
         kw = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "use_cache": False}
@@ -191,19 +191,19 @@ class SpeechLM(nn.Module):
     # -- the shared prompt prefix as a key/value cache ------------------------------------
     def shared_prefix(self, prefix_ids: torch.Tensor, prefix_lengths: torch.Tensor,
                       for_training: bool = True) -> tuple[int, ...] | None:
-        """The prefix ids if every row has the same one, else None (then every row runs its own).
+        """The prefix ids every row begins with (all of it when the rows share one prefix; the part before
+        per-row keyword lists when they differ there), else None (then every row runs its own).
 
         Running a shared prefix once is exact: frozen, its keys/values are computed once and
         kept; with a trainable LLM (LoRA) `forward` recomputes them once a batch with gradients
         (the same loss and gradients as running it in every row, at a fraction of the cost).
         `for_training` is kept for callers; a trainable LLM is handled by `prefix_cache`.
         """
-        n = int(prefix_lengths[0])
-        if not self.use_prefix_cache or n == 0 or bool((prefix_lengths != n).any()):
+        if not self.use_prefix_cache or prefix_ids.shape[1] == 0:
             return None
-        if bool((prefix_ids[:, :n] != prefix_ids[:1, :n]).any()):
-            return None
-        return tuple(prefix_ids[0, :n].tolist())
+        same = (prefix_ids == prefix_ids[:1]).all(0)  # (seq,): the positions where every row agrees
+        n = min(int(same.long().cumprod(0).sum()), int(prefix_lengths.min()))
+        return tuple(prefix_ids[0, :n].tolist()) if n > 0 else None
 
     def llm_trains(self) -> bool:
         """Whether a backward pass would reach LLM weights (adapters or unfrozen layers) right now."""
