@@ -259,7 +259,8 @@ def test_transcripts_with_and_without_a_refill_are_the_same(tmp_path):
 def test_the_repetition_guard_stops_a_looping_row_with_the_cut_of_its_whole_answer(tmp_path, monkeypatch, draft,
                                                                                     refill_at):
     """Rows stop as soon as their loop's cut is fixed (`repetition.loop_closed`), with the draft or through
-    `generate`'s own loop, and the texts are exactly the whole answers cut (`cut_repetitions`). Each id reads as "no" or "yes" here, so the random LLM's answers loop."""
+    `generate`'s own loop, and the texts are exactly the whole answers cut (`cut_repetitions`). Each id reads as
+    "no" or "yes" here, so the random LLM's answers loop."""
     model, utts = _tiny_ctc_model(tmp_path)
     monkeypatch.setattr(model.prompts, "decode", lambda ids: " ".join(("no", "yes")[i % 2] for i in ids))
     cfg = DecodeConfig(batch_size=3, draft=draft, draft_slack=None, refill_at=refill_at)
