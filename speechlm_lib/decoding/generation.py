@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from speechlm_lib.decoding.repetition import cut_repetitions, loop_closed
 from speechlm_lib.decoding.speculative import Prompts, speculative_greedy, speculative_stream
 from speechlm_lib.models.encoders import pad_last
 from speechlm_lib.models.kv import CACHE_KW
+from speechlm_lib.models.lora import adapters_merged
 
 
 @dataclass
@@ -68,6 +70,8 @@ class DecodeConfig:
     refill_at: int = 0  # with a draft: once this many of the `batch_size` rows decoding together have finished,
     #   the next utterances are prefilled and join them (`speculative_stream`), so no pass runs for a few
     #   stragglers; 0 = each batch of `batch_size` runs to its slowest row
+    merge_adapters: bool = True  # LoRA adapters folded into the weights while decoding (`models.lora.adapters_merged`):
+    #   the same greedy answers in float32 (in bf16 the merged weights round differently), fewer ops a pass
 
 
 def token_budget(seconds: float, cfg: DecodeConfig) -> int:
@@ -247,20 +251,27 @@ def transcribe(model, items: list, cfg: DecodeConfig | None = None, instruction:
     batches = [[i for i in order[start: start + cfg.batch_size] if loaded[i][1].abs().max() >= cfg.silence_peak]
                for start in range(0, len(order), cfg.batch_size)]  # silent clips stay ""
     batches = [idx for idx in batches if idx]
-    if cfg.refill_at > 0 and cfg.draft and cfg.num_beams == 1:
-        _refilled(model, batches, loaded, row_prompts, cache, cfg, result, progress)
-    else:
-        for idx in tqdm(batches, desc="decode", disable=not progress):
-            rows, truncated, passes = _generate(model, _batch(model, [loaded[i] for i in idx],
-                                                              [row_prompts[i] for i in idx], cache), cfg,
-                                                stop=_loop_stop(model, cfg))
-            result.truncated, result.passes = result.truncated + truncated, result.passes + passes
-            for i, row in zip(idx, rows):
-                ids[i], texts[i] = row, prompts.decode(row)
+    with (adapters_merged(model) if cfg.merge_adapters else nullcontext()):
+        if cfg.refill_at > 0 and cfg.draft and cfg.num_beams == 1:
+            _refilled(model, batches, loaded, row_prompts, cache, cfg, result, progress)
+        else:
+            _batch_after_batch(model, batches, loaded, row_prompts, cache, cfg, result, progress)
     _cut_loops(texts, cfg, result)
     result.seconds = time.perf_counter() - t0
     result.audio_seconds = sum(x[1].shape[-1] for x in loaded if x is not None) / SAMPLE_RATE
     return result
+
+
+def _batch_after_batch(model, batches: list[list[int]], loaded: list, row_prompts: list, cache, cfg: DecodeConfig,
+                       result: Transcription, progress: bool) -> None:
+    """`transcribe`'s batches one after another, each run to its slowest row."""
+    for idx in tqdm(batches, desc="decode", disable=not progress):
+        rows, truncated, passes = _generate(model, _batch(model, [loaded[i] for i in idx],
+                                                          [row_prompts[i] for i in idx], cache), cfg,
+                                            stop=_loop_stop(model, cfg))
+        result.truncated, result.passes = result.truncated + truncated, result.passes + passes
+        for i, row in zip(idx, rows):
+            result.token_ids[i], result.texts[i] = row, model.prompts.decode(row)
 
 
 def _refilled(model, batches: list[list[int]], loaded: list, row_prompts: list, cache, cfg: DecodeConfig,

@@ -20,6 +20,7 @@ through `guards.guard` (repetition and length). A bad audio file gives "" and is
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -128,6 +129,7 @@ def _stage1(folder, **kw) -> System:
 class SpeechLMSystem(System):
     name = "speechlm"
     keywords = True
+    merges = True  # decodes with its LLM: the adapters are folded in while it does (`decode`)
 
     def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, dtype=None,
                  refill_at: int | None = None, **kw):
@@ -137,9 +139,10 @@ class SpeechLMSystem(System):
         if model is None:  # dtype: the LLM's (`load_speechlm`)
             model = load_speechlm(_folder(folder, "saved SpeechLM"), shared, dtype)
         self.model = model.eval()
-        g = self.guards
-        self.decode_cfg = decode or DecodeConfig(tokens_per_second=g.tokens_per_second, extra_tokens=g.extra_tokens,
-                                                 max_new_tokens=g.max_new_tokens)
+        g = self.guards  # `decode`: a whole DecodeConfig, or a dict of changes to the guards' one
+        default = DecodeConfig(tokens_per_second=g.tokens_per_second, extra_tokens=g.extra_tokens,
+                               max_new_tokens=g.max_new_tokens)
+        self.decode_cfg = replace(default, **decode) if isinstance(decode, dict) else decode or default
         if refill_at is not None:  # rows join a batch as others finish (`DecodeConfig.refill_at`)
             self.decode_cfg = replace(self.decode_cfg, refill_at=refill_at)
 
@@ -152,6 +155,27 @@ class SpeechLMSystem(System):
         from speechlm_lib.cli.transcribe import keyword_instruction
 
         return keyword_instruction(instruction or self.model.prompts.config.instruction, list(keywords or []))
+
+    def decode(self, utts: list[Utterance], keywords: list[str] | None = None,
+               instruction: str | None = None) -> Decoded:
+        """`System.decode` with the LoRA adapters folded into the weights once for all batches
+        (`DecodeConfig.merge_adapters`), not once a batch."""
+        from speechlm_lib.models.lora import adapters_merged
+
+        merge = self.merges and self.decode_cfg.merge_adapters
+        with (adapters_merged(self.model) if merge else nullcontext()):
+            return super().decode(utts, keywords, instruction)
+
+    def llm_dtype(self) -> str:
+        """The LLM's dtype name ("bfloat16", "float32")."""
+        return str(self.model.llm.dtype).removeprefix("torch.")
+
+    def count_passes(self, utts: list[Utterance], keywords: list[str] | None = None) -> int:
+        """LLM passes one decoding of `utts` takes, untimed (`Transcription.passes`; 0 without a draft)."""
+        from speechlm_lib.decoding.generation import transcribe
+
+        cfg = replace(self.decode_cfg, batch_size=self.batch_size)
+        return transcribe(self.model, list(utts), cfg, instruction=self.instruction(keywords), progress=False).passes
 
     def _run(self, utts, waves, keywords, instruction) -> list[str]:
         from speechlm_lib.decoding.generation import transcribe
@@ -167,6 +191,7 @@ class ProjectorSystem(SpeechLMSystem):
 
     name = "projector"
     keywords = False
+    merges = False  # no LLM pass at all
     chunk = System.chunk  # one batch a call: it has no LLM passes to refill
 
     @torch.no_grad()
@@ -184,6 +209,7 @@ class RescoredSystem(SpeechLMSystem):
 
     name = "rescored"
     keywords = False
+    merges = False  # scores with the adapters off (`ctc_rescore`), which a merge would undo by subtraction
     chunk = System.chunk
 
     def __init__(self, folder=None, model=None, rescore=None, **kw):

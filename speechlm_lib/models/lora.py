@@ -97,6 +97,33 @@ def adapters_off(model):
         yield model
 
 
+@contextmanager
+def adapters_merged(model):
+    """Within the block the adapters are folded into the LLM's weights (``W + scale * B A``), so a pass runs
+    the plain linear layers, as cheap as the stage-2 model's; on leaving, every changed weight is put back
+    bit for bit from a copy (not by subtracting the update again, which rounds), so training can go on.
+
+    A no-op for a model without adapters, one already merged (`merge_lora`) or with its adapters switched
+    off. Costs a copy of the adapted weights (about 26 M numbers for q/k/v/o of SmolLM2-135M) while it lasts.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = getattr(model, "peft", None)
+    layers = [] if wrapped is None else [m for m in model.llm.modules()
+                                         if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters]
+    kept = [m.get_base_layer().weight.detach().clone() for m in layers]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m.merge()
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, w in zip(layers, kept):
+                m.get_base_layer().weight.copy_(w)
+                m.merged_adapters.clear()
+
+
 def lora_parameters(model) -> dict[str, torch.Tensor]:
     """The adapter weights by name (empty without adapters)."""
     return {n: p for n, p in model.llm.named_parameters() if "lora_" in n}
