@@ -300,9 +300,15 @@ def load_llm(name: str = LLM_DEFAULT, dtype: torch.dtype | None = None, hub: boo
     return model.eval(), tok
 
 
-def load_whisper(name: str = WHISPER_DEFAULT, dtype: torch.dtype | None = None, hub: bool = True):
-    """(`WhisperForConditionalGeneration` in eval mode, `WhisperProcessor`); `dtype` None = float32. CPU."""
+def load_whisper(name: str = WHISPER_DEFAULT, dtype: torch.dtype | str | None = None, hub: bool = True):
+    """(`WhisperForConditionalGeneration` in eval mode, `WhisperProcessor`); `dtype` None = float32, a name such
+    as ``"auto"`` (bfloat16 where it is faster here: `training.utils.resolve_dtype`) or a torch dtype. CPU."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    if isinstance(dtype, str):
+        from speechlm_lib.training.utils import resolve_dtype
+
+        dtype = resolve_dtype(dtype)
 
     r = resolve(name, "whisper", hub=hub)
     processor = WhisperProcessor.from_pretrained(r.path)

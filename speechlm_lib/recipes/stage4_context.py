@@ -77,6 +77,7 @@ class BiasEvalConfig:
     whisper: bool = True  # decode the same lists with Whisper (its prompt) as the peer
     whisper_source: str = "openai/whisper-tiny.en"  # the peer
     whisper_max_new_tokens: int = 96  # the peer's answer budget
+    whisper_dtype: str | None = "auto"  # the peer's precision: bf16 where faster on this CPU, None = float32
     filter: ListFilterConfig = field(default_factory=ListFilterConfig)  # CTC-assisted list filtering before the
     #   prompt (decoding.list_filter; keep 0 = the whole list). The peer always gets the whole list.
     snap: ListSnapConfig = field(default_factory=ListSnapConfig)  # after decoding, near-misses of a list entry
@@ -355,7 +356,7 @@ def whisper_biasing(cfg: Stage4Config, test: list[Utterance], lists: dict, whisp
     from speechlm_lib.models.sources import load_whisper
 
     if whisper is None:
-        whisper, processor = load_whisper(cfg.evaluation.whisper_source)
+        whisper, processor = load_whisper(cfg.evaluation.whisper_source, dtype=cfg.evaluation.whisper_dtype)
     waves = [load_audio(u.audio) for u in test]
     audio = sum(u.duration for u in test)
     truth, out = [clean_list(u.keywords) for u in test], {}
