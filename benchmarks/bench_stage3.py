@@ -25,6 +25,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -153,7 +154,8 @@ def targets(metrics: dict) -> dict:
 
 def decoding_speed(args, cfg, metrics: dict, repeats: int = 3, n: int = 48) -> None:
     """RTF at batch 8 on the first `n` English test utterances, median of `repeats`, in one run: the saved
-    stage-2 model, the saved stage-3 model with its adapters beside the weights, and the same merged into them."""
+    stage-2 model, the saved stage-3 model with its adapters beside the weights, folded in while decoding
+    (`DecodeConfig.merge_adapters`, the default) and merged for good (`merge_lora`)."""
     import statistics
 
     from speechlm_lib.models.lora import merge_lora
@@ -164,11 +166,13 @@ def decoding_speed(args, cfg, metrics: dict, repeats: int = 3, n: int = 48) -> N
     cache = FeatureCache.for_encoder(stage3.encoder)
     stage2 = SpeechLM.from_pretrained(stage2_dir(cfg, args.profile), encoder=stage3.encoder)
 
-    def rtf(model) -> float:
-        return statistics.median(transcribe(model, test, cfg.decode, cache=cache, progress=False).rtf
+    def rtf(model, merge: bool = True) -> float:
+        decode = replace(cfg.decode, merge_adapters=merge)
+        return statistics.median(transcribe(model, test, decode, cache=cache, progress=False).rtf
                                  for _ in range(repeats))
 
-    metrics.update(rtf_utterances=len(test), stage2_rtf_batch8=rtf(stage2), stage3_rtf_batch8=rtf(stage3))
+    metrics.update(rtf_utterances=len(test), stage2_rtf_batch8=rtf(stage2), stage3_rtf_batch8=rtf(stage3, merge=False),
+                   stage3_folded_rtf_batch8=rtf(stage3))  # folded in for each decoding (the default) and restored
     metrics["stage3_merged_rtf_batch8"] = rtf(merge_lora(stage3))
     print({k: v for k, v in metrics.items() if "rtf" in k})
 

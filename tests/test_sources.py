@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from speechlm_lib.data.audio import load_audio
+from speechlm_lib.data.records import Utterance
 from speechlm_lib.metrics import wer
 from speechlm_lib.models import ct2, sources
 
@@ -275,6 +276,24 @@ def test_converted_whisper_transcribes_clip(whisper, clip, cache):
     assert wer([text], [hyp]) <= CLIP_MAX_WER, hyp
     if hashlib.sha256(wav.read_bytes()).hexdigest() == CLIP_SHA256:  # reference recorded for this clip
         assert [t for t in out[0].tolist() if t < 50256] == CT2_REFERENCE_IDS
+
+
+@pytest.mark.slow
+def test_the_peer_takes_the_precision_that_is_faster_here(cache, clip, monkeypatch):
+    """``dtype="auto"`` follows `training.utils.bf16_is_fast` (here forced both ways); bf16 still transcribes."""
+    from speechlm_lib.evaluation.systems import PEER_DTYPE, SYSTEMS
+
+    assert PEER_DTYPE == "auto"
+    for forced, want in (("0", torch.float32), ("1", torch.bfloat16)):
+        monkeypatch.setenv("SPEECHLM_BF16", forced)
+        assert sources.load_whisper(dtype="auto", hub=False)[0].dtype == want
+    system = SYSTEMS.build("whisper", source=str(cache / "whisper-tiny.en"))  # SPEECHLM_BF16=1 still set
+    assert system.model.dtype == torch.bfloat16
+    wav, text = clip
+    assert wer([text], [system.decode([Utterance(id="clip", audio=str(wav), text=text, duration=2.0)]).texts[0]]) \
+        <= CLIP_MAX_WER
+    with pytest.raises(ValueError, match="torch dtype name"):
+        sources.load_whisper(dtype="bf17", hub=False)
 
 
 @pytest.mark.slow
