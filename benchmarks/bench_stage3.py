@@ -171,7 +171,8 @@ def decoding_speed(args, cfg, metrics: dict, repeats: int = 3, n: int = 48) -> N
         return statistics.median(transcribe(model, test, decode, cache=cache, progress=False).rtf
                                  for _ in range(repeats))
 
-    metrics.update(rtf_utterances=len(test), stage2_rtf_batch8=rtf(stage2), stage3_rtf_batch8=rtf(stage3, merge=False),
+    metrics.update(rtf_utterances=len(test), stage2_rtf_batch8=rtf(stage2),
+                   stage3_rtf_batch8=rtf(stage3, merge=False),  # the adapters beside the weights
                    stage3_folded_rtf_batch8=rtf(stage3))  # folded in for each decoding (the default) and restored
     metrics["stage3_merged_rtf_batch8"] = rtf(merge_lora(stage3))
     print({k: v for k, v in metrics.items() if "rtf" in k})

@@ -236,22 +236,16 @@ same run, alternating, the median of the repeats, on the first 48 synthetic test
 (`evaluation.speed`; the cpu figure comes from `benchmarks/bench_speed.py --profile cpu`). Each of the two runs in
 a process of its own (`evaluation.isolated`): in one process, faster-whisper's thread runtime left torch's threads
 sleeping between operations, and the speech-LLM decoded 1.6 × slower than alone."""),
-("result", """from importlib.util import find_spec
-
-from speechlm_lib.evaluation.isolated import Isolated
-from speechlm_lib.evaluation.speed import compare_speed, speed_ratio
+("result", """from speechlm_lib.evaluation.speed import against_faster_whisper
 from speechlm_lib.evaluation.systems import SystemUnavailable
 
 display(summary[summary["test set"] == "synthetic"][["system", "rtf", "peak_mb"]].round(3))
 ratio = None
-if find_spec("faster_whisper") is None:
-    print("faster-whisper skipped: not installed (pip install -e '.[speed]')")
-elif folder is not None:
+if folder is not None:
     try:
-        with Isolated("speechlm", folder=folder) as apart, Isolated("faster_whisper") as fw:
-            timing = compare_speed(test_sets["synthetic"][:48], {"speech-LLM": apart, "faster-whisper": fw},
-                                   repeats=1 if SMOKE else 3, warmup=1 if SMOKE else 2)
-        ratio = speed_ratio(timing, "speech-LLM", "faster-whisper")
+        timing = against_faster_whisper(folder, test_sets["synthetic"][:48], repeats=1 if SMOKE else 3,
+                                        warmup=1 if SMOKE else 2)
+        ratio = timing["ratio"]
         print(f"RTF speech-LLM {timing['rtf']['speech-LLM']:.3f}, faster-whisper {timing['rtf']['faster-whisper']:.3f}: ratio {ratio:.2f}")
     except SystemUnavailable as e:
         print(f"faster-whisper skipped: {e}")

@@ -325,6 +325,20 @@ def test_faster_whisper_is_optional(monkeypatch):
         SYSTEMS.build("faster_whisper")
 
 
+def test_the_speed_comparison_says_faster_whisper_is_absent_before_starting_anything(monkeypatch):
+    import importlib.util
+
+    from speechlm_lib.evaluation import isolated
+    from speechlm_lib.evaluation.speed import against_faster_whisper
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "faster_whisper" else real(name, *a))
+    monkeypatch.setattr(isolated, "Isolated", lambda *a, **k: pytest.fail("a process was started"))
+    with pytest.raises(SystemUnavailable, match="faster-whisper is not installed"):
+        against_faster_whisper("runs/cpu/stage3_lora", [])
+
+
 @pytest.mark.slow
 def test_faster_whisper_batches_clips_one_a_segment(tones):
     pytest.importorskip("faster_whisper")

@@ -281,9 +281,9 @@ def test_converted_whisper_transcribes_clip(whisper, clip, cache):
 @pytest.mark.slow
 def test_the_peer_takes_the_precision_that_is_faster_here(cache, clip, monkeypatch):
     """``dtype="auto"`` follows `training.utils.bf16_is_fast` (here forced both ways); bf16 still transcribes."""
-    from speechlm_lib.evaluation.systems import PEER_DTYPE, SYSTEMS
+    from speechlm_lib.evaluation.systems import SYSTEMS
 
-    assert PEER_DTYPE == "auto"
+    assert sources.PEER_DTYPE == "auto"
     for forced, want in (("0", torch.float32), ("1", torch.bfloat16)):
         monkeypatch.setenv("SPEECHLM_BF16", forced)
         assert sources.load_whisper(dtype="auto", hub=False)[0].dtype == want

@@ -314,9 +314,9 @@ def test_a_system_in_a_process_of_its_own_decodes_as_it_does_here(parts, tmp_pat
     with Isolated("speechlm", torch_threads=1, folder=tmp_path / "saved", batch_size=2) as there:
         out = there.decode(utts)
         assert out.texts == here.decode(utts).texts and len(out.seconds) == len(utts)
-        assert there.call("count_passes", utts) == here.count_passes(utts)
+        assert there.count_passes(utts) == here.count_passes(utts)  # any method, by name
         with pytest.raises(AttributeError, match="no_such_method"):  # raised there, re-raised here
-            there.call("no_such_method")
+            there.no_such_method()
         assert there.call("llm_dtype") == "float32"  # still answering after an error
     assert not there._proc.is_alive()
     with pytest.raises(SystemUnavailable, match="nowhere"):

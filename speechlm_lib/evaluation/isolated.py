@@ -9,7 +9,7 @@ spinning, and every operation waits for them to wake. Timing each system in a ch
 request at a time, keeps the comparison about the decoders.
 
     fw = Isolated("faster_whisper", batch_size=8)         # built in a spawned process
-    out = fw.decode(utts)                                 # any method: arguments and result are pickled
+    out = fw.decode(utts)                                 # any method, by name: arguments and result are pickled
     fw.close()
 """
 from __future__ import annotations
@@ -80,8 +80,11 @@ class Isolated:
         self._conn.send((method, args, kwargs))
         return self._reply()
 
-    def decode(self, utts, *args, **kwargs):
-        return self.call("decode", utts, *args, **kwargs)
+    def __getattr__(self, method: str):
+        """``isolated.method(...)`` is ``call("method", ...)``, so it stands in for the system it runs."""
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
 
     def close(self) -> None:
         """End the child (also on garbage collection of a daemon process at exit)."""

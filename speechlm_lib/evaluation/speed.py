@@ -42,6 +42,23 @@ def compare_speed(utts: list[Utterance], systems: dict, repeats: int = 3, warmup
             "audio_seconds": sum(u.duration for u in utts), "texts": texts}
 
 
+def against_faster_whisper(folder, utts: list[Utterance], repeats: int = 3, warmup: int = 2) -> dict:
+    """`compare_speed` of the speech-LLM saved in `folder` and faster-whisper, each in a process of its own
+    (`evaluation.isolated`: in one process faster-whisper's thread runtime slowed the speech-LLM 1.6 x), plus
+    ``"ratio"`` (speech-LLM RTF / faster-whisper RTF). Raises `SystemUnavailable` when faster-whisper is not
+    installed, before starting anything."""
+    from importlib.util import find_spec
+
+    from speechlm_lib.evaluation.isolated import Isolated
+    from speechlm_lib.evaluation.systems import SystemUnavailable
+
+    if find_spec("faster_whisper") is None:
+        raise SystemUnavailable("faster-whisper is not installed (pip install -e '.[speed]')")
+    with Isolated("speechlm", folder=folder) as ours, Isolated("faster_whisper") as theirs:
+        out = compare_speed(utts, {"speech-LLM": ours, "faster-whisper": theirs}, repeats=repeats, warmup=warmup)
+    return {**out, "ratio": speed_ratio(out, "speech-LLM", "faster-whisper")}
+
+
 def speed_ratio(result: dict, ours: str, theirs: str) -> float:
     """RTF(ours) / RTF(theirs): below 1, ours is faster."""
     return result["rtf"][ours] / max(result["rtf"][theirs], 1e-12)

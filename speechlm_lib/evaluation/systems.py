@@ -28,12 +28,10 @@ import torch
 from speechlm_lib.data.audio import SAMPLE_RATE, AudioError, load_audio
 from speechlm_lib.data.records import Report, Utterance
 from speechlm_lib.evaluation.guards import GuardConfig, guard, token_budget
+from speechlm_lib.models.sources import PEER_DTYPE
 from speechlm_lib.registry import Registry
 
 SYSTEMS = Registry("evaluation system")
-PEER_DTYPE = "auto"  # the complete Whisper as a peer runs in the precision that is faster on this CPU, like the
-#   speech-LLM's LLM (`training.utils.resolve_dtype`): bf16 on an AMX Xeon took 0.45x the time, with WER +0.2
-#   points on real speech and +0.7 on synthetic, both within their intervals (docs/speed_findings.md)
 
 
 class SystemUnavailable(RuntimeError):

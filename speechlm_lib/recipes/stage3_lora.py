@@ -38,6 +38,7 @@ from speechlm_lib.decoding.generation import DecodeConfig, transcribe
 from speechlm_lib.metrics import bleu, caps_score, cer, chrf, names_score, wer
 from speechlm_lib.models.ctc_projector import StateMasking
 from speechlm_lib.models.lora import LoraSettings, add_lora
+from speechlm_lib.models.sources import PEER_DTYPE
 from speechlm_lib.models.speechlm import SpeechLM
 from speechlm_lib.training.callbacks import Callback
 from speechlm_lib.training.selection import train_keeping_best
@@ -345,9 +346,9 @@ def real_speech_test(fractions: dict | None = None, seed: int = 0, limit: int | 
 
 
 def whisper_wer(utts: list[Utterance], source: str = "openai/whisper-tiny.en", max_new_tokens: int = 96,
-                dtype: str | None = "auto") -> dict:
+                dtype: str | None = PEER_DTYPE) -> dict:
     """The complete Whisper (its own encoder and decoder) on the same English utterances: ``{"wer", "rtf", "hyps"}``.
-    `dtype`: "auto" = bf16 where faster on this CPU (`evaluation.systems.PEER_DTYPE`), None = float32."""
+    `dtype`: "auto" = bf16 where faster on this CPU (`models.sources.PEER_DTYPE`), None = float32."""
     from speechlm_lib.data.audio import load_audio
     from speechlm_lib.decoding.whisper import whisper_transcribe
     from speechlm_lib.models.sources import load_whisper
