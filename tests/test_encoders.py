@@ -66,6 +66,28 @@ def test_pad_to_30s_option_is_the_stock_encoder_on_silence_padded_input(whisper)
     assert padded.settings() != ENCODERS.build("whisper", source="tiny-random", model=model).settings()
 
 
+def test_whisper_encoder_in_bf16_returns_float32_states_close_to_float32_and_leaves_the_model_alone(whisper):
+    from speechlm_lib.data.feature_cache import FeatureCache
+
+    model, enc = whisper
+    half = ENCODERS.build("whisper", source="tiny-random", model=model, dtype="bfloat16").eval()
+    assert half.encoder.conv1.weight.dtype == torch.bfloat16
+    assert model.get_encoder().conv1.weight.dtype == torch.float32  # the shared peer keeps its precision
+    feats = [enc.featurize(w) for w in _waves()]
+    with torch.no_grad():
+        ref, n_ref = enc(*enc.collate(feats))
+        got, n_got = half(*half.collate(feats))
+    assert got.dtype == torch.float32 and torch.equal(n_got, n_ref)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.05  # computed in bf16 (not a float32 copy), close to float32
+    # saved with the model and part of the cache key; float32 keeps the old settings (old caches and saves hold)
+    assert half.settings()["options"]["dtype"] == "bfloat16" and half.settings()["computes_in"] == "bfloat16"
+    assert "dtype" not in enc.settings()["options"] and "computes_in" not in enc.settings()
+    assert FeatureCache.for_encoder(half).dir != FeatureCache.for_encoder(enc).dir
+    same = ENCODERS.build("whisper", source="tiny-random", model=model, dtype="float32")
+    assert same.encoder is model.get_encoder()  # no copy when the precision already fits
+
+
 def test_whisper_rejects_odd_or_over_long_input(whisper):
     _, enc = whisper
     with pytest.raises(ValueError, match="even"):

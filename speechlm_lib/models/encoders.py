@@ -23,12 +23,15 @@ Encoders:
   padded clip); padded frames are masked out of self-attention. A clip therefore
   encodes the same alone or in a batch, and costs time proportional to its length
   (5 s: ~20 ms instead of 144 ms for 30 s on this CPU). `whisper_baseline` checks
-  that Whisper's own decoder still transcribes from these shorter states.
+  that Whisper's own decoder still transcribes from these shorter states. Option
+  ``dtype="auto"`` computes in bfloat16 where that is faster (the presets' choice: on a CPU
+  with AMX it takes 0.4 x the time; `benchmarks/bench_encoder_dtype.py`), states float32.
 * ``conformer`` -- the stage-1 CTC Conformer saved in a directory.
 * ``wav2vec2`` / ``hubert`` -- any Hugging Face `AutoModel` audio encoder (hub id or dir).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from pathlib import Path
@@ -94,11 +97,12 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     name = "whisper"
 
-    def __init__(self, encoder, reference: str, pad_to_30s: bool = False):
+    def __init__(self, encoder, reference: str, pad_to_30s: bool = False, dtype: str | None = None):
         super().__init__()
-        self.encoder = encoder  # a transformers WhisperEncoder
+        self.encoder = encoder  # a transformers WhisperEncoder, in the precision it computes in
         self.reference = reference
         self.pad_to_30s = pad_to_30s
+        self.dtype_option = dtype  # the precision asked for (None = float32, "auto", "bfloat16"): saved with a model
         cfg = encoder.config
         self.n_mels = cfg.num_mel_bins
         self.dim = cfg.d_model
@@ -106,8 +110,11 @@ class WhisperSpeechEncoder(SpeechEncoder):
         self.max_seconds = cfg.max_source_positions * 2 / 100.0  # 30 s
 
     def settings(self) -> dict:
-        return {"encoder": self.name, "name": self.reference, "n_mels": self.n_mels, "convention": "unpadded-v1",
-                "options": {"pad_to_30s": self.pad_to_30s}, "fingerprint": dir_fingerprint(self.reference)}
+        options = {"pad_to_30s": self.pad_to_30s, **({"dtype": self.dtype_option} if self.dtype_option else {})}
+        out = {"encoder": self.name, "name": self.reference, "n_mels": self.n_mels, "convention": "unpadded-v1",
+               "options": options, "fingerprint": dir_fingerprint(self.reference)}
+        computes = self.encoder.conv1.weight.dtype
+        return out if computes == torch.float32 else {**out, "computes_in": str(computes).replace("torch.", "")}
 
     def featurize(self, wave: torch.Tensor) -> torch.Tensor:
         """``(samples,)`` -> log-mel ``(n_mels, frames)``, frames rounded up to even with zeros."""
@@ -119,7 +126,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return pad_last(items, multiple=2)
 
     def forward(self, inputs: torch.Tensor, input_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(batch, n_mels, frames)`` + lengths -> ``(batch, frames / 2, dim)``, ``ceil(lengths / 2)``."""
+        """``(batch, n_mels, frames)`` + lengths -> float32 ``(batch, frames / 2, dim)``, ``ceil(lengths / 2)``
+        (computed in the encoder's own precision)."""
         enc = self.encoder
         if inputs.shape[-1] % 2 or inputs.shape[-1] > 2 * enc.config.max_source_positions:
             raise ValueError(f"whisper encoder needs an even number of mel frames <= "
@@ -139,7 +147,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
             x = layer(x, bias)
         if self.pad_to_30s:
             x, lengths = x[:, :frames], torch.div(input_lengths.to(x.device) + 1, 2, rounding_mode="floor")
-        return enc.layer_norm(x), lengths
+        return enc.layer_norm(x).float(), lengths
 
 
 def _pad_with_silence(mel: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
@@ -152,15 +160,25 @@ def _pad_with_silence(mel: torch.Tensor, lengths: torch.Tensor, frames: int) -> 
 
 
 @ENCODERS.register("whisper")
-def build_whisper(source: str = "openai/whisper-tiny.en", model=None,
-                  pad_to_30s: bool = False) -> WhisperSpeechEncoder:
-    """Whisper's encoder by hub id / dir (`sources.load_whisper`, float32), or from a loaded `model`."""
+def build_whisper(source: str = "openai/whisper-tiny.en", model=None, pad_to_30s: bool = False,
+                  dtype: str | None = None) -> WhisperSpeechEncoder:
+    """Whisper's encoder by hub id / dir (`sources.load_whisper`), or from a loaded `model`.
+
+    `dtype`: the precision it computes in -- None = float32; ``"auto"`` = bfloat16 where that is faster here
+    (`training.utils.resolve_dtype`: a GPU, or a CPU with AMX / AVX-512 BF16 that measures it faster), else
+    float32; or a torch dtype name. Its states are returned as float32 either way. A loaded `model` in another
+    precision is left as it is (it may be the float32 peer): the encoder gets a converted copy."""
+    from speechlm_lib.training.utils import resolve_dtype
+
+    want = resolve_dtype(dtype) or torch.float32
     if model is None:
         from speechlm_lib.models.sources import load_whisper
 
-        model = load_whisper(source)[0]
+        model = load_whisper(source, dtype=want)[0]
     encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
-    return WhisperSpeechEncoder(encoder, reference=source, pad_to_30s=pad_to_30s)
+    if encoder.conv1.weight.dtype != want:
+        encoder = copy.deepcopy(encoder).to(want)
+    return WhisperSpeechEncoder(encoder, reference=source, pad_to_30s=pad_to_30s, dtype=dtype)
 
 
 # -- stage-1 Conformer -----------------------------------------------------------
