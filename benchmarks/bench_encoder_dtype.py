@@ -14,10 +14,8 @@ order alternating over `--repeats`, the best time of each kept. Recorded as ``en
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -83,11 +81,7 @@ def main(argv=None) -> int:
     metrics = {"threads": torch.get_num_threads(), "cpu": cpu_name(), "auto_chooses_bf16": bf16_is_fast()}
     for name, utts in sets.items():
         metrics.update(compare(name, utts, encoders, args.repeats, args.batch_size))
-    for k, v in metrics.items():
-        print(f"{k:36} {v:.4f}" if isinstance(v, float) else f"{k:36} {v}")
-    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
-    results.record(args.record_as, metrics, command=command, seconds=time.perf_counter() - start,
-                   profile_name=args.profile, replace=True)
+    results.report(args.record_as, metrics, start, profile_name=args.profile)
     return 0
 
 

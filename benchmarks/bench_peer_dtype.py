@@ -14,10 +14,8 @@ bootstrap interval. Recorded as ``whisper_peer_dtype``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -67,11 +65,7 @@ def main(argv=None) -> int:
     metrics = {"threads": torch.get_num_threads(), "auto_chooses_bf16": bf16_is_fast()}
     for i, (name, utts) in enumerate(sets.items()):
         metrics.update(compare(name, utts, whispers, first=("float32", "bf16")[i % 2]))
-    for k, v in metrics.items():
-        print(f"{k:36} {v:.4f}" if isinstance(v, float) else f"{k:36} {v}")
-    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
-    results.record(args.record_as, metrics, command=command, seconds=time.perf_counter() - start,
-                   profile_name=args.profile, replace=True)
+    results.report(args.record_as, metrics, start, profile_name=args.profile)
     return 0
 
 

@@ -64,6 +64,19 @@ def record(stage: str, metrics: dict, command: str | None = None, seconds: float
     return p
 
 
+def report(stage: str, metrics: dict, started: float, profile_name: str | None = None, **fields) -> Path:
+    """A benchmark's ending: print `metrics` one a line, then `record` them (replacing the stage's earlier ones)
+    with the command as typed (``python benchmarks/... args``) and the seconds since `started` (`time.perf_counter`)."""
+    import shlex
+    import sys
+
+    for k, v in metrics.items():
+        print(f"{k:36} {v:.4f}" if isinstance(v, float) else f"{k:36} {v}")
+    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
+    return record(stage, metrics, command=command, seconds=time.perf_counter() - started,
+                  profile_name=profile_name, replace=True, **fields)
+
+
 def _plain(v):
     """Make numpy/torch scalars JSON-friendly; round floats to 4 decimals."""
     if isinstance(v, dict):

@@ -45,3 +45,20 @@ def test_results_record_merges(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "smoke" / "results.json").read_text())
     assert data["stages"]["s1"]["metrics"] == {"loss": 2.0} and "seconds" not in data["stages"]["s1"]
     assert data["stages"]["s2"]["metrics"] == {"x": 1}
+
+
+def test_results_report_prints_then_records_the_command_as_typed(tmp_path, monkeypatch, capsys):
+    import sys
+    import time
+
+    monkeypatch.setenv("SPEECHLM_RUNS", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["benchmarks/bench_x.py", "--profile", "smoke", "--set", "a=(0, 1)"])
+    results.record("bench_x", {"old": 1.0}, profile_name="smoke")
+    results.report("bench_x", {"wer": 0.25, "cpu": "Xeon"}, time.perf_counter() - 2.0, profile_name="smoke",
+                   runs={"a": [1, 2]})
+    out = capsys.readouterr().out
+    assert "wer" in out and "0.2500" in out and "Xeon" in out
+    entry = json.loads((tmp_path / "smoke" / "results.json").read_text())["stages"]["bench_x"]
+    assert entry["metrics"] == {"wer": 0.25, "cpu": "Xeon"}  # the earlier run's figures are gone
+    assert entry["command"].endswith("benchmarks/bench_x.py --profile smoke --set 'a=(0, 1)'")
+    assert entry["seconds"] >= 2.0 and entry["runs"] == {"a": [1, 2]}
