@@ -23,7 +23,8 @@ records each one's RTF, WER and LLM passes (``speechlm_refill<K>_*``) beside the
 ``--draft-block B [B ...]`` does the same for other draft blocks (`DecodeConfig.draft_block`, the most drafted
 tokens checked per row and pass; ``speechlm_block<B>_*``). ``--unmerged`` also times the speech-LLM with its
 LoRA adapters beside the weights, as decoding ran before it folded them in (`DecodeConfig.merge_adapters`;
-``speechlm_unmerged_*``).
+``speechlm_unmerged_*``). ``--encoder-dtype float32`` also times it with its Whisper encoder in float32 where the
+saved model asks for ``"auto"`` (bf16 where faster: docs/speed_findings.md; ``speechlm_encoder_float32_*``).
 """
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ def builder(same_process: bool, threads: int | None):
 UNMERGED = "speech-LLM, adapters beside the weights"
 
 
+def encoded(dtype: str) -> str:
+    return f"speech-LLM, encoder in {dtype}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=config.profile(), choices=config.PROFILES)
@@ -90,6 +95,9 @@ def main(argv=None) -> int:
                     help="also time the speech-LLM checking at most B drafted tokens a row and pass")
     ap.add_argument("--unmerged", action="store_true",
                     help="also time the speech-LLM with its LoRA adapters beside the weights, not folded in")
+    ap.add_argument("--encoder-dtype", nargs="*", default=[],
+                    help="also time the speech-LLM with its Whisper encoder computing in these precisions "
+                         "(float32, bfloat16), whatever the saved model asks for")
     ap.add_argument("--same-process", action="store_true",
                     help="build every system in this process (the design before 2026-12-03; faster-whisper's "
                          "thread runtime then slows torch: docs/speed_findings.md)")
@@ -121,6 +129,8 @@ def main(argv=None) -> int:
         systems[blocked(b)] = build("speechlm", **slm, decode={"draft_block": b})
     if args.unmerged:
         systems[UNMERGED] = build("speechlm", **slm, decode={"merge_adapters": False})
+    for d in args.encoder_dtype:
+        systems[encoded(d)] = build("speechlm", **slm, encoder_options={"dtype": d})
     start = time.perf_counter()
     out = compare_speed(utts, systems, repeats=args.repeats)
     refs = [u.text for u in utts]
@@ -150,6 +160,10 @@ def main(argv=None) -> int:
         metrics.update(speechlm_unmerged_rtf=out["rtf"][UNMERGED],
                        speechlm_unmerged_wer=wer(refs, out["texts"][UNMERGED]),
                        speechlm_unmerged_passes=systems[UNMERGED].count_passes(utts))
+    for d in args.encoder_dtype:
+        metrics.update({f"speechlm_encoder_{d}_rtf": out["rtf"][encoded(d)],
+                        f"speechlm_encoder_{d}_wer": wer(refs, out["texts"][encoded(d)])})
+    metrics["encoder_options"] = json.dumps(json.loads((folder / CONFIG_NAME).read_text())["encoder"].get("options"))
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
     for s in systems.values():

@@ -415,6 +415,28 @@ def test_load_speechlm_shares_a_frozen_encoder_it_does_not_save(tmp_path, monkey
     c = load_speechlm(folders["c"], shared)
     assert calls[0] is None and b.encoder is a.encoder and calls[2] is None and c.encoder is not a.encoder
     assert load_speechlm(folders["a"]).encoder is not a.encoder  # no dict, nothing shared
+    f32 = load_speechlm(folders["b"], shared, encoder_options={"dtype": "float32"})
+    assert f32.encoder is not a.encoder  # an encoder built with other options is not the shared one
+
+
+def test_from_pretrained_builds_the_saved_encoder_with_the_options_changed(tmp_path, monkeypatch):
+    """`encoder_options` changes the saved encoder's builder options (the rest kept); none: as saved."""
+    from speechlm_lib.models import speechlm as sl
+
+    seen = []
+
+    def build(name, **kw):
+        seen.append((name, kw))
+        raise RuntimeError("built")  # enough: the options are what is under test
+
+    monkeypatch.setattr(sl.ENCODERS, "build", build)
+    (tmp_path / sl.CONFIG_NAME).write_text(json.dumps({"encoder": {
+        "encoder": "whisper", "name": "openai/whisper-tiny.en", "options": {"pad_to_30s": False, "dtype": "auto"}}}))
+    for options in (None, {"dtype": "float32"}):
+        with pytest.raises(RuntimeError, match="built"):
+            sl.SpeechLM.from_pretrained(tmp_path, encoder_options=options)
+    assert seen == [("whisper", {"source": "openai/whisper-tiny.en", "pad_to_30s": False, "dtype": "auto"}),
+                    ("whisper", {"source": "openai/whisper-tiny.en", "pad_to_30s": False, "dtype": "float32"})]
 
 
 def test_explorer_seeded_with_records_decodes_nothing_and_cleans_hypotheses(tones):

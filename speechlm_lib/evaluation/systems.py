@@ -133,12 +133,12 @@ class SpeechLMSystem(System):
     merges = True  # decodes with its LLM: the adapters are folded in while it does (`decode`)
 
     def __init__(self, folder=None, model=None, decode=None, shared: dict | None = None, dtype=None,
-                 refill_at: int | None = None, **kw):
+                 refill_at: int | None = None, encoder_options: dict | None = None, **kw):
         super().__init__(**kw)
         from speechlm_lib.decoding.generation import DecodeConfig
 
-        if model is None:  # dtype: the LLM's (`load_speechlm`)
-            model = load_speechlm(_folder(folder, "saved SpeechLM"), shared, dtype)
+        if model is None:  # dtype: the LLM's; encoder_options: changes to the saved encoder's (`load_speechlm`)
+            model = load_speechlm(_folder(folder, "saved SpeechLM"), shared, dtype, encoder_options)
         self.model = model.eval()
         g = self.guards  # `decode`: a whole DecodeConfig, or a dict of changes to the guards' one
         default = DecodeConfig(tokens_per_second=g.tokens_per_second, extra_tokens=g.extra_tokens,
@@ -240,9 +240,10 @@ def _rescored(folder=None, model=None, rescore=None, **kw) -> System:
     return RescoredSystem(folder, model=model, rescore=rescore, **kw)
 
 
-def load_speechlm(folder, shared: dict | None = None, dtype=None):
+def load_speechlm(folder, shared: dict | None = None, dtype=None, encoder_options: dict | None = None):
     """`SpeechLM.from_pretrained(folder)`, quietly (peft's deprecation warning about gradient checkpointing);
-    `dtype`: the LLM's (None = as saved, ``"auto"`` = the faster one here: `SpeechLM.from_pretrained`).
+    `dtype`: the LLM's (None = as saved, ``"auto"`` = the faster one here: `SpeechLM.from_pretrained`);
+    `encoder_options`: changes to the saved encoder's builder options (``{"dtype": "float32"}``).
 
     `shared`: a dict the caller keeps between loads; a frozen encoder whose weights the folder does not save
     (the encoder is named by reference) is taken from it when an earlier folder loaded the same one, and put
@@ -255,9 +256,9 @@ def load_speechlm(folder, shared: dict | None = None, dtype=None):
     if shared is not None:
         cfg = json.loads((folder / CONFIG_NAME).read_text())
         if cfg.get("freeze_encoder") and not _saves_part(folder / WEIGHTS_NAME, "encoder."):
-            key = "encoder:" + json.dumps(cfg["encoder"], sort_keys=True)
+            key = "encoder:" + json.dumps([cfg["encoder"], encoder_options or {}], sort_keys=True)
             encoder = shared.get(key)
-    model = SpeechLM.from_pretrained(folder, encoder=encoder, dtype=dtype)  # quiet about peft's own deprecation (models.lora)
+    model = SpeechLM.from_pretrained(folder, encoder=encoder, dtype=dtype, encoder_options=encoder_options)  # quiet about peft's own deprecation (models.lora)
     if key is not None:
         shared.setdefault(key, model.encoder)
     return model

@@ -281,20 +281,24 @@ class SpeechLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, encoder=None, llm=None, tokenizer=None,
-                        trainable_adapters: bool = False, dtype: str | torch.dtype | None = None) -> "SpeechLM":
+                        trainable_adapters: bool = False, dtype: str | torch.dtype | None = None,
+                        encoder_options: dict | None = None) -> "SpeechLM":
         """Rebuild from `save_pretrained` output (a folder, or a hub repo id holding one, e.g. a
         `speechlm export` pushed with `export.push_to_hub`); frozen parts are loaded from their
         references unless passed in (`encoder`, `llm` + `tokenizer`). Saved LoRA adapters come back frozen,
         or ready to train on with `trainable_adapters` (stage 4 continues stage 3's). `dtype`: the LLM's, None =
         the one it was saved in (the same transcripts as before saving); ``"auto"`` = the faster one here
-        (`training.utils.resolve_dtype`: a bf16-trained model decodes in float32 on a CPU where bf16 is slower)."""
+        (`training.utils.resolve_dtype`: a bf16-trained model decodes in float32 on a CPU where bf16 is slower).
+        `encoder_options`: changes to the saved encoder's builder options when it is built here (e.g.
+        ``{"dtype": "float32"}`` for a Whisper encoder saved as ``"auto"``)."""
         directory = _local_copy(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory}: no {CONFIG_NAME} (not a saved SpeechLM)")
         cfg = json.loads((directory / CONFIG_NAME).read_text())
         if encoder is None:
             enc = cfg["encoder"]
-            encoder = ENCODERS.build(enc["encoder"], source=enc["name"], **enc.get("options", {}))
+            encoder = ENCODERS.build(enc["encoder"], source=enc["name"], **{**enc.get("options", {}),
+                                                                           **(encoder_options or {})})
         if llm is None:
             llm, tokenizer = load_llm(cfg["llm"]["source"], dtype=_llm_dtype(dtype, cfg["llm"]))
         model = cls(encoder, llm, tokenizer, projector=cfg["projector"]["name"], stride=cfg["projector"]["stride"],
